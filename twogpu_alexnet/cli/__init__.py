@@ -1,0 +1,65 @@
+"""``twogpu-alexnet`` command line: a thin argparse layer over the library.
+
+Each command lives in its own module here with two functions, ``add_parser(subparsers)`` and
+``run(args) -> int``. Only this package parses arguments, prints and exits.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import UserError
+
+# command name -> module in this package (imported lazily so `info` does not pay for the data stack)
+COMMANDS = {
+    "info": "info",
+    "train": "train",
+    "evaluate": "evaluate",
+    "prepare": "prepare",
+    "stats": "stats",
+    "bench": "bench",
+    "kernels": "kernels",
+    "neighbors": "neighbors",
+    "report": "report",
+}
+
+
+def _available_commands():
+    for name, module in COMMANDS.items():
+        try:
+            yield name, importlib.import_module(f".{module}", __name__)
+        except ModuleNotFoundError as exc:  # a command whose module is not part of this build
+            if exc.name != f"{__name__}.{module}":
+                raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="twogpu-alexnet",
+        description="The 2012 AlexNet with its two-GPU layout: inspect, train, evaluate, analyse.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for _, module in _available_commands():
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.run(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Printing helpers shared by the CLI commands: rich for people, one JSON object for scripts."""
+from __future__ import annotations
+
+import json
+import sys
+
+from rich.console import Console
+
+
+def console_for(args) -> Console:
+    """Rich console for human output; with ``--json`` it writes to stderr so stdout holds only JSON."""
+    return Console(stderr=bool(getattr(args, "json", False)), highlight=False)
+
+
+def print_json(obj) -> None:
+    """Write ``obj`` as one JSON object on stdout and nothing else."""
+    sys.stdout.write(json.dumps(obj, indent=None, sort_keys=False, default=_jsonable) + "\n")
+    sys.stdout.flush()
+
+
+def _jsonable(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "__fspath__"):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def add_json_flag(parser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else there")
