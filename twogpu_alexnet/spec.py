@@ -192,6 +192,7 @@ def validate(spec: NetSpec) -> NetSpec:
         assert set(layer.ops) <= set(OPS), f"{layer.name}: unknown op in {layer.ops}"
         assert layer.reads in READS, f"{layer.name}: reads must be one of {READS}"
         assert "samemap" not in layer.ops or spec.same_map is not None, f"{layer.name} needs spec.same_map"
+    assert all(f.reads == "both" for f in spec.hidden), "fc layers read both towers"
     layer_shapes(spec)  # raises if a size goes below a kernel
     return spec
 
@@ -264,7 +265,16 @@ _CIFAR = replace(
     num_classes=10,
 )
 
-PRESETS: dict[str, NetSpec] = {s.name: validate(s) for s in (_PAPER, _ORIGINAL, _ONETOWER, _CIFAR)}
+_CIFAR_ONETOWER = replace(
+    _CIFAR,
+    name="cifar-onetower",
+    description="The no-towers control at 32x32: the cifar widths with every connection crossing.",
+    convs=tuple(replace(c, reads="both") if c.reads == "own" else c for c in _CIFAR.convs),
+)
+
+PRESETS: dict[str, NetSpec] = {
+    s.name: validate(s) for s in (_PAPER, _ORIGINAL, _ONETOWER, _CIFAR, _CIFAR_ONETOWER)
+}
 
 
 def get_spec(preset: "str | NetSpec", num_classes: int | None = None) -> NetSpec:

@@ -1,0 +1,117 @@
+"""Reading weights from disk in either layout, and matching them to a preset and a model."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UserError
+from .convert import to_grouped_state, to_two_tower_state
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+
+
+def layout_of(state: Mapping[str, Tensor]) -> str:
+    """'two-tower' or 'grouped', from the keys; UserError when the dict holds no AlexNet weights."""
+    if any(k.startswith("towers.") for k in state):
+        return "two-tower"
+    if "conv1.weight" in state:
+        return "grouped"
+    sample = ", ".join(list(state)[:3]) or "no keys"
+    raise UserError(
+        f"these weights are not an AlexNet state dict (found {sample}); expected keys like "
+        "towers.0.conv1.weight (two-tower) or conv1.weight (grouped)"
+    )
+
+
+def to_layout(state: Mapping[str, Tensor], mode: str) -> dict[str, Tensor]:
+    """Convert a state dict of either layout to ``mode`` ('two-tower' or 'grouped')."""
+    state = _strip_wrappers(state)
+    have = layout_of(state)
+    if have == mode:
+        return dict(state)
+    return to_grouped_state(state) if mode == "grouped" else to_two_tower_state(state)
+
+
+def _strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    out = {}
+    for key, value in state.items():
+        for prefix in _WRAPPER_PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def load_weights(path: "str | Path") -> tuple[dict[str, Tensor], dict]:
+    """A training checkpoint or a plain state dict (either layout) -> (two-tower state, metadata).
+
+    Metadata holds the checkpoint's other entries (``preset``, ``epoch``, ...), with ``preset``
+    None for a plain state dict and ``num_classes`` read from fc8.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; pass a file such as RUN/checkpoints/last.pt")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, or unsafe pickle
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{path} is not a readable checkpoint ({reason}); pass a file written by twogpu-alexnet train or torch.save"
+        ) from None
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        state, meta = obj["model"], {k: v for k, v in obj.items() if k != "model"}
+    elif isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
+        state, meta = obj, {}
+    else:
+        raise UserError(f"{path} holds neither a training checkpoint nor a state dict of tensors; pass RUN/checkpoints/last.pt")
+    try:
+        state = to_layout(state, "two-tower")
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    meta.setdefault("preset", None)
+    if "fc8.weight" not in state:
+        raise UserError(f"{path} has no fc8 weights; it is not a complete AlexNet checkpoint")
+    meta["num_classes"] = int(state["fc8.weight"].shape[0])
+    return state, meta
+
+
+def _expected_shapes(preset: str, num_classes: int) -> dict[str, tuple]:
+    from . import build_model  # the model on the meta device: shapes without memory
+
+    model = build_model(preset, mode="two-tower", devices=("meta", "meta"), num_classes=num_classes)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def infer_preset(state: Mapping[str, Tensor]) -> str:
+    """The first preset whose two-tower shapes match ``state`` ('paper' and 'original' share shapes)."""
+    from ..spec import PRESETS
+
+    state = to_layout(state, "two-tower")
+    if "fc8.weight" not in state:
+        raise UserError("these weights have no fc8 layer; they are not a complete AlexNet state dict")
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    num_classes = shapes["fc8.weight"][0]
+    for name in PRESETS:
+        if _expected_shapes(name, num_classes) == shapes:
+            return name
+    raise UserError(f"these weights match none of the presets ({', '.join(PRESETS)}); pass --preset or check the file")
+
+
+def load_into(model: nn.Module, state: Mapping[str, Tensor]) -> None:
+    """Load weights of either layout into ``model`` (either executor), with a one-line error on mismatch."""
+    state = to_layout(state, model.mode)
+    own = model.state_dict()
+    wrong = [k for k in own if k not in state or tuple(state[k].shape) != tuple(own[k].shape)]
+    extra = [k for k in state if k not in own]
+    if wrong or extra:
+        first = (wrong or extra)[0]
+        got = tuple(state[first].shape) if first in state else "missing"
+        want = tuple(own[first].shape) if first in own else "not in the model"
+        raise UserError(
+            f"the weights do not fit preset {model.spec.name!r} with {model.spec.num_classes} classes "
+            f"({len(wrong) + len(extra)} tensors differ, e.g. {first}: {got} vs {want}); pass the preset they were trained with"
+        )
+    model.load_state_dict(state)
