@@ -9,7 +9,10 @@ from rich.console import Console
 
 def console_for(args) -> Console:
     """Rich console for human output; with ``--json`` it writes to stderr so stdout holds only JSON."""
-    return Console(stderr=bool(getattr(args, "json", False)), highlight=False)
+    console = Console(stderr=bool(getattr(args, "json", False)), highlight=False)
+    if not console.is_terminal:  # pipes and logs: wide enough for the tables, no wrapping
+        console.width = max(console.width, 130)
+    return console
 
 
 def print_json(obj) -> None:

@@ -15,6 +15,8 @@ from .layers import local_response_norm, same_map_norm
 
 class AlexNetBase(nn.Module):
     mode = ""
+    # The cross-map LRN both executors use; ``groups`` = towers held in one tensor.
+    lrn = staticmethod(local_response_norm)
 
     def __init__(self, spec: NetSpec):
         super().__init__()
@@ -44,7 +46,7 @@ class AlexNetBase(nn.Module):
                 x = F.relu(x, inplace=True)
             elif op == "lrn":
                 n = spec.lrn
-                x = local_response_norm(x, n.size, n.alpha, n.beta, n.k, groups=groups)
+                x = self.lrn(x, n.size, n.alpha, n.beta, n.k, groups=groups)
             elif op == "samemap":
                 n = spec.same_map
                 x = same_map_norm(x, n.size, n.alpha, n.beta, n.k)
