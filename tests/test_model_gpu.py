@@ -37,3 +37,17 @@ def test_two_gpus_equal_grouped():
         pytest.skip("needs two CUDA devices")
     towers = _compare(("cuda:0", "cuda:1"))
     assert towers.towers[1].conv1.weight.device == torch.device("cuda:1")
+
+
+def test_two_gpu_forward_backward_never_waits_on_the_host():
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    model = build_model("paper", mode="two-tower", devices=("cuda:0", "cuda:1"))
+    x = torch.randn(16, 3, 224, 224, device="cuda:0")
+    labels = torch.randint(0, 1000, (16,), device="cuda:0")
+    torch.nn.functional.cross_entropy(model(x), labels).backward()  # warm-up (allocations, cudnn plans)
+    torch.cuda.set_sync_debug_mode("error")  # any synchronizing call raises
+    try:
+        torch.nn.functional.cross_entropy(model(x), labels).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
