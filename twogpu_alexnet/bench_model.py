@@ -70,8 +70,8 @@ def bench_model(device="cpu", *, devices=None, batch: int | None = None, repeats
     labels = torch.randint(0, spec.num_classes, (batch,), generator=gen)
     rates: dict[str, list[float]] = {name: [] for name in models}
     peak: dict[str, dict[str, float]] = {name: {} for name in models}
-    # foreach: one multi-tensor update per device instead of a Python loop over 16 tensors (2-3x faster on CPU)
-    optimizers = {name: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=True)
+    # fused: one kernel per device instead of a Python loop over 16 tensors (2-3x faster on CPU)
+    optimizers = {name: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, fused=True)
                   for name, (m, _) in models.items()}
 
     def step(name):

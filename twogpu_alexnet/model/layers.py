@@ -29,11 +29,12 @@ def _window_sum(x: Tensor, dim: int, before: int, after: int) -> Tensor:
 
 
 def _inverse_power(d: Tensor, beta: float) -> Tensor:
-    """d ** -beta; for the paper's beta = 0.75 as 1 / (sqrt(d) * d ** 0.25), ~4x faster than pow on CPU."""
-    if beta == 0.75:
-        root = d.sqrt()
-        return (root * root.sqrt()).reciprocal_()
-    return (d.log() * -beta).exp_()
+    """d ** -beta; for the paper's beta = 0.75 as rsqrt(d) * sqrt(rsqrt(d)), ~4x faster than pow on CPU."""
+    tracked = d.requires_grad  # in place only where autograd does not need the intermediates
+    if beta == 0.75:  # d^-1/2 * (d^-1/2)^1/2
+        inv_root = d.rsqrt()
+        return inv_root * inv_root.sqrt() if tracked else inv_root.mul_(inv_root.sqrt())
+    return (d.log() * -beta).exp_() if tracked else d.log().mul_(-beta).exp_()
 
 
 class _CrossMapLRN(torch.autograd.Function):
@@ -43,7 +44,16 @@ class _CrossMapLRN(torch.autograd.Function):
     def forward(ctx, x: Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> Tensor:
         xg = x.unflatten(1, (groups, x.shape[1] // groups))  # N x G x C/G x H x W (a view)
         before, after = size // 2, (size - 1) // 2
-        denom = _window_sum(xg * xg, 2, before, after).mul_(alpha).add_(k)
+        # k + alpha * (a_i^2 + sum of the neighbours' a_j^2), squares formed on the fly by addcmul
+        denom = torch.addcmul(xg.new_tensor(k), xg, xg, value=alpha)
+        length = xg.shape[2]
+        for offset in range(1, min(max(before, after), length - 1) + 1):
+            keep = length - offset
+            lo, hi = xg.narrow(2, 0, keep), xg.narrow(2, offset, keep)
+            if offset <= before:  # denom[i] += alpha * a[i - offset]^2
+                denom.narrow(2, offset, keep).addcmul_(lo, lo, value=alpha)
+            if offset <= after:  # denom[i] += alpha * a[i + offset]^2
+                denom.narrow(2, 0, keep).addcmul_(hi, hi, value=alpha)
         scale = _inverse_power(denom, beta)
         out = xg * scale
         ctx.save_for_backward(xg, denom, scale)
@@ -57,8 +67,8 @@ class _CrossMapLRN(torch.autograd.Function):
         g = grad_out.unflatten(1, xg.shape[1:3])
         # d b_i / d a_j = scale_i [i == j] - 2 alpha beta a_i a_j scale_i / denom_i  for j in window(i);
         # the transpose sums over the mirrored window.
-        t = g * xg * scale / denom
-        grad = g * scale - (2.0 * alpha * beta) * xg * _window_sum(t, 2, after, before)
+        t = (g * xg).mul_(scale).div_(denom)
+        grad = torch.addcmul(g * scale, xg, _window_sum(t, 2, after, before), value=-2.0 * alpha * beta)
         return grad.flatten(1, 2), None, None, None, None, None
 
 
