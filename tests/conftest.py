@@ -10,3 +10,36 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def data_write_images():
+    """Data tests: write image files. ``data_write_images(root, {"cls/a.png": image, ...})``.
+
+    ``image``: a uint8 H x W x 3 (or H x W) array or a PIL image, saved as PNG or JPEG (quality 95)
+    by the name's extension, or by an explicit format with a ("cls/a.JPEG", "PNG") key; bytes are
+    written as they are (corrupt files).
+    """
+    import io
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    def write(root, files: dict):
+        root = Path(root)
+        for name, content in files.items():
+            name, fmt = name if isinstance(name, tuple) else (name, None)
+            path = root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, (bytes, bytearray)):
+                path.write_bytes(content)
+                continue
+            image = content if isinstance(content, Image.Image) else Image.fromarray(np.asarray(content, dtype=np.uint8))
+            fmt = fmt or ("PNG" if path.suffix.lower() == ".png" else "JPEG")
+            buf = io.BytesIO()
+            image.save(buf, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+            path.write_bytes(buf.getvalue())
+        return root
+
+    return write

@@ -1,0 +1,61 @@
+"""The data commands: prepare, stats and bench data print one JSON object with --json, and a user mistake
+exits 2 with one sentence."""
+import json
+
+import numpy as np
+import pytest
+
+from twogpu_alexnet.cli import main
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture
+def data_split(tmp_path, data_write_images):
+    rng = np.random.default_rng(0)
+    files = {f"{c}/im{i}.jpg": rng.integers(0, 255, (48, 64, 3)) for c in ("cat", "dog") for i in range(3)}
+    files["dog/broken.jpg"] = b"\xff\xd8\xff not really"
+    return data_write_images(tmp_path / "train", files)
+
+
+def _json(capsys):
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1                      # one JSON object and nothing else on stdout
+    return json.loads(out)
+
+
+def test_prepare_and_stats_json(tmp_path, data_split, capsys):
+    assert main(["prepare", "--data", str(data_split), "--out", str(tmp_path / "store"), "--size", "32",
+                 "--workers", "1", "--json"]) == 0
+    result = _json(capsys)
+    assert result["written"] == 6
+    assert [s["path"].endswith("dog/broken.jpg") for s in result["skipped"]] == [True]
+    assert result["skipped"][0]["reason"]
+    assert main(["stats", "--data", str(tmp_path / "store"), "--json"]) == 0
+    stats = _json(capsys)
+    assert stats["images"] == 6 and stats["size"] == 32 and len(stats["eigenvalues"]) == 3
+    assert stats["eigenvalues"] == sorted(stats["eigenvalues"], reverse=True)
+    assert main(["stats", "--data", str(data_split), "--size", "32", "--workers", "1", "--json"]) == 0
+    folder = _json(capsys)
+    assert folder["images"] == 6 and folder["path"].endswith(".twogpu-alexnet-stats-32.pt")
+
+
+def test_bench_data_json(data_split, capsys):
+    assert main(["bench", "data", "--data", str(data_split), "--images", "4", "--seconds", "0.05",
+                 "--input-size", "32", "--json"]) == 0
+    result = _json(capsys)
+    for key in ("reference_img_s", "raw_img_s", "prepared_img_s"):
+        assert result[key] > 0
+    assert result["images"] == 3        # 4 evenly spaced files, one of which does not decode
+
+
+def test_user_mistakes_exit_2_with_one_sentence(tmp_path, data_split, capsys):
+    assert main(["prepare", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "s")]) == 2
+    lines = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and str(tmp_path / "missing") in lines[0] and lines[0].endswith(".")
+    assert main(["prepare", "--data", str(data_split), "--out", str(tmp_path / "s"), "--size", "32", "--workers", "1"]) == 0
+    capsys.readouterr()
+    assert main(["prepare", "--data", str(data_split), "--out", str(tmp_path / "s"), "--size", "64"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "different settings" in err and str(tmp_path / "s") in err
+    assert main(["stats", "--data", str(tmp_path / "nothing")]) == 2

@@ -1,0 +1,102 @@
+"""Sources: the synthetic dataset is deterministic per seed and has colour-only and shape-only classes;
+class folders follow sorted names; bad input gives one sentence naming the path and the fix."""
+import numpy as np
+import pytest
+import torch
+
+from twogpu_alexnet.data import open_split
+from twogpu_alexnet.data.store import prepare_store
+from twogpu_alexnet.data.synthetic import class_names, synthetic_image, synthetic_images
+from twogpu_alexnet.errors import UserError
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def test_synthetic_is_deterministic_per_seed():
+    a, la = synthetic_images(5, "train", range(12), 32)
+    b, lb = synthetic_images(5, "train", range(12), 32)
+    assert torch.equal(a, b) and torch.equal(la, lb)
+    single, label = synthetic_image(5, "train", 7, 32)
+    assert torch.equal(single, a[7]) and label == int(la[7])           # independent of the batch it is made in
+    c, _ = synthetic_images(6, "train", range(12), 32)
+    v, _ = synthetic_images(5, "val", range(12), 32)
+    assert not torch.equal(a, c) and not torch.equal(a, v)
+    assert la.tolist() == [i % 10 for i in range(12)]
+    big, _ = synthetic_image(5, "train", 3, 256)
+    assert big.shape == (3, 256, 256) and big.dtype == torch.uint8
+    s1 = open_split("synthetic", split="train", input_size=32, seed=5, synthetic_images=40)
+    s2 = open_split("synthetic", split="train", input_size=32, seed=5, synthetic_images=40)
+    assert torch.equal(s1.dataset[(3, 2)][0], s2.dataset[(3, 2)][0])
+    assert torch.equal(s1.stats.mean_image, s2.stats.mean_image)
+
+
+def test_synthetic_classes_differ_only_in_colour_or_only_in_shape():
+    names = class_names(10)
+    assert names == sorted(names) and names[0].startswith("00-colour") and names[5].startswith("05-shape")
+    images, labels = synthetic_images(0, "train", range(400), 32)
+    x = images.double()
+    mean_colour = x.mean(dim=(2, 3)) - x.mean(dim=(1, 2, 3)).unsqueeze(1)      # colour cast per image
+    # colour classes: the cast identifies the class (class means far apart compared with the spread)
+    centres = torch.stack([mean_colour[labels == c].mean(0) for c in range(5)])
+    spread = max(mean_colour[labels == c].std(0).norm().item() for c in range(5))
+    gaps = torch.cdist(centres, centres) + torch.eye(5) * 1e9
+    assert gaps.min() > 4 * spread
+    # shape classes: the cast carries no class information (same distribution for every class)
+    shape_centres = torch.stack([mean_colour[labels == c].mean(0) for c in range(5, 10)])
+    assert (shape_centres.norm(dim=1) < 25).all()
+    # shape classes differ in colour-independent structure: stripes along x or y, and every class is
+    # its own mirror image (a horizontal flip, used in training, must not turn one class into another)
+    lum = x.mean(dim=1)
+    gx, gy = lum[:, 1:-1, 2:] - lum[:, 1:-1, :-2], lum[:, 2:, 1:-1] - lum[:, :-2, 1:-1]     # central differences
+    energy = (gx ** 2 + gy ** 2).sum((1, 2))
+    along_x = (gx ** 2).sum((1, 2)) / energy
+    skew = (gx * gy).sum((1, 2)) / energy                   # changes sign under a horizontal flip
+    assert along_x[labels == 5].min() > 0.6 and along_x[labels == 6].max() < 0.4    # vertical / horizontal stripes
+    for c in range(10):
+        assert abs(skew[labels == c].mean()) < 0.03, c
+    flipped = images.flip(-1)
+    assert torch.equal(synthetic_images(0, "train", range(400), 32)[0], images)      # and generation is repeatable
+    assert not torch.equal(flipped, images)
+
+
+def test_class_indices_follow_sorted_folder_names(tmp_path, data_write_images):
+    img = np.zeros((8, 8, 3))
+    data_write_images(tmp_path / "train", {"n02/a.png": img, "n01/b.png": img, "n10/c.png": img})
+    data_write_images(tmp_path / "test", {"n02/a.png": img, "n01/b.png": img, "n10/c.png": img})
+    split = open_split("cifar10", tmp_path, "val", train=False, input_size=8)        # test/ serves as val
+    assert split.classes == ["n01", "n02", "n10"]
+    assert sorted(split.dataset.labels) == [0, 1, 2]
+
+
+def test_bad_data_folders_are_one_sentence(tmp_path, data_write_images):
+    with pytest.raises(UserError, match=f"{tmp_path / 'nowhere'} does not exist"):
+        open_split("imagefolder", tmp_path / "nowhere", "train", input_size=8)
+    with pytest.raises(UserError, match="has no train/ folder"):
+        open_split("imagefolder", tmp_path, "train", input_size=8)
+    (tmp_path / "train").mkdir()
+    with pytest.raises(UserError, match="has no class subfolders"):
+        open_split("imagefolder", tmp_path, "train", input_size=8)
+    (tmp_path / "train" / "a").mkdir()
+    with pytest.raises(UserError, match="no files in them"):
+        open_split("imagefolder", tmp_path, "train", input_size=8)
+    img = np.zeros((8, 8, 3))
+    data_write_images(tmp_path / "train", {"a/x.png": img, "b/y.png": img})
+    data_write_images(tmp_path / "val", {"a/x.png": img, "c/y.png": img})
+    with pytest.raises(UserError, match=r"class folders of .*train and .*val differ \(1 only in train \(first: b\), 1 only in val \(first: c\)\)"):
+        open_split("imagefolder", tmp_path, "val", input_size=8)
+    with pytest.raises(UserError, match="data.source 'folders' is not one of"):
+        open_split("folders", tmp_path, "train")
+    with pytest.raises(UserError, match="needs data.root"):
+        open_split("store", None, "train")
+
+
+def test_store_made_with_other_settings_is_refused(tmp_path, data_write_images):
+    img = np.zeros((40, 40, 3))
+    for split in ("train", "val"):
+        data_write_images(tmp_path / "src" / split, {"a/x.png": img, "b/y.png": img})
+        prepare_store(tmp_path / "src" / split, tmp_path / "store" / split, size=32, workers=1)
+    assert open_split("store", tmp_path / "store", "val", train=False, input_size=32).classes == ["a", "b"]
+    with pytest.raises(UserError, match=r"store .*val holds 32x32 images but this input size needs 256x256; prepare the data again with --size 256"):
+        open_split("store", tmp_path / "store", "val", train=False, input_size=224)
+    with pytest.raises(UserError, match="not a prepared store"):
+        open_split("store", tmp_path / "src", "train", input_size=32)

@@ -1,0 +1,133 @@
+"""prepare + stats on generated class folders give exactly the expected mean image, channel means and RGB PCA."""
+import numpy as np
+import pytest
+import torch
+
+from twogpu_alexnet.data import open_split
+from twogpu_alexnet.data.folders import list_split
+from twogpu_alexnet.data.split import compute_split_stats, folder_stats
+from twogpu_alexnet.data.stats import StatsAccumulator, eigen_rgb, load_stats
+from twogpu_alexnet.data.store import prepare_store
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")   # torchvision.io points to torchcodec
+
+SIZE = 16
+
+
+def _images(seed=0, count=6):
+    """Known pixel values: random 16x16 RGB images whose channels are correlated (distinct eigenvalues)."""
+    rng = np.random.default_rng(seed)
+    mix = np.array([[1.0, 0.0, 0.0], [0.6, 0.5, 0.0], [0.3, 0.2, 0.25]])
+    out = {}
+    for i in range(count):
+        base = rng.uniform(0, 200, size=(SIZE, SIZE, 3)) @ mix.T
+        out[f"{'ab'[i % 2]}/img{i}.png"] = np.clip(base + rng.integers(0, 40, size=(SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+    return out
+
+
+def _expected(images):
+    """Mean image, channel means, population covariance and its eigen-decomposition, with numpy."""
+    stack = np.stack(list(images.values())).astype(np.float64)               # N x H x W x 3
+    mean_image = stack.mean(axis=0).transpose(2, 0, 1)
+    pixels = stack.reshape(-1, 3)
+    cov = np.cov(pixels, rowvar=False, bias=True)
+    values, vectors = np.linalg.eigh(cov)
+    values, vectors = values[::-1], vectors[:, ::-1]
+    for i in range(3):                                 # documented sign: largest-magnitude component positive
+        if vectors[np.abs(vectors[:, i]).argmax(), i] < 0:
+            vectors[:, i] *= -1
+    return mean_image, pixels.mean(axis=0), cov, values, vectors
+
+
+def _check(stats, images):
+    mean_image, channel_mean, cov, values, vectors = _expected(images)
+    assert stats.images == len(images)
+    assert stats.pixels == len(images) * SIZE * SIZE
+    np.testing.assert_allclose(stats.mean_image.numpy(), mean_image, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(stats.channel_mean.numpy(), channel_mean, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(stats.covariance.numpy(), cov, rtol=1e-12, atol=1e-8)
+    np.testing.assert_allclose(stats.eigenvalues.numpy(), values, rtol=1e-10)
+    np.testing.assert_allclose(stats.eigenvectors.numpy(), vectors, atol=1e-10)
+    assert values[0] > values[1] > values[2] > 0
+
+
+def test_prepare_raw_store_stats_are_exact(tmp_path, data_write_images):
+    images = _images()
+    src = data_write_images(tmp_path / "train", images)
+    result = prepare_store(src, tmp_path / "store", size=SIZE, fmt="raw", workers=1, chunk_size=4)
+    assert result["complete"] and result["written"] == len(images) and result["skipped"] == []
+    stats, payload = load_stats(tmp_path / "store" / "stats.pt")
+    _check(stats, images)
+    # the stats command recomputes from the stored pixels and agrees exactly
+    again, path = compute_split_stats(tmp_path / "store", force=True)
+    assert path == tmp_path / "store" / "stats.pt"
+    _check(again, images)
+
+
+def test_folder_stats_are_exact_and_cached(tmp_path, data_write_images):
+    images = _images(seed=1, count=5)
+    src = data_write_images(tmp_path / "train", images)
+    listing = list_split(src).images()
+    stats = folder_stats(listing, SIZE, workers=1)
+    _check(stats, images)
+    cache = src / f".twogpu-alexnet-stats-{SIZE}.pt"
+    assert cache.exists()
+    cached, payload = load_stats(cache)
+    assert torch.equal(cached.mean_image, stats.mean_image) and payload["fingerprint"]
+    # a changed file list is noticed (stale cache is recomputed)
+    extra = {"a/zzz.png": np.full((SIZE, SIZE, 3), 7, np.uint8)}
+    data_write_images(src, extra)
+    fresh = folder_stats(list_split(src).images(), SIZE, workers=1)
+    _check(fresh, {**images, **extra})
+
+
+def test_parallel_chunks_give_the_same_exact_sums(tmp_path, data_write_images):
+    images = _images(seed=2, count=7)
+    src = data_write_images(tmp_path / "train", images)
+    one = prepare_store(src, tmp_path / "s1", size=SIZE, fmt="raw", workers=1, chunk_size=7)
+    two = prepare_store(src, tmp_path / "s2", size=SIZE, fmt="raw", workers=2, chunk_size=2)
+    a, b = load_stats(tmp_path / "s1" / "stats.pt")[0], load_stats(tmp_path / "s2" / "stats.pt")[0]
+    assert torch.equal(a.mean_image, b.mean_image) and torch.equal(a.covariance, b.covariance)
+    assert one["written"] == two["written"] == 7
+
+
+def test_jpeg_store_stats_are_those_of_the_stored_pixels(tmp_path, data_write_images):
+    images = _images(seed=3, count=4)
+    src = data_write_images(tmp_path / "train", images)
+    prepare_store(src, tmp_path / "store", size=SIZE, fmt="jpeg", quality=95, workers=1)
+    from twogpu_alexnet.data.split import StoreSource
+
+    reader = StoreSource(tmp_path / "store")
+    acc = StatsAccumulator(SIZE)
+    for i in range(len(reader)):
+        acc.add(reader.image(i))
+    direct = acc.finish()
+    stored = reader.stats()
+    assert torch.equal(direct.mean_image, stored.mean_image)
+    assert torch.allclose(direct.eigenvalues, stored.eigenvalues, rtol=1e-12)
+    # and close to the lossless numbers (JPEG tolerance)
+    mean_image, channel_mean, *_ = _expected(images)
+    assert np.abs(stored.channel_mean.numpy() - channel_mean).max() < 2.0
+
+
+def test_open_split_picks_up_train_stats_for_both_splits(tmp_path, data_write_images):
+    images = _images(seed=4, count=4)
+    root = tmp_path / "data"
+    data_write_images(root / "train", images)
+    data_write_images(root / "val", {"a/v.png": np.full((SIZE, SIZE, 3), 9, np.uint8), "b/w.png": np.zeros((SIZE, SIZE, 3), np.uint8)})
+    prepare_store(root / "train", tmp_path / "store" / "train", size=SIZE, fmt="raw", workers=1)
+    prepare_store(root / "val", tmp_path / "store" / "val", size=SIZE, fmt="raw", workers=1)
+    for source, where in (("store", tmp_path / "store"), ("imagefolder", root)):
+        val = open_split(source, where, "val", train=False, input_size=SIZE, color_noise="none")
+        _check(val.stats, images)
+        assert val.classes == ["a", "b"]
+
+
+def test_eigen_convention():
+    cov = torch.tensor([[4.0, 1.0, 0.0], [1.0, 3.0, 0.5], [0.0, 0.5, 1.0]], dtype=torch.float64)
+    values, vectors = eigen_rgb(cov)
+    assert values[0] > values[1] > values[2]
+    assert torch.allclose(cov @ vectors, vectors * values, atol=1e-12)
+    assert torch.allclose(vectors.T @ vectors, torch.eye(3, dtype=torch.float64), atol=1e-12)
+    biggest = vectors.abs().argmax(dim=0)
+    assert (vectors[biggest, torch.arange(3)] > 0).all()

@@ -1,0 +1,144 @@
+"""The prepared store: pixels round-trip, odd image files become RGB, broken files are listed and skipped,
+an interrupted prepare resumes without redoing or duplicating work, and user mistakes are one sentence."""
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from twogpu_alexnet.data.decode import resize_center_crop
+from twogpu_alexnet.data.split import StoreSource
+from twogpu_alexnet.data.store import prepare_store
+from twogpu_alexnet.errors import UserError
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _smooth(h, w, seed=0):
+    """A smooth colour image (JPEG reproduces it closely)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    a, b, c = rng.uniform(0.5, 2.0, 3)
+    img = np.stack([120 + 80 * np.sin(a * 3 * x + b), 120 + 80 * np.cos(b * 3 * y), 60 + 100 * x * y * c], axis=-1)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_raw_store_round_trips_pixels_exactly(tmp_path, data_write_images):
+    images = {f"c{i % 3}/im{i}.png": _smooth(24, 24, i) for i in range(6)}
+    data_write_images(tmp_path / "src", images)
+    prepare_store(tmp_path / "src", tmp_path / "store", size=24, fmt="raw", workers=1)
+    reader = StoreSource(tmp_path / "store")
+    assert len(reader) == 6 and reader.classes == ["c0", "c1", "c2"]
+    paths = reader.source_paths()
+    for i in range(len(reader)):
+        original = torch.from_numpy(images[paths[i]]).permute(2, 0, 1)
+        assert torch.equal(reader.image(i), original)
+        assert reader.labels[i] == int(paths[i][1])
+
+
+def test_jpeg_store_round_trips_within_jpeg_tolerance_and_resizes(tmp_path, data_write_images):
+    images = {"a/wide.png": _smooth(30, 50, 1), "b/tall.png": _smooth(48, 20, 2), "b/square.png": _smooth(32, 32, 3)}
+    data_write_images(tmp_path / "src", images)
+    prepare_store(tmp_path / "src", tmp_path / "store", size=32, fmt="jpeg", quality=95, workers=1)
+    reader = StoreSource(tmp_path / "store")
+    for i, rel in enumerate(reader.source_paths()):
+        expected = resize_center_crop(torch.from_numpy(images[rel]).permute(2, 0, 1), 32)
+        got = reader.image(i)
+        assert got.shape == (3, 32, 32)
+        assert (got.float() - expected.float()).abs().mean() < 2.0
+        assert (got.float() - expected.float()).abs().max() < 24
+
+
+def test_shorter_side_to_size_then_centre_crop():
+    img = torch.zeros(3, 20, 40, dtype=torch.uint8)
+    img[:, :, 10:30] = 200                                        # the central 20x20 square is bright
+    out = resize_center_crop(img, 10)
+    assert out.shape == (3, 10, 10) and (out == 200).all()
+
+
+def _encoded(image, fmt, **kw):
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_odd_images_become_rgb_and_broken_files_are_listed(tmp_path, data_write_images):
+    rgb = _smooth(16, 16, 4)
+    good_jpeg = _encoded(Image.fromarray(rgb), "JPEG", quality=95)
+    files = {
+        "a/gray.JPEG": Image.fromarray(rgb[..., 0]),                            # grayscale JPEG
+        "a/cmyk.JPEG": Image.fromarray(rgb).convert("CMYK"),                      # CMYK JPEG
+        "b/palette.png": Image.fromarray(rgb).convert("P"),                       # palette PNG
+        ("b/png_named.JPEG", "PNG"): Image.fromarray(rgb),                       # PNG behind a .JPEG name
+        "b/rgba.png": Image.fromarray(rgb).convert("RGBA"),
+        "a/truncated.JPEG": good_jpeg[: len(good_jpeg) // 2],
+        "a/text.JPEG": b"this is not an image at all",
+        "b/empty.jpg": b"",
+        "b/readme.txt": b"notes",
+    }
+    data_write_images(tmp_path / "src", files)
+    result = prepare_store(tmp_path / "src", tmp_path / "store", size=16, fmt="raw", workers=1)
+    skipped = {item["path"].split("src/")[1]: item["reason"] for item in result["skipped"]}
+    assert set(skipped) == {"a/truncated.JPEG", "a/text.JPEG", "b/empty.jpg", "b/readme.txt"}
+    assert "truncated" in skipped["a/truncated.JPEG"]
+    assert "not an image" in skipped["a/text.JPEG"]
+    assert "empty" in skipped["b/empty.jpg"]
+    assert "extension .txt" in skipped["b/readme.txt"]
+    assert result["written"] == 5
+    assert json.loads((tmp_path / "store" / "skipped.json").read_text()) == result["skipped"]
+    reader = StoreSource(tmp_path / "store")
+    by_name = {rel: reader.image(i) for i, rel in enumerate(reader.source_paths())}
+    gray = by_name["a/gray.JPEG"]
+    assert gray.shape == (3, 16, 16) and torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+    original = torch.from_numpy(rgb).permute(2, 0, 1).int()
+    assert (by_name["a/cmyk.JPEG"].int() - original).abs().float().mean() < 4
+    assert torch.equal(by_name["b/png_named.JPEG"], original.to(torch.uint8))
+    assert torch.equal(by_name["b/rgba.png"], original.to(torch.uint8))
+    assert by_name["b/palette.png"].shape == (3, 16, 16)
+
+
+def test_interrupted_prepare_resumes_without_redoing_or_duplicating(tmp_path, data_write_images):
+    images = {f"c{i % 2}/im{i:02d}.png": _smooth(20, 20, i) for i in range(10)}
+    images["c0/broken.png"] = b"\x89PNG\r\n\x1a\n broken"
+    data_write_images(tmp_path / "src", images)
+    store = tmp_path / "store"
+    first = prepare_store(tmp_path / "src", store, size=20, fmt="jpeg", workers=1, chunk_size=3, max_chunks=2)
+    assert not first["complete"] and first["written"] is None
+    done = {p.name: p.stat().st_mtime_ns for p in (store / "shards").iterdir()}
+    assert sorted(done) == ["00000.data", "00000.pt", "00000.stats.pt", "00001.data", "00001.pt", "00001.stats.pt"]
+    with pytest.raises(UserError, match="incomplete"):
+        StoreSource(store)
+    (store / "shards" / "00002.data.tmp").write_bytes(b"half a chunk from a killed worker")
+    second = prepare_store(tmp_path / "src", store, size=20, fmt="jpeg", workers=2)
+    assert second["complete"] and second["reused"] == 6
+    for name, mtime in done.items():                                     # earlier chunks untouched
+        if not name.endswith(".stats.pt"):
+            assert (store / "shards" / name).stat().st_mtime_ns == mtime
+    assert not list((store / "shards").glob("*.tmp"))
+    reader = StoreSource(store)
+    assert len(reader) == 10 and len(set(reader.ids.tolist())) == 10
+    assert sorted(reader.source_paths()) == sorted(k for k in images if "broken" not in k)
+    assert [s["path"].split("src/")[1] for s in second["skipped"]] == ["c0/broken.png"]
+    third = prepare_store(tmp_path / "src", store, size=20, fmt="jpeg", workers=1)
+    assert third["reused"] == 11 and third["written"] == 10
+
+
+def test_prepare_user_mistakes_are_one_sentence(tmp_path, data_write_images):
+    with pytest.raises(UserError, match="does not exist"):
+        prepare_store(tmp_path / "missing", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no class subfolders"):
+        prepare_store(tmp_path / "empty", tmp_path / "out")
+    data_write_images(tmp_path / "src", {"a/x.png": _smooth(8, 8)})
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="cannot write to output folder .*afile"):
+        prepare_store(tmp_path / "src", tmp_path / "afile" / "store", size=8)
+    prepare_store(tmp_path / "src", tmp_path / "store", size=8, workers=1)
+    with pytest.raises(UserError, match=r"store .*store was made with different settings: size 8 \(asked 16\)"):
+        prepare_store(tmp_path / "src", tmp_path / "store", size=16, workers=1)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "other.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty and is not a store"):
+        prepare_store(tmp_path / "src", tmp_path / "busy", size=8)

@@ -1,0 +1,197 @@
+"""Training-set statistics: the per-pixel mean image and the PCA of RGB values (the paper's section 4.1).
+
+Pixel scale: 0..255 (uint8 values as stored), as in the original code. Every number here is in that
+scale: the mean image (3 x S x S), the channel means, the 3x3 covariance of RGB values over all
+training pixels (population covariance: divided by the number of pixels) and its eigen-decomposition.
+
+Sums are accumulated in int64, so the result is exact and independent of the order in which images
+(or shards of a parallel ``prepare``) are added.
+
+Eigen-decomposition conventions: eigenvalues in descending order; ``eigenvectors[:, i]`` is the unit
+eigenvector of ``eigenvalues[i]``, signed so that its largest-magnitude component is positive.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+
+STATS_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Mean image and RGB PCA of a training split, in the 0..255 pixel scale."""
+
+    mean_image: torch.Tensor    # float64, 3 x S x S
+    channel_mean: torch.Tensor  # float64, 3
+    covariance: torch.Tensor    # float64, 3 x 3
+    eigenvalues: torch.Tensor   # float64, 3, descending
+    eigenvectors: torch.Tensor  # float64, 3 x 3, column i pairs with eigenvalues[i]
+    images: int
+    pixels: int
+
+    @property
+    def size(self) -> int:
+        return int(self.mean_image.shape[-1])
+
+    @property
+    def pca_stdevs(self) -> torch.Tensor:
+        """sqrt(eigenvalues): the original code's ``pca_stdevs``."""
+        return self.eigenvalues.clamp_min(0).sqrt()
+
+    def to_dict(self) -> dict:
+        return {
+            "format": STATS_FORMAT,
+            "mean_image": self.mean_image,
+            "channel_mean": self.channel_mean,
+            "covariance": self.covariance,
+            "eigenvalues": self.eigenvalues,
+            "eigenvectors": self.eigenvectors,
+            "images": self.images,
+            "pixels": self.pixels,
+        }
+
+    def summary(self) -> dict:
+        """JSON-friendly numbers (no mean image)."""
+        return {
+            "images": self.images,
+            "size": self.size,
+            "channel_mean": [round(v, 4) for v in self.channel_mean.tolist()],
+            "eigenvalues": [round(v, 4) for v in self.eigenvalues.tolist()],
+            "eigenvectors": [[round(v, 6) for v in row] for row in self.eigenvectors.tolist()],
+        }
+
+
+def eigen_rgb(covariance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Descending eigenvalues and sign-normalized eigenvectors (columns) of a symmetric 3x3 matrix."""
+    values, vectors = torch.linalg.eigh(covariance.to(torch.float64))
+    values, vectors = values.flip(0), vectors.flip(1)
+    biggest = vectors.abs().argmax(dim=0)
+    signs = torch.sign(vectors[biggest, torch.arange(3)])
+    signs[signs == 0] = 1
+    return values, vectors * signs
+
+
+def _outer_sum(flat: torch.Tensor) -> torch.Tensor:
+    """Exact sum over pixels of x x^T (3 x 3, int64) for uint8 RGB columns ``flat`` (3 x P).
+
+    A float64 matmul is exact here: every partial sum is an integer below 2**53 for P < 1.3e11 pixels.
+    """
+    f = flat.to(torch.float64)
+    return (f @ f.T).round().to(torch.int64)
+
+
+class StatsAccumulator:
+    """Exact running sums over uint8 images of one size; ``merge`` combines shards."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.sum_image = torch.zeros(3, size, size, dtype=torch.int64)
+        self.sum_outer = torch.zeros(3, 3, dtype=torch.int64)
+        self.images = 0
+
+    def add(self, img: torch.Tensor) -> None:
+        """Add one uint8 image, 3 x size x size."""
+        self.sum_image += img.to(torch.int64)
+        self.sum_outer += _outer_sum(img.reshape(3, -1))
+        self.images += 1
+
+    def add_batch(self, images: torch.Tensor) -> None:
+        """Add uint8 images N x 3 x size x size at once (same sums as calling ``add`` on each)."""
+        self.sum_image += images.to(torch.int64).sum(dim=0)
+        self.sum_outer += _outer_sum(images.permute(1, 0, 2, 3).reshape(3, -1))
+        self.images += images.shape[0]
+
+    def merge(self, other: "StatsAccumulator") -> None:
+        self.sum_image += other.sum_image
+        self.sum_outer += other.sum_outer
+        self.images += other.images
+
+    def state(self) -> dict:
+        return {"size": self.size, "sum_image": self.sum_image, "sum_outer": self.sum_outer, "images": self.images}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "StatsAccumulator":
+        acc = cls(int(state["size"]))
+        acc.sum_image = state["sum_image"].to(torch.int64, copy=True)
+        acc.sum_outer = state["sum_outer"].to(torch.int64, copy=True)
+        acc.images = int(state["images"])
+        return acc
+
+    def finish(self) -> Stats:
+        if self.images == 0:
+            raise UserError("cannot compute statistics from zero images; the training split needs at least one readable image.")
+        pixels = self.images * self.size * self.size
+        mean_image = self.sum_image.to(torch.float64) / self.images
+        channel_sum = self.sum_image.sum(dim=(1, 2)).to(torch.float64)
+        channel_mean = channel_sum / pixels
+        covariance = self.sum_outer.to(torch.float64) / pixels - torch.outer(channel_mean, channel_mean)
+        eigenvalues, eigenvectors = eigen_rgb(covariance)
+        return Stats(mean_image, channel_mean, covariance, eigenvalues, eigenvectors, self.images, pixels)
+
+
+def compute_stats(images, size: int, progress=None) -> Stats:
+    """Stats over an iterable of uint8 images (3 x size x size); None entries (unreadable) are skipped.
+
+    ``progress``: optional callable ``progress(n)`` called after each image with the count so far.
+    """
+    acc = StatsAccumulator(size)
+    for count, img in enumerate(images, 1):
+        if img is not None:
+            acc.add(img)
+        if progress is not None:
+            progress(count)
+    return acc.finish()
+
+
+def save_stats(stats: Stats, path, extra: dict | None = None) -> Path:
+    """Write stats (plus ``extra`` identification keys) atomically to ``path``."""
+    path = Path(path)
+    payload = stats.to_dict()
+    payload.update(extra or {})
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_stats(path) -> tuple[Stats, dict]:
+    """Read stats written by :func:`save_stats`; returns (stats, the whole payload)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        stats = Stats(
+            payload["mean_image"], payload["channel_mean"], payload["covariance"],
+            payload["eigenvalues"], payload["eigenvectors"], int(payload["images"]), int(payload["pixels"]),
+        )
+    except Exception as exc:  # unreadable or foreign file
+        raise UserError(f"statistics file {path} is unreadable ({type(exc).__name__}); delete it and it will be recomputed.") from None
+    return stats, payload
+
+
+def cache_path_for(split_dir, size: int) -> Path:
+    """Where stats of a class-folder split live: beside the data when writable, else the user cache.
+
+    Beside the data: ``<split_dir>/.twogpu-alexnet-stats-<size>.pt``. Otherwise
+    ``$XDG_CACHE_HOME/twogpu-alexnet`` (default ``~/.cache/twogpu-alexnet``), keyed by the absolute path.
+    """
+    split_dir = Path(split_dir).resolve()
+    local = split_dir / f".twogpu-alexnet-stats-{size}.pt"
+    if local.exists() or os.access(split_dir, os.W_OK):
+        return local
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "twogpu-alexnet"
+    key = hashlib.sha1(str(split_dir).encode()).hexdigest()[:16]
+    return cache / f"stats-{key}-{size}.pt"
+
+
+def fingerprint_files(files, labels) -> str:
+    """A short hash of a split's file list, so cached stats go stale when the files change."""
+    h = hashlib.sha1()
+    for f, y in zip(files, labels):
+        h.update(f"{y}\t{f}\n".encode())
+    return h.hexdigest()
