@@ -1,0 +1,171 @@
+"""Training runs on the built-in synthetic data: run folder, modes, exact resume, stops and failures."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from twogpu_alexnet.cli import main
+from twogpu_alexnet.engine.checkpoint import load_checkpoint
+from twogpu_alexnet.engine.config import load_config
+from twogpu_alexnet.engine.metrics import read_metrics
+from twogpu_alexnet.engine.progress import Reporter
+from twogpu_alexnet.engine.signals import StopRequest
+from twogpu_alexnet.engine.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+# a tiny, deterministic run: 4 steps of 8 images per epoch, 16 validation images
+TINY = ["data.synthetic_images=32", "data.synthetic_val_images=16", "train.batch_size=8", "train.lr=0.001",
+        "train.log_every=2", "train.deterministic=true", "analysis.kernel_grid_epochs=[1]"]
+
+
+def tiny(*sets):
+    return load_config(None, TINY + list(sets))
+
+
+def _weights(run_dir, name="last.pt"):
+    return load_checkpoint(Path(run_dir) / "checkpoints" / name)
+
+
+@pytest.mark.parametrize("mode, devices", [("grouped", "['cpu']"), ("two-tower", "['cpu', 'cpu']"), ("auto", None)])
+def test_two_step_run_in_each_mode_writes_the_run_folder(mode, devices, tmp_path):
+    sets = [f"model.mode={mode}", "train.epochs=1", "train.max_steps_per_epoch=2"]
+    if devices:
+        sets.append(f"model.devices={devices}")
+    result = train(tiny(*sets), tmp_path / "run")
+    assert (result.status, result.exit_code) == ("done", 0)
+    assert result.placement.mode == ("grouped" if mode == "auto" and torch.cuda.device_count() < 2 else
+                                     mode if mode != "auto" else "two-tower")
+    run = tmp_path / "run"
+    assert load_config(run / "config.toml") == tiny(*sets)  # the resolved config, readable again
+    records = read_metrics(run / "metrics.jsonl")
+    steps = [r for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [s["step"] for s in steps] == [2] and set(steps[0]) == {"kind", "epoch", "step", "loss", "lr", "img_s"}
+    assert len(epochs) == 1 and epochs[0]["epoch"] == 1
+    e = epochs[0]
+    assert 0 <= e["val_top5_error"] <= e["val_top1_error"] <= 1 and e["lr"] == 0.001 and e["skipped"] == 0
+    assert 0 <= e["color_score_tower0"] <= 1 and 0 <= e["color_score_tower1"] <= 1
+    assert (run / "kernels" / "epoch_001.png").stat().st_size > 0
+    files = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert files == ["best.pt", "epoch_001.pt", "last.pt"]
+    raw = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert (raw["preset"], raw["num_classes"], raw["epoch"], raw["batch"], raw["step"]) == ("cifar", 10, 1, 0, 2)
+    assert "towers.0.conv1.weight" in raw["model"] and "fc8.weight" in raw["model"]  # canonical two-tower layout
+    assert set(raw["optimizer"]["momentum"]) == set(raw["model"])
+
+
+class _StopAt(Reporter):
+    """Asks the run to stop after a given batch, as a SIGTERM would (deterministic, in-process)."""
+
+    def __init__(self, stop: StopRequest, batch: int):
+        self.stop, self.batch = stop, batch
+
+    def step(self, epoch, batch, loss, lr, img_s):
+        if batch + 1 == self.batch:
+            self.stop.request(signal.SIGTERM)
+
+
+def test_resume_is_bit_identical_to_a_straight_run(tmp_path):
+    """2 epochs straight == stop in mid epoch 1, resume to the end of epoch 1, resume (CLI) to epoch 2:
+    weights, momentum and the logged losses, bit for bit."""
+    straight = train(tiny("train.epochs=2"), tmp_path / "a")
+    stop = StopRequest()
+    stopped = train(tiny("train.epochs=1"), tmp_path / "b", stop=stop, reporter=_StopAt(stop, 2))
+    assert (stopped.status, stopped.exit_code) == ("interrupted", 143)
+    mid = _weights(tmp_path / "b")
+    assert (mid["epoch"], mid["batch"], mid["step"]) == (0, 3, 3)  # the step in flight finished first
+    assert train(tiny("train.epochs=1"), tmp_path / "b", resume=True).status == "done"
+    assert main(["train", "--resume", str(tmp_path / "b"), "--set", "train.epochs=2"]) == 0
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert straight.status == "done" and (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (2, 8)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+        assert torch.equal(a["optimizer"]["momentum"][k], b["optimizer"]["momentum"][k]), k
+    ea = [r for r in read_metrics(tmp_path / "a" / "metrics.jsonl") if r["kind"] == "epoch"]
+    eb = [r for r in read_metrics(tmp_path / "b" / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in eb] == [1, 2]
+    for ra, rb in zip(ea, eb):
+        assert rb["val_top1_error"] == ra["val_top1_error"] and rb["val_top5_error"] == ra["val_top5_error"]
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-12)  # summed in two parts in run b
+
+
+def test_trained_on_two_towers_resumes_grouped(tmp_path):
+    two = ["model.mode=two-tower", "model.devices=['cpu', 'cpu']", "train.max_steps_per_epoch=2"]
+    train(tiny("train.epochs=1", *two), tmp_path / "run")
+    result = train(load_config(tmp_path / "run" / "config.toml",
+                               ["train.epochs=2", "model.mode=grouped", "model.devices=['cpu']"]),
+                   tmp_path / "run", resume=True)
+    assert (result.status, result.placement.mode) == ("done", "grouped")
+    assert _weights(tmp_path / "run")["step"] == 4 and _weights(tmp_path / "run")["mode"] == "grouped"
+
+
+def test_sigterm_saves_exits_143_and_resume_completes(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "twogpu_alexnet", "train", "--out", str(run), "--set", "data.synthetic_images=800",
+           "--set", "train.batch_size=8", "--set", "train.epochs=1", "--set", "train.log_every=1",
+           "--set", "data.synthetic_val_images=16", "--set", "train.lr=0.001"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        metrics = run / "metrics.jsonl"
+        if metrics.exists() and metrics.read_text().count('"kind": "step"') >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "SIGTERM received: saved" in err and f"--resume {run}" in err
+    saved = _weights(run)
+    assert saved["epoch"] == 0 and 2 <= saved["batch"] < 100
+    assert main(["train", "--resume", str(run), "--set", "train.max_steps_per_epoch=" + str(saved["batch"] + 2)]) == 0
+    done = _weights(run)
+    assert (done["epoch"], done["step"]) == (1, saved["batch"] + 2)
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_the_last_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny("train.epochs=1", "train.max_steps_per_epoch=2"), run)
+    code = main(["train", "--resume", str(run), "--set", "train.epochs=2", "--set", "train.lr=1e6"])
+    err = capsys.readouterr().err
+    assert code == 3
+    # step 3, the first at lr 1e6, starts from good weights; step 4 sees the blown-up ones
+    assert "the loss became non-finite at step 4 (epoch 2, batch 2)" in err
+    assert f"last good checkpoint: {run / 'checkpoints' / 'last.pt'}" in err
+    assert _weights(run)["epoch"] == 1  # the good checkpoint is still the newest
+
+    skip = train(tiny("train.epochs=1", "train.max_steps_per_epoch=4", "train.lr=1e6", "train.nonfinite=skip"),
+                 tmp_path / "skip")
+    assert skip.status == "done" and skip.nonfinite_skipped >= 1
+    epoch = [r for r in read_metrics(tmp_path / "skip" / "metrics.jsonl") if r["kind"] == "epoch"][0]
+    assert epoch["nonfinite_skipped"] == skip.nonfinite_skipped
+
+
+def test_cli_refuses_to_overwrite_a_run_and_checks_resume_input(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny("train.epochs=1", "train.max_steps_per_epoch=1"), run)
+    assert main(["train", "--out", str(run)] + [a for s in TINY for a in ("--set", s)]) == 2
+    assert f"{run} already holds a run; continue it with --resume" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--config", "configs/demo.toml"]) == 2
+    (run / "checkpoints" / "last.pt").write_bytes(b"garbage")
+    for p in (run / "checkpoints").glob("epoch_*.pt"):
+        p.write_bytes(b"garbage")
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "error: no readable checkpoint" in err and "Traceback" not in err
+
+
+def test_json_summary(tmp_path, capsys):
+    code = main(["train", "--json", "--out", str(tmp_path / "run")] + [a for s in TINY + ["train.epochs=1",
+                "train.max_steps_per_epoch=1"] for a in ("--set", s)])
+    out = capsys.readouterr().out
+    assert code == 0
+    result = json.loads(out)
+    assert result["status"] == "done" and result["epochs_run"] == 1 and 0 <= result["val_top1_error"] <= 1

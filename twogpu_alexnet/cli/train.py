@@ -1,0 +1,134 @@
+"""``twogpu-alexnet train``: the paper's recipe from one command (no arguments: the built-in demo)."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import UserError
+from .common import add_json_flag, console_for, print_json
+
+DESCRIPTION = """\
+Train AlexNet. With no arguments it runs the built-in demo (synthetic images, the cifar preset,
+a few epochs on whatever device there is). Exit codes: 0 done, 2 user error, 3 non-finite loss,
+130 / 143 stopped by SIGINT / SIGTERM with a checkpoint saved (continue with --resume).
+
+examples:
+  twogpu-alexnet train
+  twogpu-alexnet train --config configs/paper-2gpu.toml --set data.root=/data/imagenet --out runs/paper
+  twogpu-alexnet train --config configs/cifar10.toml --set data.root=/data/cifar10 --set speed.amp=bf16
+  twogpu-alexnet train --resume runs/paper --set train.epochs=100
+"""
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train AlexNet (no arguments: a short demo)", description=DESCRIPTION,
+                              formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="FILE", help="TOML config (configs/*.toml); default: the built-in demo")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
+                   help="override one config key, e.g. train.epochs=10 (repeatable; values in TOML syntax)")
+    p.add_argument("--out", metavar="DIR", help="run folder to create (default: runs/<date>-<time>)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR with its saved config")
+    add_json_flag(p)
+    p.set_defaults(run=run)
+
+
+def default_run_dir(base: Path = Path("runs")) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, n = base / stamp, 1
+    while path.exists():
+        n += 1
+        path = base / f"{stamp}-{n}"
+    return path
+
+
+def run(args) -> int:
+    from ..engine.config import load_config
+    from ..engine.distributed import context_from_env
+    from ..engine.progress import reporter_for
+    from ..engine.signals import StopRequest
+    from ..engine.train import train
+
+    console = console_for(args)  # the summary: stdout (stderr with --json)
+    progress = Console(stderr=True, highlight=False)  # progress lines and notes: always stderr
+    ctx = context_from_env()
+    if args.resume:
+        if args.config or args.out:
+            raise UserError("--resume continues a run in its own folder with its saved config; drop --config and "
+                            "--out (use --set to change keys)")
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.toml").is_file():
+            raise UserError(f"{run_dir} is not a run folder (no config.toml); --resume takes a folder written by "
+                            "`twogpu-alexnet train`")
+        config = load_config(run_dir / "config.toml", args.overrides)
+    else:
+        config = load_config(args.config, args.overrides)
+        if ctx.enabled and not args.out:
+            raise UserError("under torchrun pass --out DIR (one folder, on a filesystem every node can read)")
+        run_dir = Path(args.out) if args.out else default_run_dir()
+    if ctx.is_main:
+        if args.config is None and not args.resume:
+            progress.print("no --config: running the built-in demo (configs/demo.toml)", soft_wrap=True)
+    reporter = reporter_for(progress, config.train.log_every)
+    with StopRequest() as stop:
+        result = train(config, run_dir, resume=bool(args.resume), reporter=reporter, stop=stop, ctx=ctx)
+    if not ctx.is_main:
+        return result.exit_code
+    if args.json:
+        print_json(result_json(result))
+    else:
+        if result.epochs:
+            console.print(summary_table(result))
+        if result.color:
+            console.print(color_table(result.color))
+    return result.exit_code
+
+
+def _pct(x) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
+
+
+def result_json(result) -> dict:
+    last = result.epochs[-1] if result.epochs else {}
+    return {
+        "run_dir": str(result.run_dir), "status": result.status, "exit_code": result.exit_code,
+        "mode": result.placement.mode, "devices": list(result.placement.devices),
+        "epochs_run": len(result.epochs), "train_loss": last.get("train_loss"),
+        "val_top1_error": last.get("val_top1_error"), "val_top5_error": last.get("val_top5_error"),
+        "best_val_top1_error": None if math.isinf(result.best_val_top1_error) else result.best_val_top1_error,
+        "images_per_s": result.images_per_s, "wall_s": result.wall_s,
+        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        "color_score_tower0": last.get("color_score_tower0"), "color_score_tower1": last.get("color_score_tower1"),
+        "message": result.message,
+    }
+
+
+def summary_table(result) -> Table:
+    table = Table(title=f"training run: {result.run_dir}")
+    for col in ("epoch", "train loss", "val top-1 err", "val top-5 err", "lr", "time"):
+        table.add_column(col, justify="right")
+    for r in result.epochs:
+        table.add_row(str(r["epoch"]), f"{r['train_loss']:.4f}", _pct(r["val_top1_error"]),
+                      _pct(r["val_top5_error"]), f"{r['lr']:.2g}", f"{r['time_s']:.1f} s")
+    best = "-" if math.isinf(result.best_val_top1_error) else _pct(result.best_val_top1_error)
+    table.caption = (f"{result.placement.mode} on {', '.join(result.placement.devices)}; best val top-1 error {best}; "
+                     f"{result.images_per_s:.0f} training images/s; wall {result.wall_s:.1f} s; "
+                     f"checkpoint {result.checkpoint or '-'}")
+    return table
+
+
+def color_table(summary: dict) -> Table:
+    """The towers' conv1 colour statistics (paper section 6.1): which tower went colour-specific."""
+    table = Table(title="conv1 colour specificity per tower (0 = gray, 1 = pure colour)")
+    for col in ("tower", "kernels", "mean", "median", "q1-q3", "share > 0.5"):
+        table.add_column(col, justify="right")
+    for t in summary["towers"]:
+        table.add_row(str(t["tower"]), str(t["n"]), f"{t['mean']:.3f}", f"{t['median']:.3f}",
+                      f"{t['q1']:.2f}-{t['q3']:.2f}", f"{100 * t['frac_above']:.0f}%")
+    tower = summary.get("color_specific_tower")
+    table.caption = (f"colour-specific tower: {'none (no significant difference)' if tower is None else tower}; "
+                     f"permutation p = {summary['p_value']:.3g}")
+    return table

@@ -1,0 +1,102 @@
+"""Data parallelism across processes and machines, on top of the two-tower model.
+
+Launched by ``torchrun`` (which sets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR,
+MASTER_PORT), each process owns two GPUs in two-tower mode (cuda:2*LOCAL_RANK and the next one) or
+one in grouped mode, and wraps its model in ``DistributedDataParallel`` with ``device_ids=None``
+(the multi-device form: model parallel inside a process, data parallel across processes). The
+backend is NCCL on GPUs and gloo on the CPU, where the same code runs for testing. Gradients are
+averaged across ranks, so each rank takes ``batch_size / world_size`` images of the global batch.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def context_from_env(env=None) -> DistContext:
+    """The process's place in a torchrun job (a single process when the variables are absent)."""
+    env = os.environ if env is None else env
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+        rank = int(env.get("RANK", "0"))
+        local_rank = int(env.get("LOCAL_RANK", "0"))
+        local_world = int(env.get("LOCAL_WORLD_SIZE", str(world)))
+    except ValueError:
+        raise UserError("RANK, WORLD_SIZE, LOCAL_RANK must be integers; launch with torchrun") from None
+    return DistContext(rank, world, local_rank, local_world)
+
+
+def per_rank_batch(batch_size: int, ctx: DistContext) -> int:
+    """The images each rank takes of the global batch; UserError when they do not divide evenly."""
+    if batch_size % ctx.world_size:
+        raise UserError(f"train.batch_size {batch_size} does not divide across {ctx.world_size} processes; "
+                        f"set it to a multiple of {ctx.world_size}")
+    return batch_size // ctx.world_size
+
+
+def init(ctx: DistContext, use_cuda: bool, timeout_s: int = 1800) -> None:
+    """Join the process group (NCCL on GPUs, gloo on the CPU); a no-op for a single process."""
+    if ctx.enabled and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=ctx.rank, world_size=ctx.world_size,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
+    """``DistributedDataParallel(model)`` across ranks (multi-device form), or ``model`` alone."""
+    if not ctx.enabled:
+        return model
+    return DistributedDataParallel(model, device_ids=None, output_device=None, broadcast_buffers=False)
+
+
+def sum_across(values: list[float], ctx: DistContext) -> list[float]:
+    """Element-wise sum of ``values`` over all ranks (float64); ``values`` itself for one process."""
+    if not ctx.enabled:
+        return list(values)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def any_across(flags: list[bool], ctx: DistContext) -> list[bool]:
+    """Element-wise OR of ``flags`` over all ranks, so every rank takes the same decision."""
+    if not ctx.enabled:
+        return list(flags)
+    return [v > 0 for v in sum_across([float(f) for f in flags], ctx)]
+
+
+def gather(obj, ctx: DistContext) -> list:
+    """``obj`` from every rank, in rank order (on every rank)."""
+    if not ctx.enabled:
+        return [obj]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out

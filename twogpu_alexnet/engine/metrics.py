@@ -1,0 +1,72 @@
+"""``metrics.jsonl``: one JSON object per line, appended as training goes, and top-k error counting.
+
+Step lines: ``{"kind": "step", "epoch", "step", "loss", "lr", "img_s"}``.
+Epoch lines: ``{"kind": "epoch", "epoch", "train_loss", "val_top1_error", "val_top5_error", "lr",
+"time_s", "skipped", "nonfinite_skipped", "color_score_tower0", "color_score_tower1"}`` (errors are
+fractions 0..1; colour scores are null when the analysis package is not available).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[int]:
+    """How many rows of ``logits`` (or probabilities) have the label among their k highest, per k."""
+    k_max = min(max(ks), logits.shape[1])
+    top = logits.topk(k_max, dim=1).indices  # N x k_max, best first
+    hit = top == labels.view(-1, 1)
+    return [int(hit[:, :min(k, k_max)].any(dim=1).sum()) for k in ks]
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    return value
+
+
+class MetricsLog:
+    """Appends records to ``path`` (one JSON object a line, flushed each time); a no-op when
+    ``enabled`` is False (distributed ranks other than 0)."""
+
+    def __init__(self, path: "str | os.PathLike", enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+
+    def truncate_after(self, epochs_done: int, step: int) -> None:
+        """Drop records a resumed run will write again: step lines past ``step`` and epoch lines past
+        ``epochs_done`` (when resuming from an earlier checkpoint than the last one written)."""
+        if not self.enabled or not self.path.exists():
+            return
+        if epochs_done == 0 and step == 0:
+            self.path.unlink()
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+            if record.get("kind") == "step" and record.get("step", 0) > step:
+                continue
+            if record.get("kind") == "epoch" and record.get("epoch", 0) > epochs_done:
+                continue
+            kept.append(line)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+
+
+def read_metrics(path: "str | os.PathLike") -> list[dict]:
+    """All records of a ``metrics.jsonl`` file."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

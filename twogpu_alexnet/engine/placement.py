@@ -1,0 +1,87 @@
+"""Which executor and which devices a training process uses, decided before anything is allocated.
+
+- ``two-tower``: tower 0 and tower 1 on two GPUs; under torchrun process ``LOCAL_RANK`` r owns
+  cuda:2r and cuda:2r+1. ``model.devices`` may name any pair (``["cpu", "cpu"]`` runs the two-tower
+  executor on the CPU).
+- ``grouped``: both towers on one device (groups=2): cuda:LOCAL_RANK, or the CPU without GPUs.
+- ``auto``: two-tower when every local process can have two GPUs, grouped otherwise; the returned
+  note says which and why.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UserError
+from .config import ModelConfig
+from .distributed import DistContext
+
+
+@dataclass(frozen=True)
+class Placement:
+    mode: str  # "two-tower" | "grouped"
+    devices: tuple[str, ...]  # two (one per tower) or one
+    note: str  # one line for the user: what was chosen and why
+
+    @property
+    def use_cuda(self) -> bool:
+        return any(d.startswith("cuda") for d in self.devices)
+
+    @property
+    def first_device(self) -> torch.device:
+        return torch.device(self.devices[0])
+
+
+def _gpus(n: int) -> str:
+    return f"{n} GPU{'s' * (n != 1)}"
+
+
+def _check_named(devices: list[str], cuda_count: int) -> None:
+    for name in devices:
+        try:
+            dev = torch.device(name)
+        except (RuntimeError, TypeError):
+            raise UserError(f"model.devices entry {name!r} is not a device; use names like cuda:0 or cpu") from None
+        if dev.type == "cuda" and (dev.index or 0) >= cuda_count:
+            raise UserError(f"model.devices names {name} but this machine has {_gpus(cuda_count)}; "
+                            "name devices that exist or use model.mode=grouped")
+        if dev.type not in ("cuda", "cpu"):
+            raise UserError(f"model.devices entry {name!r}: only cuda:N and cpu are supported")
+
+
+def resolve(model: ModelConfig, ctx: DistContext = DistContext(), cuda_count: int | None = None) -> Placement:
+    """The placement for ``model`` in process ``ctx``; UserError when the request cannot be met."""
+    if cuda_count is None:
+        cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if model.devices:
+        if ctx.enabled:
+            raise UserError("model.devices must stay empty under torchrun (each process takes its own GPUs "
+                            "from LOCAL_RANK); remove it")
+        _check_named(model.devices, cuda_count)
+        return Placement(model.mode, tuple(model.devices), f"{model.mode} on {', '.join(model.devices)}")
+    r, local = ctx.local_rank, max(ctx.local_world_size, 1)
+    mode = model.mode
+    if mode == "auto":
+        if cuda_count >= 2 * local:
+            mode, why = "two-tower", f"{_gpus(cuda_count)} visible"
+        else:
+            mode = "grouped"
+            need = "two-tower needs 2 per process" if cuda_count else "running on the CPU"
+            why = f"{_gpus(cuda_count)} visible, {need}"
+        prefix = f"model.mode auto ({why}) -> "
+    else:
+        prefix = ""
+    if mode == "two-tower":
+        if cuda_count < 2 * (r + 1):
+            need = f"cuda:{2 * r} and cuda:{2 * r + 1}"
+            raise UserError(f"two-tower mode needs two GPUs ({need}) for this process but this machine has "
+                            f"{_gpus(cuda_count)}; use --set model.mode=grouped (one GPU or the CPU) "
+                            "or model.mode=auto")
+        devices = (f"cuda:{2 * r}", f"cuda:{2 * r + 1}")
+        return Placement(mode, devices, f"{prefix}two-tower: tower 0 on {devices[0]}, tower 1 on {devices[1]}")
+    device = f"cuda:{r}" if cuda_count > r else "cpu"
+    if cuda_count and cuda_count <= r:
+        raise UserError(f"grouped mode needs one GPU per process but process {r} finds {_gpus(cuda_count)}; "
+                        "start fewer processes per node")
+    return Placement("grouped", (device,), f"{prefix}grouped: both towers on {device}")

@@ -1,0 +1,506 @@
+"""The training loop: the paper's recipe on two towers, one device, or many processes.
+
+Read top to bottom: :func:`train` checks everything it can before touching data or a GPU, builds the
+model where :mod:`.placement` says, one SGD over both towers (:mod:`.optim`), and runs epochs of
+steps; after each epoch it validates (top-1 / top-5 error), steps the schedule, logs the towers'
+colour scores and writes a checkpoint. SIGINT/SIGTERM finish the current step, save and return.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from ..model import build_model
+from ..model.load import load_into, to_layout
+from ..spec import get_spec
+from . import checkpoint as ckpt
+from . import distributed
+from .config import Config, to_dict, to_toml, validate
+from .distributed import DistContext
+from .metrics import MetricsLog, topk_correct
+from .optim import load_optimizer_state, make_optimizer, optimizer_state
+from .placement import Placement, resolve
+from .progress import Reporter
+from .schedule import Schedule
+from .signals import StopRequest
+
+EXIT_DONE, EXIT_NONFINITE = 0, 3  # user errors exit 2 (the CLI), signals 130 / 143 (signals.py)
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+try:  # the towers' colour statistics each epoch (optional: the trainer works without them)
+    from ..analysis.kernels import save_kernel_grid, tower_summary
+except ImportError:  # pragma: no cover - the analysis package is part of the normal build
+    save_kernel_grid = tower_summary = None
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str  # "done" | "interrupted" | "nonfinite"
+    exit_code: int
+    placement: Placement
+    epochs: list[dict] = field(default_factory=list)  # epoch records written by this invocation
+    checkpoint: Path | None = None  # the newest checkpoint written (or resumed from)
+    best_val_top1_error: float = math.inf
+    color: dict | None = None  # tower_summary of the final weights
+    message: str = ""
+    images_per_s: float = 0.0
+    wall_s: float = 0.0
+    nonfinite_skipped: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks that run before any data is read or any GPU memory is taken.
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    if resume:
+        if not (run_dir / "config.toml").is_file():
+            raise UserError(f"{run_dir} is not a run folder (no config.toml); --resume takes a folder written by "
+                            "`twogpu-alexnet train`")
+    elif any((run_dir / "checkpoints").glob("*.pt")):
+        raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+    elif run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is a file; choose a folder")
+
+
+def check_data(config: Config) -> None:
+    d = config.data
+    if d.source in ("imagefolder", "store", "cifar10"):
+        root = Path(d.root).expanduser()
+        if not root.is_dir():
+            raise UserError(f"data.root {root} is not a folder; point it at the folder holding train/ and val/ "
+                            "(--set data.root=DIR)")
+
+
+def check_speed(config: Config, placement: Placement) -> None:
+    if config.speed.amp == "fp16" and not placement.use_cuda:
+        raise UserError("speed.amp=fp16 needs a GPU; use speed.amp=bf16 on the CPU or none")
+
+
+@contextlib.contextmanager
+def torch_settings(deterministic: bool, cudnn_benchmark: bool):
+    """Set cuDNN / determinism flags for the run and restore them afterwards."""
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = cudnn_benchmark and not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data, model, one step, one validation pass.
+
+def open_data(config: Config, split: str, *, input_size: int, num_classes: int | None, color_noise: str | None = None):
+    """The data package's split for ``split`` ("train" with augmentation, "val" with one centre view)."""
+    from ..data import open_split
+
+    d = config.data
+    images = d.synthetic_images if split == "train" else d.synthetic_val_images
+    return open_split(source=d.source, root=d.root or None, split=split, train=split == "train",
+                      input_size=input_size, color_noise=color_noise or d.color_noise, views=1,
+                      seed=config.train.seed, synthetic_images=images or None, num_classes=num_classes)
+
+
+def make_data_loader(config: Config, split, batch_size: int, ctx: DistContext, train: bool, use_cuda: bool):
+    from ..data import make_loader
+
+    return make_loader(split, batch_size=batch_size, shuffle=train, workers=config.data.workers,
+                       seed=config.train.seed, drop_last=train, distributed=ctx.enabled, rank=ctx.rank,
+                       world_size=ctx.world_size, pin_memory=use_cuda)
+
+
+def canonical_state(model) -> dict:
+    """The model's weights in the two-tower layout, contiguous cpu copies."""
+    return to_layout({k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()},
+                     "two-tower")
+
+
+def forward_loss(forward, images, labels, amp_dtype, device_type: str):
+    """Cross-entropy of the logits (on the head device) in float32."""
+    with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        logits = forward(images)
+    return F.cross_entropy(logits.float(), labels.to(logits.device))
+
+
+def sgd_step(loss, optimizer, scaler) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def prepare_batch(images, split, device: torch.device, channels_last: bool):
+    x = split.finish(images.to(device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.no_grad()
+def validate_model(forward, loader, split, device, amp_dtype, channels_last,
+                   ctx: DistContext) -> tuple[float, float, int]:
+    """(top-1 error, top-5 error, images) of one centre view per image, summed over ranks."""
+    forward.eval()
+    # each rank sees every world_size-th image; the sampler pads the last ones with repeats: drop those
+    limit = len(range(ctx.rank, len(split.dataset), ctx.world_size))
+    seen, counts = 0, [0.0, 0.0, 0.0]
+    for images, labels, skipped in rng_neutral_iter(loader):
+        keep = max(0, min(len(labels), limit - seen))
+        seen += len(labels) + skipped
+        if keep == 0:
+            continue
+        x = prepare_batch(images[:keep], split, device, channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = forward(x)
+        top1, top5 = topk_correct(logits.float(), labels[:keep].to(logits.device))
+        counts = [counts[0] + top1, counts[1] + top5, counts[2] + keep]
+    top1, top5, n = distributed.sum_across(counts, ctx)
+    forward.train()
+    if n == 0:
+        return math.nan, math.nan, 0
+    return 1 - top1 / n, 1 - top5 / n, int(n)
+
+
+def rng_neutral_iter(loader):
+    """Iterate over ``loader`` without touching the global torch generator.
+
+    A DataLoader iterator draws a worker base seed from the global generator when it starts; the
+    data here does not use it (augmentation is a function of seed, epoch and index), but the draw
+    would shift the dropout masks of a run resumed in mid-epoch. Restoring the state around the
+    start keeps an interrupted-and-resumed run bit-identical to a straight one.
+    """
+    state = torch.get_rng_state()
+    it = iter(loader)
+    try:
+        first = next(it)  # the DataLoader iterator starts here
+    except StopIteration:
+        return
+    finally:
+        torch.set_rng_state(state)
+    yield first
+    yield from it
+
+
+def _lr_of(optimizer) -> float:
+    """The lr reported in logs: fc8's weights (the general rate; conv1 may differ in the original schedule)."""
+    groups = [g for g in optimizer.param_groups if g["kind"] == "weight"]
+    return groups[-1]["lr"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+
+def train(config: Config, run_dir: "str | os.PathLike", *, resume: bool = False, reporter: Reporter | None = None,
+          stop: StopRequest | None = None, ctx: DistContext | None = None) -> RunResult:
+    """Train per ``config`` into ``run_dir`` (or continue the run there with ``resume=True``).
+
+    Returns a :class:`RunResult`; its ``exit_code`` is 0 when done, 130/143 after SIGINT/SIGTERM (a
+    checkpoint saved), 3 after a non-finite loss. User mistakes raise UserError before any data is
+    read or GPU memory taken.
+    """
+    t_start = time.perf_counter()
+    run_dir = Path(run_dir)
+    reporter = reporter or Reporter()
+    stop = stop or StopRequest()
+    ctx = ctx or distributed.context_from_env()
+    if not ctx.is_main:
+        reporter = Reporter()  # only rank 0 shows progress
+    validate(config)
+    tc = config.train
+    rank_batch = distributed.per_rank_batch(tc.batch_size, ctx)
+    placement = resolve(config.model, ctx)
+    check_speed(config, placement)
+    check_data(config)
+    check_run_dir(run_dir, resume)
+    payload, notes = None, []
+    if resume:
+        payload, resumed_from, notes = ckpt.load_latest(run_dir)
+        for note in notes:
+            reporter.message(f"{note}; resuming from {resumed_from.name}")
+    reporter.message(f"run folder: {run_dir}" + (" (resuming)" if resume else ""))
+    reporter.message(placement.note)
+
+    if placement.use_cuda:
+        torch.cuda.set_device(placement.first_device)
+    distributed.init(ctx, placement.use_cuda)
+    try:
+        with torch_settings(tc.deterministic, config.speed.cudnn_benchmark):
+            run = _Run(config, run_dir, placement, ctx, rank_batch, reporter, stop)
+            run.open(payload)
+            run.start_files()
+            result = run.run()
+    finally:
+        reporter.close()
+        distributed.shutdown(ctx)
+    result.wall_s = time.perf_counter() - t_start
+    return result
+
+
+class _Run:
+    """One process's training state (model, optimizer, schedule, data, counters) and its steps."""
+
+    def __init__(self, config: Config, run_dir: Path, placement: Placement, ctx: DistContext, rank_batch: int,
+                 reporter: Reporter, stop: StopRequest):
+        self.config, self.run_dir, self.placement, self.ctx = config, run_dir, placement, ctx
+        self.rank_batch, self.reporter, self.stop = rank_batch, reporter, stop
+        self.main = ctx.is_main
+        self.device = placement.first_device
+        self.amp_dtype = AMP_DTYPES[config.speed.amp]
+        self.input_size = get_spec(config.model.preset).input_size
+        self.schedule = Schedule(config.schedule)
+        self.step, self.best = 0, math.inf
+        self.images_total, self.time_total = 0, 0.0  # training images and seconds in this invocation
+        self.progress = _empty_progress()  # sums over the epoch in progress (saved by a mid-epoch stop)
+        self.result = RunResult(run_dir, "done", EXIT_DONE, placement)
+        self.color_on = config.analysis.color_stats and tower_summary is not None
+
+    # ----- setup ---------------------------------------------------------------------------------
+    def open(self, payload: dict | None) -> None:
+        """Data, model, optimizer; then the checkpoint's state when resuming."""
+        c, tc = self.config, self.config.train
+        seed_everything(tc.seed)
+        self.epochs_done = payload["epoch"] if payload else 0
+        self.start_batch = payload["batch"] if payload else 0
+        requested = c.model.num_classes or None
+        self.noise = None if self.schedule.color_noise_on(self.epochs_done + 1) else "none"
+        self.train_split = open_data(c, "train", input_size=self.input_size, num_classes=requested,
+                                     color_noise=self.noise)
+        self.val_split = open_data(c, "val", input_size=self.input_size, num_classes=requested)
+        self.num_classes = len(self.train_split.classes)
+        if requested and requested != self.num_classes:
+            raise UserError(f"model.num_classes is {requested} but the training data has {self.num_classes} "
+                            "classes; set model.num_classes=0 to follow the data")
+        if list(self.val_split.classes) != list(self.train_split.classes):
+            raise UserError("the validation classes differ from the training classes; "
+                            "train/ and val/ must hold the same class folders")
+        p = self.placement
+        self.model = build_model(c.model.preset, mode=p.mode, num_classes=self.num_classes,
+                                 devices=p.devices if p.mode == "two-tower" else None,
+                                 device=p.devices[0] if p.mode == "grouped" else None)
+        if c.speed.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(self.model, tc.lr, tc.momentum, tc.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=c.speed.amp == "fp16")
+        torch.manual_seed(tc.seed * 1000 + self.ctx.rank)  # dropout differs across ranks; init is the same on all
+        if payload:
+            self.restore(payload)
+        net = distributed.wrap(self.model, self.ctx)
+        self.forward = torch.compile(net) if c.speed.compile else net
+        self.train_loader = make_data_loader(c, self.train_split, self.rank_batch, self.ctx, True, p.use_cuda)
+        self.val_loader = make_data_loader(c, self.val_split, self.rank_batch, self.ctx, False, p.use_cuda)
+        self.steps_per_epoch = len(self.train_loader)
+        if tc.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, tc.max_steps_per_epoch)
+        if self.steps_per_epoch == 0:
+            raise UserError(f"the training split has fewer images than one batch ({self.rank_batch} per process); "
+                            "lower train.batch_size or add images")
+
+    def restore(self, payload: dict) -> None:
+        load_into(self.model, payload["model"])
+        load_optimizer_state(self.optimizer, self.model, payload["optimizer"])
+        self.schedule.load_state_dict(payload["scheduler"])
+        if payload.get("scaler"):
+            self.scaler.load_state_dict(payload["scaler"])
+        self.step, self.best = int(payload["step"]), float(payload["best_val_top1_error"])
+        self.result.best_val_top1_error = self.best
+        self.result.checkpoint = self.run_dir / "checkpoints" / "last.pt"
+        if self.start_batch:
+            self.progress = dict(payload["progress"])
+        rngs = payload["rng"]
+        if len(rngs) == self.ctx.world_size:
+            ckpt.set_rng_state(rngs[self.ctx.rank])
+        else:
+            self.reporter.message(f"the checkpoint has random states for {len(rngs)} processes, this run has "
+                                  f"{self.ctx.world_size}: augmentation order is kept, dropout masks will differ")
+
+    def start_files(self) -> None:
+        """config.toml (the resolved config) and metrics.jsonl (cut back to the checkpoint when resuming)."""
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.main)
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            path = self.run_dir / "config.toml"
+            tmp = path.with_name(".config.toml.tmp")
+            tmp.write_text(to_toml(self.config))
+            os.replace(tmp, path)
+        self.log.truncate_after(self.epochs_done, self.step)
+
+    # ----- the loop ------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        epochs = self.config.train.epochs
+        if self.epochs_done >= epochs:
+            return self.finish("done", EXIT_DONE, f"nothing to do: {self.epochs_done} of {epochs} epochs already "
+                               "done (raise train.epochs to go on)")
+        self.reporter.start(epochs, self.epochs_done + 1, self.steps_per_epoch)
+        self.forward.train()
+        for epoch in range(self.epochs_done + 1, epochs + 1):
+            stopped = self.train_epoch(epoch)
+            if stopped:
+                return stopped
+            self.end_epoch(epoch)
+        return self.finish("done", EXIT_DONE,
+                           f"done: {epochs} epochs, best validation top-1 error {100 * self.best:.2f}%")
+
+    def train_epoch(self, epoch: int) -> RunResult | None:
+        """The epoch's training steps; a RunResult when the run must end here (signal, non-finite loss)."""
+        c, tc = self.config, self.config.train
+        self.schedule.apply(self.optimizer, epoch)
+        if not self.schedule.color_noise_on(epoch) and self.noise != "none":  # the original schedule, epoch 67
+            self.noise = "none"
+            self.train_split = open_data(c, "train", input_size=self.input_size, num_classes=self.num_classes,
+                                         color_noise="none")
+            self.train_loader = make_data_loader(c, self.train_split, self.rank_batch, self.ctx, True,
+                                                 self.placement.use_cuda)
+            self.reporter.message(f"epoch {epoch}: colour noise switched off (original schedule)")
+        batch, self.start_batch = self.start_batch, 0
+        self.train_loader.set_epoch(epoch, start_batch=batch)
+        self.reporter.begin_epoch(epoch, batch)
+        self.t_epoch = time.perf_counter()
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device: no sync
+        t_log = t_prev = time.perf_counter()
+        images_log, img_s = 0, 0.0
+        images_per_step = self.rank_batch * self.ctx.world_size
+        for images, labels, skipped in rng_neutral_iter(self.train_loader):
+            if batch >= self.steps_per_epoch:
+                break
+            batch += 1
+            self.progress["skipped"] += int(skipped)
+            if len(labels) == 0:  # every image of this batch was unreadable (counted in skipped)
+                continue
+            x = prepare_batch(images, self.train_split, self.device, c.speed.channels_last)
+            loss = forward_loss(self.forward, x, labels, self.amp_dtype, self.device.type)
+            # every rank takes the same decision (one small all-reduce per step with several processes)
+            nonfinite, stopping = distributed.any_across([not bool(torch.isfinite(loss)), self.stop.requested],
+                                                         self.ctx)
+            if nonfinite:
+                where = f"step {self.step + 1} (epoch {epoch}, batch {batch})"
+                if tc.nonfinite == "stop":
+                    last = self.result.checkpoint
+                    return self.finish("nonfinite", EXIT_NONFINITE,
+                                       f"the loss became non-finite at {where}; training stopped; last good "
+                                       f"checkpoint: {last if last else 'none yet'} (lower train.lr, or set "
+                                       "train.nonfinite=skip to skip such batches)")
+                self.progress["nonfinite"] += 1
+                self.reporter.message(f"{where}: non-finite loss, batch skipped ({self.progress['nonfinite']} so far)")
+            else:
+                sgd_step(loss, self.optimizer, self.scaler)
+                self.step += 1
+                self.loss_sum += loss.detach().double() * len(labels)
+                self.progress["images"] += len(labels)
+                images_log += len(labels)
+                now = time.perf_counter()
+                rate = images_per_step / max(now - t_prev, 1e-9)  # a moving average for the bar
+                img_s = rate if img_s == 0 else 0.9 * img_s + 0.1 * rate
+                self.reporter.step(epoch, batch - 1, float(loss.detach()), _lr_of(self.optimizer), img_s)
+                if self.step % tc.log_every == 0 or batch == self.steps_per_epoch:
+                    mean_loss = distributed.sum_across([float(loss.detach())], self.ctx)[0] / self.ctx.world_size
+                    self.log.write({"kind": "step", "epoch": epoch, "step": self.step, "loss": mean_loss,
+                                    "lr": _lr_of(self.optimizer),
+                                    "img_s": images_log * self.ctx.world_size / max(now - t_log, 1e-9)})
+                    t_log, images_log = now, 0
+            t_prev = time.perf_counter()
+            if stopping:
+                self.progress["loss_sum"] += float(self.loss_sum)
+                self.progress["time_s"] += time.perf_counter() - self.t_epoch
+                path = self.save(epochs_completed=epoch - 1, batch=batch)
+                return self.finish("interrupted", self.stop.exit_code,
+                                   f"{self.stop.name or 'stop'} received: saved {path} after step {self.step} "
+                                   f"(epoch {epoch}, batch {batch}); continue with --resume {self.run_dir}")
+        return None
+
+    def end_epoch(self, epoch: int) -> None:
+        """Validation, the schedule, the towers' colour statistics, the epoch record and the checkpoint."""
+        c, ctx, p = self.config, self.ctx, self.progress
+        train_time = p["time_s"] + time.perf_counter() - self.t_epoch
+        loss_total, images, skipped, nonfinite = distributed.sum_across(
+            [p["loss_sum"] + float(self.loss_sum), p["images"], p["skipped"], p["nonfinite"]], ctx)
+        top1, top5, _ = validate_model(self.forward, self.val_loader, self.val_split, self.device, self.amp_dtype,
+                                       c.speed.channels_last, ctx)
+        lr_used = _lr_of(self.optimizer)
+        dropped = self.schedule.end_epoch(epoch, top1)
+        is_best = top1 < self.best
+        self.best = min(self.best, top1)
+        weights = canonical_state(self.model) if self.main else None
+        record = {"kind": "epoch", "epoch": epoch, "train_loss": loss_total / max(images, 1),
+                  "val_top1_error": top1, "val_top5_error": top5, "lr": lr_used,
+                  "time_s": p["time_s"] + time.perf_counter() - self.t_epoch, "img_s": images / max(train_time, 1e-9),
+                  "skipped": int(skipped), "nonfinite_skipped": int(nonfinite),
+                  "color_score_tower0": None, "color_score_tower1": None}
+        if self.color_on and self.main:
+            summary = tower_summary(weights)
+            record["color_score_tower0"] = summary["towers"][0]["mean"]
+            record["color_score_tower1"] = summary["towers"][1]["mean"]
+            self.result.color = summary
+            if epoch in set(c.analysis.kernel_grid_epochs) | {c.train.epochs}:
+                (self.run_dir / "kernels").mkdir(exist_ok=True)
+                save_kernel_grid(weights, self.run_dir / "kernels" / f"epoch_{epoch:03d}.png")
+        self.log.write(record)
+        self.reporter.epoch(record)
+        if dropped:
+            self.reporter.message(f"epoch {epoch}: validation error stopped improving; lr divided by "
+                                  f"{1 / c.schedule.factor:g} (drop {self.schedule.drops} of {c.schedule.max_drops})")
+        r = self.result
+        r.epochs.append(record)
+        r.nonfinite_skipped += int(nonfinite)
+        r.best_val_top1_error = self.best
+        self.images_total += int(images)
+        self.time_total += train_time
+        self.progress = _empty_progress()
+        epoch_file = epoch % c.checkpoint.every == 0 or epoch == c.train.epochs
+        self.save(epochs_completed=epoch, batch=0, epoch_file=epoch_file, is_best=is_best, weights=weights)
+
+    # ----- checkpoints and the result ---------------------------------------------------------------
+    def save(self, epochs_completed: int, batch: int, epoch_file: bool = False, is_best: bool = False,
+             weights: dict | None = None) -> Path:
+        """Write the run's state (rank 0; every rank contributes its generator states)."""
+        rngs = distributed.gather(ckpt.rng_state(), self.ctx)  # taken last: nothing random happens after
+        path = self.run_dir / "checkpoints" / "last.pt"
+        if self.main:
+            c = self.config
+            state = {
+                "model": weights if weights is not None else canonical_state(self.model),
+                "preset": c.model.preset, "num_classes": self.num_classes,
+                "epoch": epochs_completed, "batch": batch, "step": self.step,
+                "optimizer": optimizer_state(self.optimizer, self.model), "scheduler": self.schedule.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}, "rng": rngs,
+                "data": {"seed": c.train.seed, "epoch": epochs_completed + 1, "batch": batch},
+                "progress": dict(self.progress), "best_val_top1_error": self.best, "config": to_dict(c),
+                "mode": self.placement.mode, "world_size": self.ctx.world_size,
+                "data_stats": self.train_split.stats.to_dict(),  # the training mean and RGB PCA, for evaluation
+            }
+            path = ckpt.save_run_checkpoint(self.run_dir, state, epoch_done=epochs_completed if epoch_file else None,
+                                            is_best=is_best, keep_last=c.checkpoint.keep_last)
+        self.result.checkpoint = path
+        return path
+
+    def finish(self, status: str, exit_code: int, message: str) -> RunResult:
+        r = self.result
+        r.status, r.exit_code, r.message = status, exit_code, message
+        r.images_per_s = self.images_total / self.time_total if self.time_total > 0 else 0.0
+        self.reporter.message(message)
+        return r
+
+
+def _empty_progress() -> dict:
+    return {"loss_sum": 0.0, "images": 0, "skipped": 0, "nonfinite": 0, "time_s": 0.0}
