@@ -56,10 +56,10 @@ def load_weights(path: "str | Path") -> tuple[dict[str, Tensor], dict]:
         raise UserError(f"checkpoint {path} does not exist; pass a file such as RUN/checkpoints/last.pt")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, not a torch file, or unsafe pickle
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+    except Exception:  # truncated, not a torch file, or objects that weights_only refuses
         raise UserError(
-            f"{path} is not a readable checkpoint ({reason}); pass a file written by twogpu-alexnet train or torch.save"
+            f"{path} is not a readable checkpoint (truncated, not written by torch.save, or holding more than "
+            "tensors); pass a file written by twogpu-alexnet train or torch.save(model.state_dict())"
         ) from None
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         state, meta = obj["model"], {k: v for k, v in obj.items() if k != "model"}
