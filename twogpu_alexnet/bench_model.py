@@ -13,7 +13,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .model import build_model
+from .model import build_model, check_device
 from .model.grouped import GroupedAlexNet
 from .errors import UserError
 from .model.init import init_from_spec
@@ -52,16 +52,14 @@ def _models(preset: str, device: torch.device, towers: tuple[torch.device, torch
 def bench_model(device="cpu", *, devices=None, batch: int | None = None, repeats: int = 5, steps: int = 2,
                 preset: str = "paper") -> dict:
     """Images/s of full SGD training steps (forward, loss, backward, update) per model; medians of ``repeats``."""
-    from .model import _check_device
-
-    device = _check_device(device)
+    device = check_device(device)
     if get_spec(preset).input_size != 224:
         raise UserError(f"bench model compares against torchvision's alexnet at 224x224; preset {preset!r} "
                         "takes another size: choose paper, original or paper-onetower")
     if devices is None:
         two_gpus = device.type == "cuda" and torch.cuda.device_count() >= 2
         devices = ("cuda:0", "cuda:1") if two_gpus else (device, device)
-    towers = tuple(_check_device(d) for d in devices)
+    towers = tuple(check_device(d) for d in devices)
     batch = batch or (128 if device.type == "cuda" else 32)
     spec = get_spec(preset)
     models = _models(preset, device, towers)

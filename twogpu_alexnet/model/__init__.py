@@ -14,7 +14,8 @@ from .towers import TwoTowerAlexNet
 MODES = ("two-tower", "grouped", "auto")
 
 
-def _check_device(device) -> torch.device:
+def check_device(device) -> torch.device:
+    """``device`` as a torch.device (``cuda`` -> ``cuda:0``); UserError if it is not a name or does not exist."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
@@ -62,13 +63,13 @@ def build_model(
             devices = ("cuda:0", "cuda:1")
         if isinstance(devices, (str, torch.device)) or len(devices) != 2:
             raise UserError(f"two-tower mode needs two devices, one per tower, got {devices!r}; e.g. devices=('cuda:0', 'cuda:1')")
-        model = TwoTowerAlexNet(spec, tuple(_check_device(d) for d in devices))
+        model = TwoTowerAlexNet(spec, tuple(check_device(d) for d in devices))
     else:
         if device is None:
             device = devices[0] if devices else ("cuda:0" if torch.cuda.is_available() else "cpu")
-        model = GroupedAlexNet(spec, _check_device(device))
+        model = GroupedAlexNet(spec, check_device(device))
     init_from_spec(model, spec)
     return model
 
 
-__all__ = ["MODES", "build_model", "resolve_mode", "to_grouped_state", "to_two_tower_state", "AlexNetBase"]
+__all__ = ["MODES", "build_model", "check_device", "resolve_mode", "to_grouped_state", "to_two_tower_state", "AlexNetBase"]
