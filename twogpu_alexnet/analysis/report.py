@@ -1,0 +1,227 @@
+"""One self-contained HTML page for a training run: curves, tables and the Figure-3 grids.
+
+Reads the run folder the trainer writes (``metrics.jsonl``, ``config.toml``, ``kernels/*.png``,
+``checkpoints/last.pt``) and writes ``report.html`` plus the curve PNGs into an output folder
+(default ``RUN/report``). Pictures are embedded as base64 data URIs, so the page can be mailed or
+moved alone. The curves need matplotlib (the ``plots`` extra); without it the page still holds the
+tables and the kernel grids and says how to get the curves.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+
+from ..errors import UserError
+from ..model.load import load_weights
+from .kernels import tower_summary
+from .plots import PLOTS_HINT, save_training_curves
+
+CURVES = ("loss", "error", "lr", "color_score")
+EPOCH_COLUMNS = (
+    ("epoch", "epoch", "{}"),
+    ("train_loss", "train loss", "{:.4f}"),
+    ("val_top1_error", "val top-1 error", "{:.2%}"),
+    ("val_top5_error", "val top-5 error", "{:.2%}"),
+    ("lr", "lr", "{:.3g}"),
+    ("time_s", "time (s)", "{:.0f}"),
+    ("skipped", "skipped", "{}"),
+    ("color_score_tower0", "colour score tower 0", "{:.3f}"),
+    ("color_score_tower1", "colour score tower 1", "{:.3f}"),
+)
+
+
+def read_metrics(run_dir) -> tuple[list[dict], list[dict], int]:
+    """(step lines, epoch lines, unreadable lines) of ``run_dir/metrics.jsonl``.
+
+    A line that is not a JSON object (e.g. the last one of a run killed mid-write) is counted and
+    skipped. For an epoch that appears more than once (a resumed run), the last line wins.
+    """
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise UserError(f"run folder {run} does not exist; pass the --out folder of twogpu-alexnet train")
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"{run} has no metrics.jsonl; pass the folder of a training run (twogpu-alexnet train --out DIR)")
+    steps, epochs, bad = [], {}, 0
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if not isinstance(row, dict):
+            bad += 1
+        elif row.get("kind") == "epoch" and "epoch" in row:
+            epochs[row["epoch"]] = row
+        elif row.get("kind") == "step":
+            steps.append(row)
+    return steps, [epochs[e] for e in sorted(epochs)], bad
+
+
+def build_report(run_dir, out_dir=None) -> dict:
+    """Write ``report.html`` (and the curve PNGs) for ``run_dir``; returns what was written and found."""
+    run = Path(run_dir)
+    steps, epochs, bad = read_metrics(run)
+    out = Path(out_dir) if out_dir else run / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    curves = save_training_curves(steps, epochs, out)
+    grids = sorted((run / "kernels").glob("*.png")) if (run / "kernels").is_dir() else []
+    towers, towers_note = _last_checkpoint_summary(run)
+    summary = _summary(epochs)
+    config = (run / "config.toml").read_text(errors="replace") if (run / "config.toml").is_file() else None
+
+    page = _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad)
+    html_path = out / "report.html"
+    html_path.write_text(page, encoding="utf-8")
+    return {
+        "run": str(run),
+        "html": str(html_path),
+        "plots": {name: str(p) for name, p in (curves or {}).items()},
+        "plots_missing": None if curves is not None else PLOTS_HINT,
+        "kernel_grids": [str(p) for p in grids],
+        "epochs": len(epochs),
+        "steps": len(steps),
+        "unreadable_lines": bad,
+        **summary,
+        "towers": towers,
+    }
+
+
+def _summary(epochs: list[dict]) -> dict:
+    def best(key):
+        rows = [r for r in epochs if _number(r.get(key))]
+        if not rows:
+            return None, None
+        row = min(rows, key=lambda r: r[key])
+        return row[key], row["epoch"]
+
+    top1, top1_epoch = best("val_top1_error")
+    top5, top5_epoch = best("val_top5_error")
+    last = epochs[-1] if epochs else {}
+    return {
+        "best_val_top1_error": top1, "best_top1_epoch": top1_epoch,
+        "best_val_top5_error": top5, "best_top5_epoch": top5_epoch,
+        "last_epoch": last.get("epoch"), "last_val_top1_error": last.get("val_top1_error"),
+        "last_val_top5_error": last.get("val_top5_error"), "last_train_loss": last.get("train_loss"),
+        "total_time_s": sum(r["time_s"] for r in epochs if _number(r.get("time_s"))) or None,
+    }
+
+
+def _last_checkpoint_summary(run: Path):
+    """The colour statistics of checkpoints/last.pt, or (None, why not)."""
+    path = run / "checkpoints" / "last.pt"
+    if not path.is_file():
+        return None, "no checkpoints/last.pt in this run"
+    try:
+        state, meta = load_weights(path)
+        summary = tower_summary(state)
+    except UserError as exc:
+        return None, str(exc)
+    summary["epoch"] = meta.get("epoch")
+    summary["preset"] = meta.get("preset")
+    return summary, None
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _image(path: Path, alt: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def _cell(value, fmt: str) -> str:
+    if value is None:
+        return ""
+    try:
+        return html.escape(fmt.format(value))
+    except (ValueError, TypeError):
+        return html.escape(str(value))
+
+
+def _table(headers, rows) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f3f3f3; }
+img { max-width: 100%; image-rendering: pixelated; }
+.curves img { width: 48%; image-rendering: auto; }
+figure { display: inline-block; margin: 0.5em 1em 1em 0; }
+figcaption, .note { color: #666; font-size: 0.9em; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+"""
+
+
+def _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(run.name)} - twogpu-alexnet report</title>",
+             f"<style>{_STYLE}</style></head><body>", f"<h1>Run {html.escape(run.name)}</h1>",
+             f"<p class='note'>{html.escape(str(run.resolve()))}</p>"]
+
+    parts.append("<h2>Summary</h2>")
+    rows = [
+        ("epochs", _cell(summary["last_epoch"], "{}")),
+        ("best val top-1 error", _cell(summary["best_val_top1_error"], "{:.2%}") + _at(summary["best_top1_epoch"])),
+        ("best val top-5 error", _cell(summary["best_val_top5_error"], "{:.2%}") + _at(summary["best_top5_epoch"])),
+        ("last train loss", _cell(summary["last_train_loss"], "{:.4f}")),
+        ("training time", _cell(summary["total_time_s"], "{:.0f} s")),
+    ]
+    parts.append(_table(("", "value"), [(html.escape(k), v) for k, v in rows]))
+    if bad:
+        parts.append(f"<p class='note'>{bad} unreadable line(s) in metrics.jsonl were skipped.</p>")
+
+    parts.append("<h2>Curves</h2>")
+    if curves is None:
+        parts.append(f"<p class='note'>No curves: {html.escape(PLOTS_HINT)}, then run twogpu-alexnet report again.</p>")
+    elif not curves:
+        parts.append("<p class='note'>No epoch or step lines with values to plot yet.</p>")
+    else:
+        parts.append("<div class='curves'>" + "".join(_image(curves[n], n) for n in CURVES if n in curves) + "</div>")
+
+    parts.append("<h2>Do the towers specialize?</h2>")
+    if towers is not None:
+        parts.append(_towers_html(towers))
+    else:
+        parts.append(f"<p class='note'>No colour statistics: {html.escape(towers_note)}.</p>")
+    if grids:
+        parts.append("<p>conv1 kernels as in the paper's Figure 3: tower 0 in the top rows, tower 1 below; "
+                     "each kernel contrast-normalized on its own.</p>")
+        parts += [f"<figure>{_image(p, p.stem)}<figcaption>{html.escape(p.stem.replace('_', ' '))}</figcaption></figure>"
+                  for p in grids]
+    else:
+        parts.append("<p class='note'>No kernel grids in kernels/ (the trainer saves them at chosen epochs).</p>")
+
+    parts.append("<h2>Epochs</h2>")
+    present = [c for c in EPOCH_COLUMNS if any(r.get(c[0]) is not None for r in epochs)]
+    parts.append(_table([c[1] for c in present], [[_cell(r.get(k), f) for k, _, f in present] for r in epochs]))
+    if config is not None:
+        parts.append(f"<h2>Configuration</h2><pre>{html.escape(config)}</pre>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _at(epoch) -> str:
+    return "" if epoch is None else f" (epoch {html.escape(str(epoch))})"
+
+
+def _towers_html(t: dict) -> str:
+    rows = [[str(s["tower"]), str(s["n"]), f"{s['mean']:.3f}", f"{s['median']:.3f}", f"{s['q1']:.3f}", f"{s['q3']:.3f}",
+             f"{s['frac_above']:.0%}", f"{s['red_green']:.3f}", f"{s['blue_yellow']:.3f}"] for s in t["towers"]]
+    table = _table(("tower", "kernels", "mean", "median", "q1", "q3", f"> {t['threshold']:g}", "red-green", "blue-yellow"), rows)
+    which = t["color_specific_tower"]
+    verdict = ("no significant difference between the towers" if which is None else f"tower {which} is the colour-specific one")
+    where = f"checkpoints/last.pt (epoch {t['epoch']})" if t.get("epoch") is not None else "checkpoints/last.pt"
+    return (f"<p>conv1 colour-specificity score (share of a kernel's energy outside gray) in {html.escape(where)}:</p>"
+            + table + f"<p>difference {t['difference']:+.3f} (tower 1 - tower 0), permutation p = {t['p_value']:.4g}, "
+            f"rank-biserial {t['effect_size']:+.2f}: <b>{html.escape(verdict)}</b> (alpha {t['alpha']:g}).</p>")
