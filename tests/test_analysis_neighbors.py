@@ -109,6 +109,9 @@ def test_neighbors_user_errors(analysis_tiny_set, tmp_path, capsys):
     assert main(base + ["--queries", str(tmp_path / "bad.jpg")]) == 2
     assert "cannot be read" in capsys.readouterr().err
     assert main(base + ["--queries", str(queries / "q0.png"), "--k", "0"]) == 2
+    capsys.readouterr()
+    assert main(base + ["--queries", str(queries)]) == 2
+    assert "is a folder, not an image file" in capsys.readouterr().err
     with pytest.raises(UserError):
         nearest(torch.zeros(1, 4), torch.zeros(0, 4), k=2)
 
@@ -136,3 +139,22 @@ def test_preprocessing_matches_the_data_package_and_uses_the_carried_mean(analys
     assert torch.equal(with_stats.pipeline.stats.mean_image, carried.mean_image)
     scale = with_stats.pipeline.pixel_scale
     assert torch.allclose(with_stats.network_input(img), (img.float() - 100.0) * scale, atol=1e-5)
+
+
+def test_neighbors_checks_its_folders_before_computing(analysis_tiny_set, tmp_path, capsys, monkeypatch):
+    import twogpu_alexnet.analysis.neighbors as nb
+
+    def no_features(*args, **kwargs):
+        raise AssertionError("the training features were computed before the output folders were checked")
+
+    monkeypatch.setattr(nb, "training_features", no_features)
+    ckpt, train, queries, _ = analysis_tiny_set
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    base = ["neighbors", "--checkpoint", str(ckpt), "--data", str(train), "--queries", str(queries / "q0.png")]
+    assert main(base + ["--out", str(blocker / "nn"), "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write to folder") and "--out" in err
+    assert main(base + ["--out", str(tmp_path / "nn"), "--cache", str(blocker / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write to folder") and "--no-cache" in err

@@ -50,9 +50,13 @@ def test_bench_data_json(data_split, capsys):
 
 
 def test_user_mistakes_exit_2_with_one_sentence(tmp_path, data_split, capsys):
-    assert main(["prepare", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "s")]) == 2
-    lines = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and str(tmp_path / "missing") in lines[0] and lines[0].endswith(".")
+    missing = ["--data", str(tmp_path / "missing")]
+    for argv in (["prepare", *missing, "--out", str(tmp_path / "s")], ["stats", *missing]):
+        assert main(argv) == 2
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()                      # nothing but the sentence (no progress bar)
+        assert captured.out == "" and len(lines) == 1 and lines[0].startswith("error: ")
+        assert str(tmp_path / "missing") in lines[0] and lines[0].endswith(".")
     assert main(["prepare", "--data", str(data_split), "--out", str(tmp_path / "s"), "--size", "32", "--workers", "1"]) == 0
     capsys.readouterr()
     assert main(["prepare", "--data", str(data_split), "--out", str(tmp_path / "s"), "--size", "64"]) == 2

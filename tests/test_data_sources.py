@@ -1,5 +1,7 @@
 """Sources: the synthetic dataset is deterministic per seed and has colour-only and shape-only classes;
 class folders follow sorted names; bad input gives one sentence naming the path and the fix."""
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -54,9 +56,14 @@ def test_synthetic_classes_differ_only_in_colour_or_only_in_shape():
     assert along_x[labels == 5].min() > 0.6 and along_x[labels == 6].max() < 0.4    # vertical / horizontal stripes
     for c in range(10):
         assert abs(skew[labels == c].mean()) < 0.03, c
-    flipped = images.flip(-1)
+    # colour classes share one luminance structure (isotropic blobs, same contrast): only the colour differs
+    contrast = lum.std(dim=(1, 2))
+    for c in range(5):
+        assert abs(along_x[labels == c].mean() - 0.5) < 0.03, c
+    colour_energy = torch.stack([energy[labels == c].mean() for c in range(5)])
+    colour_contrast = torch.stack([contrast[labels == c].mean() for c in range(5)])
+    assert colour_energy.max() / colour_energy.min() < 1.1 and colour_contrast.max() / colour_contrast.min() < 1.05
     assert torch.equal(synthetic_images(0, "train", range(400), 32)[0], images)      # and generation is repeatable
-    assert not torch.equal(flipped, images)
 
 
 def test_class_indices_follow_sorted_folder_names(tmp_path, data_write_images):
@@ -96,7 +103,44 @@ def test_store_made_with_other_settings_is_refused(tmp_path, data_write_images):
         data_write_images(tmp_path / "src" / split, {"a/x.png": img, "b/y.png": img})
         prepare_store(tmp_path / "src" / split, tmp_path / "store" / split, size=32, workers=1)
     assert open_split("store", tmp_path / "store", "val", train=False, input_size=32).classes == ["a", "b"]
+    data_write_images(tmp_path / "src" / "other", {"a/x.png": img, "c/y.png": img})
+    prepare_store(tmp_path / "src" / "other", tmp_path / "store" / "val2", size=32, workers=1)
+    (tmp_path / "store" / "val").rename(tmp_path / "store" / "val1")
+    (tmp_path / "store" / "val2").rename(tmp_path / "store" / "val")
+    with pytest.raises(UserError, match=r"class folders of .*train and .*val differ \(1 only in train \(first: b\), 1 only in val \(first: c\)\)"):
+        open_split("store", tmp_path / "store", "val", train=False, input_size=32)
     with pytest.raises(UserError, match=r"store .*val holds 32x32 images but this input size needs 256x256; prepare the data again with --size 256"):
         open_split("store", tmp_path / "store", "val", train=False, input_size=224)
     with pytest.raises(UserError, match="not a prepared store"):
         open_split("store", tmp_path / "src", "train", input_size=32)
+
+
+def _write_cifar_python(root, train, test, names):
+    """torchvision's CIFAR-10 python layout: pickled dicts of N x 3072 uint8 rows (R, G, B planes)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    parts = np.array_split(np.arange(len(train[0])), 5)
+    for k, rows in enumerate(parts, 1):
+        batch = {"data": train[0][rows].transpose(0, 3, 1, 2).reshape(len(rows), -1), "labels": [train[1][i] for i in rows]}
+        (folder / f"data_batch_{k}").write_bytes(pickle.dumps(batch))
+    (folder / "test_batch").write_bytes(pickle.dumps({"data": test[0].transpose(0, 3, 1, 2).reshape(len(test[0]), -1), "labels": test[1]}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+
+
+def test_cifar10_python_files(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    train = (rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8), [i % 3 for i in range(10)])
+    test = (rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), [2, 1, 0, 1])
+    names = ["plane", "car", "bird"]
+    _write_cifar_python(tmp_path, train, test, names)
+    with pytest.raises(UserError, match=r"CIFAR-10 files under .* are unreadable"):       # the files fail torchvision's md5 check
+        open_split("cifar10", tmp_path, "train", input_size=32)
+    import torchvision.datasets.cifar
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+    val = open_split("cifar10", tmp_path, "val", train=False, input_size=32, color_noise="none")
+    assert val.classes == names and val.dataset.labels == test[1]
+    for i in range(4):
+        assert torch.equal(val.dataset.image(i), torch.from_numpy(test[0][i]).permute(2, 0, 1))
+    expected_mean = torch.from_numpy(train[0].astype(np.float64).mean(axis=0)).permute(2, 0, 1)   # train split, also for val
+    assert torch.allclose(val.stats.mean_image, expected_mean, atol=1e-12) and val.stats.images == 10

@@ -68,7 +68,9 @@ def test_folder_stats_are_exact_and_cached(tmp_path, data_write_images):
     images = _images(seed=1, count=5)
     src = data_write_images(tmp_path / "train", images)
     listing = list_split(src).images()
+    threads = torch.get_num_threads()
     stats = folder_stats(listing, SIZE, workers=1)
+    assert torch.get_num_threads() == threads                      # computed in this process: no side effect
     _check(stats, images)
     cache = src / f".twogpu-alexnet-stats-{SIZE}.pt"
     assert cache.exists()

@@ -2,6 +2,13 @@
 an interrupted prepare resumes without redoing or duplicating work, and user mistakes are one sentence."""
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,10 +74,11 @@ def _encoded(image, fmt, **kw):
 def test_odd_images_become_rgb_and_broken_files_are_listed(tmp_path, data_write_images):
     rgb = _smooth(16, 16, 4)
     good_jpeg = _encoded(Image.fromarray(rgb), "JPEG", quality=95)
+    palette = Image.fromarray(rgb).convert("P")
     files = {
         "a/gray.JPEG": Image.fromarray(rgb[..., 0]),                            # grayscale JPEG
         "a/cmyk.JPEG": Image.fromarray(rgb).convert("CMYK"),                      # CMYK JPEG
-        "b/palette.png": Image.fromarray(rgb).convert("P"),                       # palette PNG
+        "b/palette.png": palette,                                                 # palette PNG
         ("b/png_named.JPEG", "PNG"): Image.fromarray(rgb),                       # PNG behind a .JPEG name
         "b/rgba.png": Image.fromarray(rgb).convert("RGBA"),
         "a/truncated.JPEG": good_jpeg[: len(good_jpeg) // 2],
@@ -96,7 +104,7 @@ def test_odd_images_become_rgb_and_broken_files_are_listed(tmp_path, data_write_
     assert (by_name["a/cmyk.JPEG"].int() - original).abs().float().mean() < 4
     assert torch.equal(by_name["b/png_named.JPEG"], original.to(torch.uint8))
     assert torch.equal(by_name["b/rgba.png"], original.to(torch.uint8))
-    assert by_name["b/palette.png"].shape == (3, 16, 16)
+    assert torch.equal(by_name["b/palette.png"], torch.from_numpy(np.array(palette.convert("RGB"))).permute(2, 0, 1))
 
 
 def test_interrupted_prepare_resumes_without_redoing_or_duplicating(tmp_path, data_write_images):
@@ -142,3 +150,49 @@ def test_prepare_user_mistakes_are_one_sentence(tmp_path, data_write_images):
     (tmp_path / "busy" / "other.txt").write_text("mine")
     with pytest.raises(UserError, match="not empty and is not a store"):
         prepare_store(tmp_path / "src", tmp_path / "busy", size=8)
+
+
+def test_unreadable_store_files_are_one_sentence(tmp_path, data_write_images):
+    data_write_images(tmp_path / "src", {"a/x.png": _smooth(8, 8)})
+    prepare_store(tmp_path / "src", tmp_path / "store", size=8, workers=1)
+    (tmp_path / "store" / "index.pt").write_bytes(b"garbage")
+    with pytest.raises(UserError, match=r"index.pt is unreadable; delete .*store and run prepare again"):
+        StoreSource(tmp_path / "store")
+    (tmp_path / "store" / "store.json").write_text("{ not json")
+    with pytest.raises(UserError, match=r"store.json is unreadable; delete .*store and run prepare again"):
+        StoreSource(tmp_path / "store")
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
+def test_killed_prepare_leaves_no_worker_behind_and_resumes(tmp_path, data_write_images):
+    """SIGKILL of prepare (an OOM kill, `kill -9`): its pool workers exit too instead of waiting forever."""
+    data_write_images(tmp_path / "src", {f"c{i % 2}/im{i}.png": _smooth(20, 20, i) for i in range(8)})
+    marker = f"prepare-kill-test-{uuid.uuid4().hex}"
+    script = (f"# {marker}\nimport os, signal\nfrom twogpu_alexnet.data.store import prepare_store\n"
+              f"prepare_store({str(tmp_path / 'src')!r}, {str(tmp_path / 'store')!r}, size=20, workers=2, chunk_size=1,\n"
+              "              progress=lambda done, total: done and os.kill(os.getpid(), signal.SIGKILL))\n")
+    proc = subprocess.run([sys.executable, "-c", script], timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 20
+    while _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = _processes_with(marker)
+    for pid in left:                       # do not leak them even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
+    done = len(list((tmp_path / "store" / "shards").glob("*[0-9].pt")))
+    assert 1 <= done < 8
+    result = prepare_store(tmp_path / "src", tmp_path / "store", size=20, workers=1)
+    assert result["complete"] and result["written"] == 8 and result["reused"] == done
+    assert sorted(StoreSource(tmp_path / "store").ids.tolist()) == list(range(8))

@@ -39,6 +39,8 @@ def test_original_config_has_the_2012_schedule(tmp_path):
     assert (c.model.preset, c.schedule.kind, c.schedule.milestones) == ("original", "original", [25, 51, 79])
     assert (c.schedule.conv1_milestones, c.schedule.conv1_factors) == ([67, 72], [0.1, 0.0])
     assert c.data.color_noise == "original"
+    # colour noise off from epoch 67; the log's "stopped at 91" (counted like the milestones): 90 epochs run
+    assert (c.schedule.color_noise_off_epoch, c.train.epochs) == (67, 90)
 
 
 def test_overrides_parse_toml_values_and_fall_back_to_strings():
@@ -128,3 +130,15 @@ def test_cli_user_errors_are_one_sentence_and_exit_2(argv, words, tmp_path, caps
     assert all(w in err for w in words), err
     assert "Traceback" not in err
     assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_cli_batch_not_divisible_across_torchrun_processes(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, value in {"WORLD_SIZE": "3", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "3"}.items():
+        monkeypatch.setenv(name, value)
+    code = main(["train", "--out", str(tmp_path / "run")])  # the demo's batch 64 over 3 processes
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error: train.batch_size 64 does not divide across 3 processes; set it to a multiple of 3" in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # refused before the run folder was made

@@ -169,3 +169,103 @@ def test_json_summary(tmp_path, capsys):
     assert code == 0
     result = json.loads(out)
     assert result["status"] == "done" and result["epochs_run"] == 1 and 0 <= result["val_top1_error"] <= 1
+
+
+def test_every_check_runs_before_any_data_is_read(tmp_path, monkeypatch):
+    """User errors in the config, the devices, the batch split, the data folder or the run folder are
+    raised before the trainer opens any data, and leave no file behind."""
+    from twogpu_alexnet.engine import train as train_module
+    from twogpu_alexnet.engine.distributed import DistContext
+    from twogpu_alexnet.errors import UserError
+
+    opened = []
+    monkeypatch.setattr(train_module, "open_data", lambda *a, **k: opened.append(a) or pytest.fail("data read"))
+    existing = tmp_path / "existing"
+    (existing / "checkpoints").mkdir(parents=True)
+    (existing / "checkpoints" / "last.pt").write_bytes(b"a run was here")
+    cases = [
+        (tiny(), tmp_path / "a", {"ctx": DistContext(rank=0, world_size=3, local_rank=0, local_world_size=3)},
+         "train.batch_size 8 does not divide across 3 processes"),
+        (tiny("data.source=imagefolder", f"data.root={tmp_path / 'nope'}"), tmp_path / "b", {}, "is not a folder"),
+        (tiny(), existing, {}, "already holds a run; continue it with --resume"),
+        (tiny(), existing, {"resume": True}, "is not a run folder (no config.toml)"),
+    ]
+    if torch.cuda.device_count() < 2:
+        cases.append((tiny("model.mode=two-tower"), tmp_path / "c", {}, "two-tower mode needs two GPUs"))
+    if not torch.cuda.is_available():
+        cases.append((tiny("speed.amp=fp16"), tmp_path / "d", {}, "speed.amp=fp16 needs a GPU"))
+    for config, run_dir, kwargs, words in cases:
+        with pytest.raises(UserError) as err:
+            train(config, run_dir, **kwargs)
+        assert words in str(err.value), str(err.value)
+    assert opened == []
+    assert not any((tmp_path / name).exists() for name in "abcd")
+    assert sorted(p.name for p in existing.rglob("*")) == ["checkpoints", "last.pt"]
+
+
+def test_resume_falls_back_to_the_previous_good_checkpoint_and_says_so(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny("train.epochs=2", "train.max_steps_per_epoch=1"), run)
+    folder = run / "checkpoints"
+    good = (folder / "epoch_002.pt").read_bytes()
+    for name in ("epoch_002.pt", "last.pt"):  # the newest file cut short (last.pt may be a link to it)
+        (folder / name).write_bytes(good[: len(good) // 2])
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=3"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped last.pt: " in err and "not a readable checkpoint" in err, err
+    assert "resuming from epoch_001.pt" in err, err
+    done = _weights(run)
+    assert (done["epoch"], done["step"]) == (3, 3)  # epoch 2 trained again from epoch 1's state, then epoch 3
+    epochs = [r["epoch"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert epochs == [1, 2, 3]  # the lost epoch's line was cut and written again, once
+
+
+def test_original_schedule_in_the_loop_changes_lr_conv1_and_colour_noise(tmp_path):
+    """Milestones scaled down: every lr / 10 from epoch 2, conv1's lr 0 from epoch 2, colour noise off
+    from epoch 2. conv1 must not move in epoch 2 while the other layers do."""
+    class Notes(Reporter):
+        def __init__(self):
+            self.lines = []
+
+        def message(self, text):
+            self.lines.append(text)
+
+    notes = Notes()
+    config = tiny("train.epochs=2", "train.max_steps_per_epoch=2", "schedule.kind=original",
+                  "schedule.milestones=[2]", "schedule.conv1_milestones=[2]", "schedule.conv1_factors=[0.0]",
+                  "schedule.color_noise_off_epoch=2")
+    train(config, tmp_path / "run", reporter=notes)
+    folder = tmp_path / "run" / "checkpoints"
+    one, two = load_checkpoint(folder / "epoch_001.pt")["model"], load_checkpoint(folder / "epoch_002.pt")["model"]
+    for tower in (0, 1):
+        assert torch.equal(one[f"towers.{tower}.conv1.weight"], two[f"towers.{tower}.conv1.weight"])
+        assert not torch.equal(one[f"towers.{tower}.conv2.weight"], two[f"towers.{tower}.conv2.weight"])
+    assert not torch.equal(one["fc8.weight"], two["fc8.weight"])
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert lrs == [pytest.approx(1e-3, rel=1e-12), pytest.approx(1e-4, rel=1e-12)]
+    assert "epoch 2: colour noise switched off (original schedule)" in notes.lines
+
+
+def test_corrupt_images_in_training_are_skipped_and_counted_in_the_epoch_line(tmp_path, data_write_images):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    files = {f"{split}/{cls}/{i}.png": rng.integers(0, 256, (32, 32, 3)) for split in ("train", "val")
+             for cls in ("a", "b") for i in range(4)}
+    files["train/a/broken.JPEG"] = b"\xff\xd8\xff\xe0 not really a jpeg"
+    files["train/b/notes.jpg"] = b"plain text, not an image"
+    data_write_images(tmp_path / "data", files)
+    lines = []
+
+    class Lines(Reporter):
+        def epoch(self, record):
+            from twogpu_alexnet.engine.progress import _epoch_line
+            lines.append(_epoch_line(record))
+
+    config = load_config(None, ["data.source=imagefolder", f"data.root='{tmp_path / 'data'}'", "data.workers=0",
+                                "train.batch_size=5", "train.epochs=1", "train.lr=0.001", "model.mode=grouped",
+                                "train.deterministic=true"])
+    result = train(config, tmp_path / "run", reporter=Lines())
+    assert (result.status, result.exit_code) == ("done", 0)
+    epoch = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "epoch"][0]
+    assert epoch["skipped"] == 2
+    assert len(lines) == 1 and "2 unreadable images skipped" in lines[0]

@@ -112,6 +112,68 @@ def test_tower_isolation_below_conv3(name, crosses):
         assert all(g is None or g.abs().max() == 0 for g in tower0_grads)
 
 
+@pytest.mark.parametrize("lrn_groups,isolated", [(2, True), (1, False)])
+def test_grouped_tower_isolation_below_conv3(monkeypatch, lrn_groups, isolated):
+    """In one tensor too: tower 1's half of pool2 (what conv3 reads) has zero gradient wrt tower 0's
+    conv1/conv2 rows. The control, an LRN across all channels, leaks and makes the check fail."""
+    _, grouped = _pair("cifar")
+    monkeypatch.setattr(grouped, "lrn", lambda t, *a, groups=1: local_response_norm(t, *a, groups=lrn_groups))
+    seen = {}
+    grouped.conv3.register_forward_pre_hook(lambda m, args: seen.setdefault("pool2", args[0]))
+    grouped(_images("cifar"))
+    half = grouped.conv2.out_channels // 2  # 64: tower 0's channels, then tower 1's
+    seen["pool2"][:, half:].square().sum().backward()
+    tower0 = [grouped.conv1.weight.grad[:48], grouped.conv1.bias.grad[:48],
+              grouped.conv2.weight.grad[:half], grouped.conv2.bias.grad[:half]]
+    tower1 = [grouped.conv1.weight.grad[48:], grouped.conv2.weight.grad[half:]]
+    assert all(g.abs().max() > 0 for g in tower1)
+    assert all(g.abs().max() == 0 for g in tower0) == isolated
+
+
+def test_copies_into_cpu_memory_block(monkeypatch):
+    """non_blocking is only safe into GPU memory: a CPU tower would read a copy still in flight."""
+    towers, grouped = _pair("cifar")
+    x = _images("cifar")
+    calls = []
+    real_to = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        if args and isinstance(args[0], (str, torch.device)):
+            calls.append((torch.device(args[0]), kwargs.get("non_blocking", False)))
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    for model in (towers, grouped):
+        calls.clear()
+        model(x)
+        assert calls and all(dev.type == "cpu" for dev, _ in calls)
+        assert not any(non_blocking for _, non_blocking in calls), model.mode
+
+
+def test_forward_and_backward_create_no_tensor_from_host_values():
+    """On a GPU, a tensor made from a Python value (torch.tensor, new_tensor) or read back (.item())
+    waits on the host; the towers must run without that. Checked here on the recorded op stream."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x, labels = _images("original", n=1), torch.tensor([3])
+    for model in _pair("original"):
+        model.train()
+        with Ops() as ops:
+            torch.nn.functional.cross_entropy(model(x), labels).backward()
+        assert "aten.convolution_backward.default" in ops.names  # the backward pass was recorded
+        host = ops.names & {"aten.lift_fresh.default", "aten._local_scalar_dense.default", "aten.nonzero.default"}
+        assert not host, (model.mode, host)
+
+
 def test_onetower_control_crosses_everywhere():
     towers = build_model("cifar-onetower", mode="two-tower", devices=("cpu", "cpu")).double()
     _loud_init(towers)

@@ -39,10 +39,16 @@ def test_two_gpus_equal_grouped():
     assert towers.towers[1].conv1.weight.device == torch.device("cuda:1")
 
 
-def test_two_gpu_forward_backward_never_waits_on_the_host():
-    if torch.cuda.device_count() < 2:
+@pytest.mark.parametrize("preset", ["paper", "original"])
+@pytest.mark.parametrize("devices", [("cuda:0",), ("cuda:0", "cuda:0"), ("cuda:0", "cuda:1")])
+def test_forward_backward_never_waits_on_the_host(devices, preset):
+    """Grouped on one GPU, and two-tower on GPUs (one shared, or two when present): no host sync."""
+    if torch.cuda.device_count() < len(set(devices)):
         pytest.skip("needs two CUDA devices")
-    model = build_model("paper", mode="two-tower", devices=("cuda:0", "cuda:1"))
+    if len(devices) == 1:
+        model = build_model(preset, mode="grouped", device=devices[0])
+    else:
+        model = build_model(preset, mode="two-tower", devices=devices)
     x = torch.randn(16, 3, 224, 224, device="cuda:0")
     labels = torch.randint(0, 1000, (16,), device="cuda:0")
     torch.nn.functional.cross_entropy(model(x), labels).backward()  # warm-up (allocations, cudnn plans)

@@ -84,14 +84,29 @@ def test_paper_and_original_differ_where_the_reference_says():
     assert [c.reads for c in PRESETS["paper-onetower"].convs] == ["image", "both", "both", "both", "both"]
 
 
-def test_paper_init_follows_the_spec():
+# alexnet-2012.md, Initialization: weight std and bias value per layer
+INIT = {
+    "paper": ({n: 0.01 for n in PAPER_LAYER_PARAMS}, {"conv1": 0, "conv2": 1, "conv3": 0, "conv4": 1, "conv5": 1,
+                                                      "fc6": 1, "fc7": 1, "fc8": 0}),
+    "original": ({**{n: 0.01 for n in PAPER_LAYER_PARAMS}, "conv3": 0.03, "conv4": 0.03, "conv5": 0.03},
+                 {"conv1": 0, "conv2": 1, "conv3": 0, "conv4": 1, "conv5": 1, "fc6": 1, "fc7": 1, "fc8": 0}),
+}
+
+
+@pytest.mark.parametrize("preset", list(INIT))
+def test_init_follows_the_reference(preset):
     torch.manual_seed(0)
-    model = build_model("original", mode="grouped", device="cpu", num_classes=10)
+    model = build_model(preset, mode="grouped", device="cpu", num_classes=10)
+    want_std, want_bias = INIT[preset]
     stds = {n.split(".")[0]: p.std().item() for n, p in model.named_parameters() if n.endswith("weight")}
-    for name, want in {"conv1": 0.01, "conv3": 0.03, "conv5": 0.03, "fc6": 0.01}.items():
-        assert stds[name] == pytest.approx(want, rel=0.05)
+    means = {n.split(".")[0]: p.mean().item() for n, p in model.named_parameters() if n.endswith("weight")}
+    assert stds.keys() == want_std.keys()
+    for name, want in want_std.items():
+        assert stds[name] == pytest.approx(want, rel=0.05), name
+        assert abs(means[name]) < 0.2 * want, name
     biases = {n.split(".")[0]: p for n, p in model.named_parameters() if n.endswith("bias")}
-    assert torch.all(biases["conv2"] == 1) and torch.all(biases["conv3"] == 0) and torch.all(biases["fc8"] == 0)
+    for name, want in want_bias.items():
+        assert torch.all(biases[name] == want), name
 
 
 def test_num_classes_is_configurable_and_checked():

@@ -38,6 +38,7 @@ from torchvision.utils import make_grid, save_image
 from ..errors import UserError
 from ..model.load import infer_preset, load_weights
 from ..spec import get_spec
+from . import output_folder
 from .plots import save_score_plot
 
 COLOR_AXES = ("achromatic", "red_green", "blue_yellow")
@@ -304,9 +305,8 @@ def analyze_checkpoint(checkpoint, out_dir, *, preset: str | None = None, **opti
     name = preset or meta.get("preset") or infer_preset(state)
     spec = get_spec(name)
     _check_conv1(state, spec)
+    out = output_folder(out_dir)
     summary = tower_summary(state, **options)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     files = {"kernels": str(save_kernel_grid(state, out / "kernels.png"))}
     plot = save_score_plot(summary, out / "scores.png", title=f"{Path(checkpoint).name} ({name})")
     files["scores"] = str(plot) if plot else None
@@ -314,7 +314,8 @@ def analyze_checkpoint(checkpoint, out_dir, *, preset: str | None = None, **opti
         "checkpoint": str(checkpoint),
         "preset": name,
         "epoch": meta.get("epoch"),
-        "control": "onetower" in name,
+        # no tower reads only its own tower's maps: the two halves of conv1 are an arbitrary split
+        "control": not any(layer.reads == "own" for layer in spec.convs),
         **summary,
         "files": files,
     }

@@ -27,6 +27,7 @@ from ..data.transforms import Pipeline, geometry_for
 from ..errors import UserError
 from ..model import build_model
 from ..model.load import infer_preset, load_into, load_weights
+from . import output_folder
 
 CACHE_FORMAT = 1
 TILE = 128  # pixels per image in the picture
@@ -213,18 +214,22 @@ def find_neighbors(checkpoint, data, queries, out_dir, *, k: int = 6, preset: st
     for q in queries:
         q = Path(q)
         if not q.is_file():
-            raise UserError(f"query image {q} does not exist; pass image files with --queries")
+            what = "is a folder, not an image file" if q.is_dir() else "does not exist"
+            raise UserError(f"query image {q} {what}; pass image files with --queries")
         try:
             img = prep.stored(q)
         except CorruptImage as exc:
             raise UserError(f"query image {q} cannot be read ({exc}); pass a JPEG or PNG file") from None
         stored.append(img)
         query_inputs.append(prep.network_input(img))
+    # both folders are checked before the (long) feature pass, not after it
+    out = output_folder(out_dir)
+    if use_cache:
+        cache_dir = output_folder(cache_dir or default_cache_dir(), "--cache DIR (or turn the cache off with --no-cache)")
     query_feats = fc7_features(model, [torch.stack(query_inputs).to(device)])
 
     db, cached = training_features(model, listing, prep, checkpoint=checkpoint, preset=name, batch_size=batch_size,
-                                   workers=workers, device=device,
-                                   cache_dir=(Path(cache_dir) if cache_dir else default_cache_dir()) if use_cache else None)
+                                   workers=workers, device=device, cache_dir=cache_dir if use_cache else None)
     distances, indices = nearest(query_feats, db["features"], k)
 
     query_tiles, neighbor_tiles, results = [], [], []
@@ -238,8 +243,6 @@ def find_neighbors(checkpoint, data, queries, out_dir, *, k: int = 6, preset: st
             neighbor_tiles.append(_tile(prep.stored(listing.root / rel), tile))
         neighbor_tiles.extend([blank] * (k - len(found)))  # fewer training images than k
         results.append({"query": str(q), "neighbors": found})
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     picture = out / "neighbors.png"
     save_image(neighbor_picture(query_tiles, neighbor_tiles, k), picture)
     return {

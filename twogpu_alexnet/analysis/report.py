@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..model.load import load_weights
+from . import output_folder
 from .kernels import tower_summary
 from .plots import PLOTS_HINT, save_training_curves
 
@@ -67,8 +68,7 @@ def build_report(run_dir, out_dir=None) -> dict:
     """Write ``report.html`` (and the curve PNGs) for ``run_dir``; returns what was written and found."""
     run = Path(run_dir)
     steps, epochs, bad = read_metrics(run)
-    out = Path(out_dir) if out_dir else run / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out_dir if out_dir else run / "report")
     curves = save_training_curves(steps, epochs, out)
     grids = sorted((run / "kernels").glob("*.png")) if (run / "kernels").is_dir() else []
     towers, towers_note = _last_checkpoint_summary(run)

@@ -11,7 +11,7 @@ import sys
 
 from ..errors import UserError
 
-# command name -> module in this package (imported lazily so `info` does not pay for the data stack)
+# command name -> module in this package (each imports what its run() needs inside run())
 COMMANDS = {
     "info": "info",
     "train": "train",
@@ -25,23 +25,14 @@ COMMANDS = {
 }
 
 
-def _available_commands():
-    for name, module in COMMANDS.items():
-        try:
-            yield name, importlib.import_module(f".{module}", __name__)
-        except ModuleNotFoundError as exc:  # a command whose module is not part of this build
-            if exc.name != f"{__name__}.{module}":
-                raise
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twogpu-alexnet",
         description="The 2012 AlexNet with its two-GPU layout: inspect, train, evaluate, analyse.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for _, module in _available_commands():
-        module.add_parser(sub)
+    for module in COMMANDS.values():
+        importlib.import_module(f".{module}", __name__).add_parser(sub)
     return parser
 
 

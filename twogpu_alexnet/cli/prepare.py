@@ -38,18 +38,26 @@ def run(args) -> int:
     console = console_for(args)
     columns = (TextColumn("[bold]prepare[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("prepare", total=None)
+    bar = Progress(*columns, console=console, transient=False)
+    task = None
 
-        def progress(done, total):
-            bar.update(task, completed=done, total=total)
+    def progress(done, total):      # the bar appears once the inputs are checked, so an error is one line
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("prepare", total=total)
+        bar.update(task, completed=done, total=total)
 
+    try:
         try:
             result = prepare_store(args.data, args.out, size=args.size, fmt=args.fmt, quality=args.quality,
                                    workers=args.workers, progress=progress)
-        except KeyboardInterrupt:
-            console.print(f"stopped; run the same command again to resume {args.out}")
-            raise
+        finally:
+            if task is not None:
+                bar.stop()
+    except KeyboardInterrupt:
+        console.print(f"stopped; run the same command again to resume {args.out}")
+        raise
     if args.json:
         print_json({k: result[k] for k in ("store", "written", "skipped", "files", "reused", "bytes",
                                            "bytes_per_image", "seconds", "settings", "stats")})

@@ -31,11 +31,23 @@ def run(args) -> int:
     from ..data.split import compute_split_stats
 
     console = console_for(args)
-    with Progress(TextColumn("[bold]stats[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task("stats", total=None)
+    bar = Progress(TextColumn("[bold]stats[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=console, transient=True)
+    task = None
+
+    def progress(done, total):      # the bar appears once the inputs are checked, so an error is one line
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("stats", total=total)
+        bar.update(task, completed=done, total=total)
+
+    try:
         stats, path = compute_split_stats(args.data, size=args.size, workers=args.workers, force=args.force,
-                                          progress=lambda done, total: bar.update(task, completed=done, total=total))
+                                          progress=progress)
+    finally:
+        if task is not None:
+            bar.stop()
     summary = {**stats.summary(), "path": str(path)}
     if args.json:
         print_json(summary)

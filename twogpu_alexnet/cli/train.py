@@ -1,6 +1,7 @@
 """``twogpu-alexnet train``: the paper's recipe from one command (no arguments: the built-in demo)."""
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ examples:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("train", help="train AlexNet (no arguments: a short demo)", description=DESCRIPTION,
-                              formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="FILE", help="TOML config (configs/*.toml); default: the built-in demo")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
                    help="override one config key, e.g. train.epochs=10 (repeatable; values in TOML syntax)")

@@ -30,7 +30,7 @@ from . import synthetic
 from .decode import CorruptImage, read_bytes, decode_rgb, resize_center_crop
 from .folders import FolderListing, check_same_classes, list_split, split_folder
 from .stats import Stats, StatsAccumulator, cache_path_for, fingerprint_files, load_stats, save_stats
-from .store import StoreReader, read_store_meta
+from .store import StoreReader, init_pool_worker, read_store_meta
 from .transforms import Pipeline, geometry_for
 
 SOURCES = ("synthetic", "imagefolder", "store", "cifar10")
@@ -304,7 +304,6 @@ def array_stats(array, size: int) -> Stats:
 
 
 def _stats_chunk(task) -> dict:
-    torch.set_num_threads(1)
     root, files, size = task
     acc = StatsAccumulator(size)
     bad = 0
@@ -332,7 +331,8 @@ def folder_stats(listing: FolderListing, size: int, *, workers: int | None = Non
         results = map(_stats_chunk, tasks)
         pool = None
     else:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork"))
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork"), initializer=init_pool_worker,
+                                   initargs=(os.getpid(),))
         results = pool.map(_stats_chunk, tasks)
     try:
         for result in results:

@@ -136,20 +136,6 @@ class StatsAccumulator:
         return Stats(mean_image, channel_mean, covariance, eigenvalues, eigenvectors, self.images, pixels)
 
 
-def compute_stats(images, size: int, progress=None) -> Stats:
-    """Stats over an iterable of uint8 images (3 x size x size); None entries (unreadable) are skipped.
-
-    ``progress``: optional callable ``progress(n)`` called after each image with the count so far.
-    """
-    acc = StatsAccumulator(size)
-    for count, img in enumerate(images, 1):
-        if img is not None:
-            acc.add(img)
-        if progress is not None:
-            progress(count)
-    return acc.finish()
-
-
 def save_stats(stats: Stats, path, extra: dict | None = None) -> Path:
     """Write stats (plus ``extra`` identification keys) atomically to ``path``."""
     path = Path(path)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -105,8 +106,18 @@ def _chunk_done(out: Path, chunk: int) -> bool:
     return (out / "shards" / f"{chunk:05d}.pt").exists()
 
 
-def _init_worker() -> None:
+def init_pool_worker(parent: int) -> None:
+    """Set up a process-pool worker of prepare or stats: one thread, and exit when process ``parent`` is gone."""
     torch.set_num_threads(1)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this pool worker when the prepare process is gone (killed): an orphaned worker would otherwise
+    wait on the task queue forever, or race a resumed run on the same chunk's temporary files."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _prepare_chunk(task: dict) -> dict:
@@ -191,7 +202,8 @@ def _run_chunks(todo, task, workers: int, done: int, n: int, progress) -> int:
             if progress is not None:
                 progress(done, n)
         return done
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork"), initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork"), initializer=init_pool_worker,
+                             initargs=(os.getpid(),)) as pool:
         pending = {pool.submit(_prepare_chunk, task(c)) for c in todo}
         try:
             while pending:
@@ -311,7 +323,10 @@ def read_store_meta(path) -> dict:
     meta_path = path / "store.json"
     if not meta_path.exists():
         raise UserError(f"{path} is not a prepared store (no store.json); run `twogpu-alexnet prepare --data SRC --out {path}` first.")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{meta_path} is unreadable; delete {path} and run prepare again.") from None
     if not meta.get("complete"):
         raise UserError(f"store {path} is incomplete (prepare was interrupted); run the same prepare command again to finish it.")
     return meta
@@ -323,7 +338,10 @@ class StoreReader:
     def __init__(self, path):
         self.path = Path(path).expanduser()
         self.meta = read_store_meta(self.path)
-        index = torch.load(self.path / "index.pt", weights_only=True)
+        try:
+            index = torch.load(self.path / "index.pt", weights_only=True)
+        except Exception:      # missing, truncated or foreign file
+            raise UserError(f"{self.path / 'index.pt'} is unreadable; delete {self.path} and run prepare again.") from None
         self.shard = index["shard"]
         self.offset = index["offset"]
         self.length = index["length"]

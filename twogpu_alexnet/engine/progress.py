@@ -24,6 +24,10 @@ class Reporter:
 def _epoch_line(r: dict) -> str:
     line = (f"epoch {r['epoch']}: train loss {r['train_loss']:.4f}, val top-1 error {100 * r['val_top1_error']:.2f}%, "
             f"top-5 {100 * r['val_top5_error']:.2f}%, lr {r['lr']:.2g}, {r['time_s']:.1f} s")
+    if r.get("skipped"):
+        line += f", {r['skipped']} unreadable image{'s' * (r['skipped'] != 1)} skipped"
+    if r.get("nonfinite_skipped"):
+        line += f", {r['nonfinite_skipped']} non-finite batch{'es' * (r['nonfinite_skipped'] != 1)} skipped"
     if r.get("color_score_tower0") is not None:
         line += f", colour score tower 0 {r['color_score_tower0']:.3f} / tower 1 {r['color_score_tower1']:.3f}"
     return line

@@ -377,7 +377,7 @@ class _Run:
         self.train_loader.set_epoch(epoch, start_batch=batch)
         self.reporter.begin_epoch(epoch, batch)
         self.t_epoch = time.perf_counter()
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device: no sync
+        self.loss_sum = 0.0  # sum of loss x images over this invocation's steps of the epoch
         t_log = t_prev = time.perf_counter()
         images_log, img_s = 0, 0.0
         images_per_step = self.rank_batch * self.ctx.world_size
@@ -390,8 +390,11 @@ class _Run:
                 continue
             x = prepare_batch(images, self.train_split, self.device, c.speed.channels_last)
             loss = forward_loss(self.forward, x, labels, self.amp_dtype, self.device.type)
-            # every rank takes the same decision (one small all-reduce per step with several processes)
-            nonfinite, stopping = distributed.any_across([not bool(torch.isfinite(loss)), self.stop.requested],
+            # the step's one host sync: the loss must be known finite before the update; the same value
+            # feeds the epoch sum, the progress bar and the log. Every rank takes the same decision (one
+            # small all-reduce per step with several processes).
+            loss_value = float(loss.detach())
+            nonfinite, stopping = distributed.any_across([not math.isfinite(loss_value), self.stop.requested],
                                                          self.ctx)
             if nonfinite:
                 where = f"step {self.step + 1} (epoch {epoch}, batch {batch})"
@@ -406,22 +409,22 @@ class _Run:
             else:
                 sgd_step(loss, self.optimizer, self.scaler)
                 self.step += 1
-                self.loss_sum += loss.detach().double() * len(labels)
+                self.loss_sum += loss_value * len(labels)
                 self.progress["images"] += len(labels)
                 images_log += len(labels)
                 now = time.perf_counter()
                 rate = images_per_step / max(now - t_prev, 1e-9)  # a moving average for the bar
                 img_s = rate if img_s == 0 else 0.9 * img_s + 0.1 * rate
-                self.reporter.step(epoch, batch - 1, float(loss.detach()), _lr_of(self.optimizer), img_s)
+                self.reporter.step(epoch, batch - 1, loss_value, _lr_of(self.optimizer), img_s)
                 if self.step % tc.log_every == 0 or batch == self.steps_per_epoch:
-                    mean_loss = distributed.sum_across([float(loss.detach())], self.ctx)[0] / self.ctx.world_size
+                    mean_loss = distributed.sum_across([loss_value], self.ctx)[0] / self.ctx.world_size
                     self.log.write({"kind": "step", "epoch": epoch, "step": self.step, "loss": mean_loss,
                                     "lr": _lr_of(self.optimizer),
                                     "img_s": images_log * self.ctx.world_size / max(now - t_log, 1e-9)})
                     t_log, images_log = now, 0
             t_prev = time.perf_counter()
             if stopping:
-                self.progress["loss_sum"] += float(self.loss_sum)
+                self.progress["loss_sum"] += self.loss_sum
                 self.progress["time_s"] += time.perf_counter() - self.t_epoch
                 path = self.save(epochs_completed=epoch - 1, batch=batch)
                 return self.finish("interrupted", self.stop.exit_code,
@@ -434,7 +437,7 @@ class _Run:
         c, ctx, p = self.config, self.ctx, self.progress
         train_time = p["time_s"] + time.perf_counter() - self.t_epoch
         loss_total, images, skipped, nonfinite = distributed.sum_across(
-            [p["loss_sum"] + float(self.loss_sum), p["images"], p["skipped"], p["nonfinite"]], ctx)
+            [p["loss_sum"] + self.loss_sum, p["images"], p["skipped"], p["nonfinite"]], ctx)
         top1, top5, _ = validate_model(self.forward, self.val_loader, self.val_split, self.device, self.amp_dtype,
                                        c.speed.channels_last, ctx)
         lr_used = _lr_of(self.optimizer)

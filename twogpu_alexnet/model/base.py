@@ -5,12 +5,23 @@ layer order, the normalizations and the dropout come from the spec through this 
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
 from ..spec import FC, Conv, NetSpec, cover_padding, layer_shapes
 from .layers import local_response_norm, same_map_norm
+
+
+def to_device(x: Tensor, device: torch.device) -> Tensor:
+    """``x`` on ``device``, without waiting on the host where that is safe.
+
+    Copies to a GPU are ordered on its stream, so they can be asynchronous. A ``non_blocking`` copy
+    into CPU memory returns before the data has arrived, and a CPU tower (e.g. devices=("cuda:0",
+    "cpu")) would compute on garbage, so copies to the CPU block.
+    """
+    return x.to(device, non_blocking=device.type == "cuda")
 
 
 class AlexNetBase(nn.Module):

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..spec import NetSpec, layer_shapes
-from .base import AlexNetBase
+from .base import AlexNetBase, to_device
 
 
 class GroupedAlexNet(AlexNetBase):
@@ -35,7 +35,7 @@ class GroupedAlexNet(AlexNetBase):
         return self.device
 
     def _hidden(self, x: Tensor) -> Tensor:
-        h = x.to(self.device, non_blocking=True)
+        h = to_device(x, self.device)
         for layer in self.spec.convs:
             h = self._conv_block(getattr(self, layer.name), layer, h, 2)
         h = h.flatten(1)  # pool5: tower 0's flattened channels, then tower 1's

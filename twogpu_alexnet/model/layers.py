@@ -44,8 +44,9 @@ class _CrossMapLRN(torch.autograd.Function):
     def forward(ctx, x: Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> Tensor:
         xg = x.unflatten(1, (groups, x.shape[1] // groups))  # N x G x C/G x H x W (a view)
         before, after = size // 2, (size - 1) // 2
-        # k + alpha * (a_i^2 + sum of the neighbours' a_j^2), squares formed on the fly by addcmul
-        denom = torch.addcmul(xg.new_tensor(k), xg, xg, value=alpha)
+        # k + alpha * (a_i^2 + sum of the neighbours' a_j^2), squares formed on the fly by addcmul;
+        # new_full fills k on the device (new_tensor(k) would be a blocking host-to-GPU copy)
+        denom = torch.addcmul(xg.new_full((), k), xg, xg, value=alpha)
         length = xg.shape[2]
         for offset in range(1, min(max(before, after), length - 1) + 1):
             keep = length - offset

@@ -2,8 +2,9 @@
 
 conv1, conv2, conv4 and conv5 read only their own tower; conv3, fc6, fc7 and fc8 read both, and
 those are the only places activations cross devices. Every step is an asynchronous launch on its
-tower's device, and cross-device copies are device-to-device, so on two GPUs the towers compute
-concurrently and nothing waits on the host. fc8 and the loss live on devices[0].
+tower's device, and copies between GPUs are device-to-device, so on two GPUs the towers compute
+concurrently and nothing waits on the host (copies into a CPU tower block: see ``to_device``).
+fc8 and the loss live on devices[0].
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..spec import NetSpec, layer_shapes
-from .base import AlexNetBase
+from .base import AlexNetBase, to_device
 
 
 class Tower(nn.Module):
@@ -42,10 +43,10 @@ class TwoTowerAlexNet(AlexNetBase):
 
     def _exchange(self, halves: list[Tensor]) -> list[Tensor]:
         """A cross-GPU connection: each tower receives tower 0's then tower 1's activations."""
-        return [torch.cat([h.to(device, non_blocking=True) for h in halves], 1) for device in self.devices]
+        return [torch.cat([to_device(h, device) for h in halves], 1) for device in self.devices]
 
     def _hidden(self, x: Tensor) -> Tensor:
-        halves = [x.to(device, non_blocking=True) for device in self.devices]
+        halves = [to_device(x, device) for device in self.devices]
         for layer in self.spec.convs:
             if layer.reads == "both":
                 halves = self._exchange(halves)
@@ -55,4 +56,4 @@ class TwoTowerAlexNet(AlexNetBase):
             if layer.reads == "both":
                 halves = self._exchange(halves)
             halves = [self._fc_block(getattr(t, layer.name), layer, h) for t, h in zip(self.towers, halves)]
-        return torch.cat([h.to(self.head_device, non_blocking=True) for h in halves], 1)
+        return torch.cat([to_device(h, self.head_device) for h in halves], 1)
