@@ -8,7 +8,7 @@ metrics.jsonl, and the same statistics of what training changed, W - W_init (the
 rebuilt from the run's seed exactly as the trainer builds them: seed_everything(seed), build_model).
 Writes docs/results/<run>/{kernels.png, kernels.json, scores.png, delta.png, delta.json, epochs.jsonl,
 color_score.png}
-and docs/results/specialization.json, and prints the markdown tables used in docs/specialization.md.
+and adds their rows to docs/results/specialization.json, and prints the markdown tables used in docs/specialization.md.
 """
 from __future__ import annotations
 
@@ -108,8 +108,11 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str]) -> int:
     test_dir, runs = argv[0], [Path(r) for r in argv[1:]]
-    rows = [collect(test_dir, run) for run in runs]
-    (HERE / "specialization.json").write_text(json.dumps(rows, indent=1) + "\n")
+    results = HERE / "specialization.json"  # earlier runs' rows are kept; a run collected again replaces its row
+    rows = {r["run"]: r for r in (json.loads(results.read_text()) if results.is_file() else [])}
+    rows.update({run.name: collect(test_dir, run) for run in runs})
+    rows = list(rows.values())
+    results.write_text(json.dumps(rows, indent=1) + "\n")
     print(table(rows))
     return 0
 
