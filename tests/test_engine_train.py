@@ -105,13 +105,18 @@ def test_trained_on_two_towers_resumes_grouped(tmp_path):
     assert _weights(tmp_path / "run")["step"] == 4 and _weights(tmp_path / "run")["mode"] == "grouped"
 
 
-def test_sigterm_saves_exits_143_and_resume_completes(tmp_path):
+@pytest.mark.parametrize("to_group", [False, True], ids=["main-process", "process-group"])
+def test_sigterm_saves_exits_143_and_resume_completes(tmp_path, to_group):
+    """SIGTERM to the trainer alone, or to its whole process group as a batch scheduler or
+    `kill -- -PGID` sends it: the data-loading worker must not die and take the run down with it."""
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "twogpu_alexnet", "train", "--out", str(run), "--set", "data.synthetic_images=800",
            "--set", "train.batch_size=8", "--set", "train.epochs=1", "--set", "train.log_every=1",
-           "--set", "data.synthetic_val_images=16", "--set", "train.lr=0.001"]
+           "--set", "data.synthetic_val_images=16", "--set", "train.lr=0.001",
+           "--set", f"data.workers={1 if to_group else 0}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=to_group)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         metrics = run / "metrics.jsonl"
@@ -119,7 +124,10 @@ def test_sigterm_saves_exits_143_and_resume_completes(tmp_path):
             break
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signal.SIGTERM)
+    if to_group:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     assert "SIGTERM received: saved" in err and f"--resume {run}" in err

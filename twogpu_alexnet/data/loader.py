@@ -11,6 +11,10 @@ A batch whose images were all unreadable is empty (0 x ...); skip it in the trai
 """
 from __future__ import annotations
 
+import os
+import signal
+import threading
+
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
@@ -107,6 +111,28 @@ def decode_batch(split: Split, encoded, labels):
     return torch.stack([x.movedim(-3, -1) for x in out]).movedim(-1, -3), labels, skipped
 
 
+def _worker_init(worker_id: int) -> None:
+    """Leave stopping to the trainer: a worker ignores SIGTERM unless its parent sends it.
+
+    A batch scheduler or ``kill -- -PGID`` signals every process of the run. A worker killed by it
+    makes the DataLoader raise in the trainer mid-step, before the trainer (which got the same
+    signal) can finish the step and save. The DataLoader's own shutdown of its workers still ends
+    them at once (the SIGTERM comes from the parent), and a worker whose parent is gone exits.
+    """
+    if not hasattr(signal, "sigwaitinfo"):  # not on macOS / Windows: keep torch's behaviour
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # inherited by every later thread
+    threading.Thread(target=_wait_for_sigterm, args=(parent,), daemon=True, name="sigterm").start()
+
+
+def _wait_for_sigterm(parent: int) -> None:
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == parent or os.getppid() != parent:
+            os._exit(0)
+
+
 def make_loader(split: Split, batch_size: int = 128, shuffle: bool = True, workers: int = 4, seed: int = 0,
                 drop_last: bool = True, distributed: bool = False, rank: int = 0, world_size: int = 1,
                 pin_memory: bool | None = None, prefetch_factor: int | None = None) -> Loader:
@@ -128,7 +154,8 @@ def make_loader(split: Split, batch_size: int = 128, shuffle: bool = True, worke
         pin_memory = torch.cuda.is_available() and split.decode_device is None
     pipeline = split.pipeline
     collate = Collate(pipeline.sample_shape, pipeline.sample_dtype, deferred=split.decode_device is not None)
-    extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor or 2} if workers > 0 else {}
+    extra = ({"persistent_workers": True, "prefetch_factor": prefetch_factor or 2, "worker_init_fn": _worker_init}
+             if workers > 0 else {})
     dataloader = DataLoader(split.dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
                             pin_memory=pin_memory, **extra)
     return Loader(split, dataloader, sampler)
