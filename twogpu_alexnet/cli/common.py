@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 
 from rich.console import Console
+from rich.progress import Progress
 
 
 def console_for(args) -> Console:
@@ -31,3 +33,27 @@ def _jsonable(value):
 
 def add_json_flag(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else there")
+
+
+@contextmanager
+def late_progress_bar(console: Console, *columns, transient: bool = False):
+    """Yields ``progress(done, total)`` for a library call; the bar appears at its first call.
+
+    Library functions check their inputs before reporting progress, so a user error prints as one
+    line with no empty bar above it.
+    """
+    bar = Progress(*columns, console=console, transient=transient)
+    task = None
+
+    def progress(done, total):
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("", total=total)
+        bar.update(task, completed=done, total=total)
+
+    try:
+        yield progress
+    finally:
+        if task is not None:
+            bar.stop()

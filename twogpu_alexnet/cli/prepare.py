@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import os
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .common import add_json_flag, console_for, print_json
+from .common import add_json_flag, console_for, late_progress_bar, print_json
 
 
 def add_parser(subparsers) -> None:
@@ -38,23 +38,10 @@ def run(args) -> int:
     console = console_for(args)
     columns = (TextColumn("[bold]prepare[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    bar = Progress(*columns, console=console, transient=False)
-    task = None
-
-    def progress(done, total):      # the bar appears once the inputs are checked, so an error is one line
-        nonlocal task
-        if task is None:
-            bar.start()
-            task = bar.add_task("prepare", total=total)
-        bar.update(task, completed=done, total=total)
-
     try:
-        try:
+        with late_progress_bar(console, *columns) as progress:
             result = prepare_store(args.data, args.out, size=args.size, fmt=args.fmt, quality=args.quality,
                                    workers=args.workers, progress=progress)
-        finally:
-            if task is not None:
-                bar.stop()
     except KeyboardInterrupt:
         console.print(f"stopped; run the same command again to resume {args.out}")
         raise

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .common import add_json_flag, console_for, print_json
+from .common import add_json_flag, console_for, late_progress_bar, print_json
 
 
 def add_parser(subparsers) -> None:
@@ -31,23 +31,10 @@ def run(args) -> int:
     from ..data.split import compute_split_stats
 
     console = console_for(args)
-    bar = Progress(TextColumn("[bold]stats[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=console, transient=True)
-    task = None
-
-    def progress(done, total):      # the bar appears once the inputs are checked, so an error is one line
-        nonlocal task
-        if task is None:
-            bar.start()
-            task = bar.add_task("stats", total=total)
-        bar.update(task, completed=done, total=total)
-
-    try:
+    columns = (TextColumn("[bold]stats[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with late_progress_bar(console, *columns, transient=True) as progress:
         stats, path = compute_split_stats(args.data, size=args.size, workers=args.workers, force=args.force,
                                           progress=progress)
-    finally:
-        if task is not None:
-            bar.stop()
     summary = {**stats.summary(), "path": str(path)}
     if args.json:
         print_json(summary)
