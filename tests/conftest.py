@@ -43,3 +43,18 @@ def data_write_images():
         return root
 
     return write
+
+
+@pytest.fixture
+def notes():
+    """Engine tests: a reporter that keeps the messages a run or an evaluation shows (``notes.lines``)."""
+    from twogpu_alexnet.engine.progress import Reporter
+
+    class Notes(Reporter):
+        def __init__(self):
+            self.lines = []
+
+        def message(self, text):
+            self.lines.append(text)
+
+    return Notes()

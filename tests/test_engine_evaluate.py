@@ -97,9 +97,8 @@ def test_cli_json_and_bad_inputs(photos, tmp_path, capsys):
         assert err.startswith("error: ") and words in err and "Traceback" not in err, err
 
 
-def test_training_checkpoint_brings_its_training_mean(photos, tmp_path):
+def test_training_checkpoint_brings_its_training_mean(photos, tmp_path, notes):
     from twogpu_alexnet.engine.config import load_config
-    from twogpu_alexnet.engine.progress import Reporter
     from twogpu_alexnet.engine.train import train
 
     config = load_config(None, ["model.num_classes=6", "data.synthetic_images=16", "data.synthetic_val_images=12",
@@ -108,14 +107,6 @@ def test_training_checkpoint_brings_its_training_mean(photos, tmp_path):
     ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
     assert "data_stats" in torch.load(ckpt, weights_only=True)
 
-    class Notes(Reporter):
-        def __init__(self):
-            self.lines = []
-
-        def message(self, text):
-            self.lines.append(text)
-
-    notes = Notes()
     result = evaluate([ckpt, _bias_only(tmp_path / "plain.pt", [0.0] * 6)], photos, workers=0, reporter=notes)
     assert result["images"] == 12 and result["presets"] == ["cifar", "cifar"]
     assert notes.lines == [f"{tmp_path / 'plain.pt'} carries no training mean; using the mean of {photos} itself"]

@@ -228,17 +228,9 @@ def test_resume_falls_back_to_the_previous_good_checkpoint_and_says_so(tmp_path,
     assert epochs == [1, 2, 3]  # the lost epoch's line was cut and written again, once
 
 
-def test_original_schedule_in_the_loop_changes_lr_conv1_and_colour_noise(tmp_path):
+def test_original_schedule_in_the_loop_changes_lr_conv1_and_colour_noise(tmp_path, notes):
     """Milestones scaled down: every lr / 10 from epoch 2, conv1's lr 0 from epoch 2, colour noise off
     from epoch 2. conv1 must not move in epoch 2 while the other layers do."""
-    class Notes(Reporter):
-        def __init__(self):
-            self.lines = []
-
-        def message(self, text):
-            self.lines.append(text)
-
-    notes = Notes()
     config = tiny("train.epochs=2", "train.max_steps_per_epoch=2", "schedule.kind=original",
                   "schedule.milestones=[2]", "schedule.conv1_milestones=[2]", "schedule.conv1_factors=[0.0]",
                   "schedule.color_noise_off_epoch=2")
