@@ -35,7 +35,9 @@ def data_write_images():
             if isinstance(content, (bytes, bytearray)):
                 path.write_bytes(content)
                 continue
-            image = content if isinstance(content, Image.Image) else Image.fromarray(np.asarray(content, dtype=np.uint8))
+            image = (
+                content if isinstance(content, Image.Image) else Image.fromarray(np.asarray(content, dtype=np.uint8))
+            )
             fmt = fmt or ("PNG" if path.suffix.lower() == ".png" else "JPEG")
             buf = io.BytesIO()
             image.save(buf, fmt, **({"quality": 95} if fmt == "JPEG" else {}))

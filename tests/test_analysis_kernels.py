@@ -7,8 +7,19 @@ import torch
 from PIL import Image
 
 from twogpu_alexnet.analysis.kernels import (
-    GridLayout, cohens_d, color_energy, color_scores, conv1_weights, grid_layout, kernel_grid,
-    normalize_kernels, permutation_test, rank_biserial, save_kernel_grid, summarize_towers, tower_summary,
+    GridLayout,
+    cohens_d,
+    color_energy,
+    color_scores,
+    conv1_weights,
+    grid_layout,
+    kernel_grid,
+    normalize_kernels,
+    permutation_test,
+    rank_biserial,
+    save_kernel_grid,
+    summarize_towers,
+    tower_summary,
 )
 from twogpu_alexnet.errors import UserError
 

@@ -106,7 +106,9 @@ def test_report_user_errors(tmp_path, capsys):
 def test_report_on_a_run_without_checkpoint_or_grids(tmp_path):
     run = tmp_path / "fresh"
     run.mkdir()
-    (run / "metrics.jsonl").write_text(json.dumps({"kind": "step", "epoch": 1, "step": 1, "loss": 2.3, "lr": 0.01}) + "\n")
+    (run / "metrics.jsonl").write_text(
+        json.dumps({"kind": "step", "epoch": 1, "step": 1, "loss": 2.3, "lr": 0.01}) + "\n"
+    )
     result = build_report(run, tmp_path / "elsewhere")
     assert result["epochs"] == 0 and result["towers"] is None and result["best_val_top1_error"] is None
     page = (tmp_path / "elsewhere" / "report.html").read_text()
@@ -166,9 +168,30 @@ def test_kernels_command_control_and_preset_mismatch(tmp_path, capsys):
 def test_report_builds_from_a_real_short_training_run(tmp_path, capsys):
     """The trainer's own run folder (1 epoch, 2 steps of synthetic data) -> the report page."""
     run = tmp_path / "short"
-    code = main(["train", "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=2", "--set", "train.batch_size=16",
-                 "--set", "data.synthetic_images=32", "--set", "data.synthetic_val_images=16", "--set", "train.log_every=1",
-                 "--set", 'model.mode="grouped"', "--set", "analysis.kernel_grid_epochs=[1]", "--out", str(run), "--json"])
+    code = main(
+        [
+            "train",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "train.max_steps_per_epoch=2",
+            "--set",
+            "train.batch_size=16",
+            "--set",
+            "data.synthetic_images=32",
+            "--set",
+            "data.synthetic_val_images=16",
+            "--set",
+            "train.log_every=1",
+            "--set",
+            'model.mode="grouped"',
+            "--set",
+            "analysis.kernel_grid_epochs=[1]",
+            "--out",
+            str(run),
+            "--json",
+        ]
+    )
     capsys.readouterr()
     assert code in (0, 3)  # 3: a non-finite loss stops the run, its folder is still complete up to there
     assert main(["report", "--run", str(run), "--json"]) == 0

@@ -57,7 +57,10 @@ def test_user_mistakes_exit_2_with_one_sentence(tmp_path, data_split, capsys):
         lines = captured.err.strip().splitlines()                      # nothing but the sentence (no progress bar)
         assert captured.out == "" and len(lines) == 1 and lines[0].startswith("error: ")
         assert str(tmp_path / "missing") in lines[0] and lines[0].endswith(".")
-    assert main(["prepare", "--data", str(data_split), "--out", str(tmp_path / "s"), "--size", "32", "--workers", "1"]) == 0
+    assert (
+        main(["prepare", "--data", str(data_split), "--out", str(tmp_path / "s"), "--size", "32", "--workers", "1"])
+        == 0
+    )
     capsys.readouterr()
     assert main(["prepare", "--data", str(data_split), "--out", str(tmp_path / "s"), "--size", "64"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]

@@ -51,7 +51,9 @@ def test_resume_reproduces_the_rest_of_the_epoch(synthetic_train):
 def test_distributed_ranks_partition_the_epoch(synthetic_train):
     seen = []
     for rank in range(2):
-        loader = make_loader(synthetic_train, batch_size=8, workers=0, seed=1, distributed=True, rank=rank, world_size=2)
+        loader = make_loader(
+            synthetic_train, batch_size=8, workers=0, seed=1, distributed=True, rank=rank, world_size=2
+        )
         assert len(loader) == 6
         loader.set_epoch(0)
         for x, y, _ in loader:
@@ -81,7 +83,9 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path, data_write_images):
     rng = np.random.default_rng(0)
     files = {f"{c}/im{i}.png": rng.integers(0, 255, (12, 12, 3)) for c in "ab" for i in range(5)}
     data_write_images(tmp_path / "train", files)
-    data_write_images(tmp_path / "val", {"a/v.png": rng.integers(0, 255, (12, 12, 3)), "b/w.png": rng.integers(0, 255, (12, 12, 3))})
+    data_write_images(
+        tmp_path / "val", {"a/v.png": rng.integers(0, 255, (12, 12, 3)), "b/w.png": rng.integers(0, 255, (12, 12, 3))}
+    )
     split = open_split("imagefolder", tmp_path, "train", train=True, input_size=16, color_noise="paper")
     # files that break after the split was opened (as on a flaky disk during training)
     (tmp_path / "train" / "a" / "im1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
@@ -108,8 +112,12 @@ def test_a_batch_of_only_corrupt_images_is_empty(tmp_path, data_write_images):
 def test_deferred_decoding_matches_decoding_in_workers(tmp_path, data_write_images):
     """decode_device: JPEGs decoded in batches by the loader (on "cuda" in real use; "cpu" here)."""
     rng = np.random.default_rng(1)
-    data_write_images(tmp_path / "train", {f"{c}/{i}.jpg": rng.integers(0, 255, (20, 30, 3)) for c in "ab" for i in range(3)})
-    data_write_images(tmp_path / "val", {"a/v.jpg": rng.integers(0, 255, (20, 20, 3)), "b/w.jpg": rng.integers(0, 255, (20, 20, 3))})
+    data_write_images(
+        tmp_path / "train", {f"{c}/{i}.jpg": rng.integers(0, 255, (20, 30, 3)) for c in "ab" for i in range(3)}
+    )
+    data_write_images(
+        tmp_path / "val", {"a/v.jpg": rng.integers(0, 255, (20, 20, 3)), "b/w.jpg": rng.integers(0, 255, (20, 20, 3))}
+    )
     plain = open_split("imagefolder", tmp_path, "train", train=True, input_size=16, seed=2)
     deferred = open_split("imagefolder", tmp_path, "train", train=True, input_size=16, seed=2, decode_device="cpu")
     a = _batches(make_loader(plain, batch_size=3, workers=0, seed=5), 1)
@@ -120,8 +128,13 @@ def test_deferred_decoding_matches_decoding_in_workers(tmp_path, data_write_imag
 @pytest.mark.gpu
 def test_gpu_decoding_matches_cpu(tmp_path, data_write_images):
     rng = np.random.default_rng(2)
-    data_write_images(tmp_path / "train", {f"{c}/{i}.jpg": rng.integers(0, 255, (300, 400, 3)) for c in "ab" for i in range(3)})
-    data_write_images(tmp_path / "val", {"a/v.jpg": rng.integers(0, 255, (300, 300, 3)), "b/w.jpg": rng.integers(0, 255, (300, 300, 3))})
+    data_write_images(
+        tmp_path / "train", {f"{c}/{i}.jpg": rng.integers(0, 255, (300, 400, 3)) for c in "ab" for i in range(3)}
+    )
+    data_write_images(
+        tmp_path / "val",
+        {"a/v.jpg": rng.integers(0, 255, (300, 300, 3)), "b/w.jpg": rng.integers(0, 255, (300, 300, 3))},
+    )
     cpu = open_split("imagefolder", tmp_path, "val", train=False, input_size=224)
     gpu = open_split("imagefolder", tmp_path, "val", train=False, input_size=224, decode_device="cuda")
     (x1, y1, _), = _batches(make_loader(cpu, batch_size=4, shuffle=False, workers=0, drop_last=False), 0)

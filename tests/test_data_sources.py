@@ -89,7 +89,10 @@ def test_bad_data_folders_are_one_sentence(tmp_path, data_write_images):
     img = np.zeros((8, 8, 3))
     data_write_images(tmp_path / "train", {"a/x.png": img, "b/y.png": img})
     data_write_images(tmp_path / "val", {"a/x.png": img, "c/y.png": img})
-    with pytest.raises(UserError, match=r"class folders of .*train and .*val differ \(1 only in train \(first: b\), 1 only in val \(first: c\)\)"):
+    with pytest.raises(
+        UserError,
+        match=r"class folders of .*train and .*val differ \(1 only in train \(first: b\), 1 only in val \(first: c\)\)",
+    ):
         open_split("imagefolder", tmp_path, "val", input_size=8)
     with pytest.raises(UserError, match="data.source 'folders' is not one of"):
         open_split("folders", tmp_path, "train")
@@ -107,9 +110,16 @@ def test_store_made_with_other_settings_is_refused(tmp_path, data_write_images):
     prepare_store(tmp_path / "src" / "other", tmp_path / "store" / "val2", size=32, workers=1)
     (tmp_path / "store" / "val").rename(tmp_path / "store" / "val1")
     (tmp_path / "store" / "val2").rename(tmp_path / "store" / "val")
-    with pytest.raises(UserError, match=r"class folders of .*train and .*val differ \(1 only in train \(first: b\), 1 only in val \(first: c\)\)"):
+    with pytest.raises(
+        UserError,
+        match=r"class folders of .*train and .*val differ \(1 only in train \(first: b\), 1 only in val \(first: c\)\)",
+    ):
         open_split("store", tmp_path / "store", "val", train=False, input_size=32)
-    with pytest.raises(UserError, match=r"store .*val holds 32x32 images but this input size needs 256x256; prepare the data again with --size 256"):
+    with pytest.raises(
+        UserError,
+        match=r"store .*val holds 32x32 images but this input size needs 256x256; prepare the data "
+              r"again with --size 256",
+    ):
         open_split("store", tmp_path / "store", "val", train=False, input_size=224)
     with pytest.raises(UserError, match="not a prepared store"):
         open_split("store", tmp_path / "src", "train", input_size=32)
@@ -121,9 +131,14 @@ def _write_cifar_python(root, train, test, names):
     folder.mkdir(parents=True)
     parts = np.array_split(np.arange(len(train[0])), 5)
     for k, rows in enumerate(parts, 1):
-        batch = {"data": train[0][rows].transpose(0, 3, 1, 2).reshape(len(rows), -1), "labels": [train[1][i] for i in rows]}
+        batch = {
+            "data": train[0][rows].transpose(0, 3, 1, 2).reshape(len(rows), -1),
+            "labels": [train[1][i] for i in rows],
+        }
         (folder / f"data_batch_{k}").write_bytes(pickle.dumps(batch))
-    (folder / "test_batch").write_bytes(pickle.dumps({"data": test[0].transpose(0, 3, 1, 2).reshape(len(test[0]), -1), "labels": test[1]}))
+    (folder / "test_batch").write_bytes(
+        pickle.dumps({"data": test[0].transpose(0, 3, 1, 2).reshape(len(test[0]), -1), "labels": test[1]})
+    )
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
 
 
@@ -133,7 +148,9 @@ def test_cifar10_python_files(tmp_path, monkeypatch):
     test = (rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8), [2, 1, 0, 1])
     names = ["plane", "car", "bird"]
     _write_cifar_python(tmp_path, train, test, names)
-    with pytest.raises(UserError, match=r"CIFAR-10 files under .* are unreadable"):       # the files fail torchvision's md5 check
+    with pytest.raises(
+        UserError, match=r"CIFAR-10 files under .* are unreadable"
+    ):  # the files fail torchvision's md5 check
         open_split("cifar10", tmp_path, "train", input_size=32)
     import torchvision.datasets.cifar
 
@@ -142,5 +159,7 @@ def test_cifar10_python_files(tmp_path, monkeypatch):
     assert val.classes == names and val.dataset.labels == test[1]
     for i in range(4):
         assert torch.equal(val.dataset.image(i), torch.from_numpy(test[0][i]).permute(2, 0, 1))
-    expected_mean = torch.from_numpy(train[0].astype(np.float64).mean(axis=0)).permute(2, 0, 1)   # train split, also for val
+    expected_mean = torch.from_numpy(train[0].astype(np.float64).mean(axis=0)).permute(
+        2, 0, 1
+    )  # train split, also for val
     assert torch.allclose(val.stats.mean_image, expected_mean, atol=1e-12) and val.stats.images == 10

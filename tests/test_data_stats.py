@@ -21,7 +21,9 @@ def _images(seed=0, count=6):
     out = {}
     for i in range(count):
         base = rng.uniform(0, 200, size=(SIZE, SIZE, 3)) @ mix.T
-        out[f"{'ab'[i % 2]}/img{i}.png"] = np.clip(base + rng.integers(0, 40, size=(SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+        out[f"{'ab'[i % 2]}/img{i}.png"] = np.clip(base + rng.integers(0, 40, size=(SIZE, SIZE, 3)), 0, 255).astype(
+            np.uint8
+        )
     return out
 
 
@@ -116,7 +118,9 @@ def test_open_split_picks_up_train_stats_for_both_splits(tmp_path, data_write_im
     images = _images(seed=4, count=4)
     root = tmp_path / "data"
     data_write_images(root / "train", images)
-    data_write_images(root / "val", {"a/v.png": np.full((SIZE, SIZE, 3), 9, np.uint8), "b/w.png": np.zeros((SIZE, SIZE, 3), np.uint8)})
+    data_write_images(
+        root / "val", {"a/v.png": np.full((SIZE, SIZE, 3), 9, np.uint8), "b/w.png": np.zeros((SIZE, SIZE, 3), np.uint8)}
+    )
     prepare_store(root / "train", tmp_path / "store" / "train", size=SIZE, fmt="raw", workers=1)
     prepare_store(root / "val", tmp_path / "store" / "val", size=SIZE, fmt="raw", workers=1)
     for source, where in (("store", tmp_path / "store"), ("imagefolder", root)):

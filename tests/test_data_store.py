@@ -179,9 +179,11 @@ def test_killed_prepare_leaves_no_worker_behind_and_resumes(tmp_path, data_write
     """SIGKILL of prepare (an OOM kill, `kill -9`): its pool workers exit too instead of waiting forever."""
     data_write_images(tmp_path / "src", {f"c{i % 2}/im{i}.png": _smooth(20, 20, i) for i in range(24)})
     marker = f"prepare-kill-test-{uuid.uuid4().hex}"
-    script = (f"# {marker}\nimport os, signal\nfrom twogpu_alexnet.data.store import prepare_store\n"
-              f"prepare_store({str(tmp_path / 'src')!r}, {str(tmp_path / 'store')!r}, size=20, workers=2, chunk_size=1,\n"
-              "              progress=lambda done, total: done and os.kill(os.getpid(), signal.SIGKILL))\n")
+    script = (
+        f"# {marker}\nimport os, signal\nfrom twogpu_alexnet.data.store import prepare_store\n"
+        f"prepare_store({str(tmp_path / 'src')!r}, {str(tmp_path / 'store')!r}, size=20, workers=2, chunk_size=1,\n"
+        "              progress=lambda done, total: done and os.kill(os.getpid(), signal.SIGKILL))\n"
+    )
     proc = subprocess.run([sys.executable, "-c", script], timeout=120)
     assert proc.returncode == -signal.SIGKILL
     deadline = time.monotonic() + 20

@@ -17,8 +17,15 @@ def _stats(size, mean=0.0, eigenvalues=(900.0, 100.0, 25.0), seed=0):
     q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
     vals = torch.tensor(eigenvalues, dtype=torch.float64)
     cov = q @ torch.diag(vals) @ q.T
-    return Stats(torch.full((3, size, size), float(mean), dtype=torch.float64), torch.full((3,), float(mean), dtype=torch.float64),
-                 cov, vals, q, images=1, pixels=size * size)
+    return Stats(
+        torch.full((3, size, size), float(mean), dtype=torch.float64),
+        torch.full((3,), float(mean), dtype=torch.float64),
+        cov,
+        vals,
+        q,
+        images=1,
+        pixels=size * size,
+    )
 
 
 def _position_image(size, offset=0):
@@ -33,7 +40,7 @@ def test_crop_positions_in_bounds_and_all_covered():
         p = augment_params(0, i // 3000, i, G224)
         assert 0 <= p.top <= 32 and 0 <= p.left <= 32
         seen.add((p.top, p.left))
-    assert seen == {(t, l) for t in range(33) for l in range(33)}
+    assert seen == {(t, left) for t in range(33) for left in range(33)}
 
 
 def test_train_crops_are_the_drawn_windows_of_the_image():
@@ -61,7 +68,7 @@ def test_cifar_crops_come_from_the_zero_padded_image():
         out = pipe(img, index, 0)
         window = padded[:, p.top:p.top + 32, p.left:p.left + 32]
         assert torch.equal(out, window.flip(-1) if p.flip else window)
-    assert positions == {(t, l) for t in range(9) for l in range(9)}
+    assert positions == {(t, left) for t in range(9) for left in range(9)}
 
 
 def test_flips_happen_half_the_time():
@@ -85,9 +92,9 @@ def test_ten_views_are_the_documented_ones_in_order(geometry, base):
     padded = torch.nn.functional.pad(img.float(), [geometry.pad] * 4)
     corners = {"top-left": (0, 0), "top-right": (0, full - s), "bottom-left": (full - s, 0),
                "bottom-right": (full - s, full - s), "centre": ((full - s) // 2, (full - s) // 2)}
-    expected = [padded[:, t:t + s, l:l + s] for t, l in corners.values()]
+    expected = [padded[:, t:t + s, left:left + s] for t, left in corners.values()]
     flipped_image = padded.flip(-1)
-    expected += [flipped_image[:, t:t + s, l:l + s] for t, l in corners.values()]
+    expected += [flipped_image[:, t:t + s, left:left + s] for t, left in corners.values()]
     assert views.shape == (10, 3, s, s)
     for k in range(10):
         assert torch.equal(views[k], expected[k]), k

@@ -6,7 +6,14 @@ import torch
 
 from twogpu_alexnet.cli import main
 from twogpu_alexnet.engine.config import (
-    DEMO_TOML, Config, allowed_keys, from_dict, load_config, parse_override, parse_toml, to_toml,
+    DEMO_TOML,
+    Config,
+    allowed_keys,
+    from_dict,
+    load_config,
+    parse_override,
+    parse_toml,
+    to_toml,
     validate,
 )
 from twogpu_alexnet.errors import UserError

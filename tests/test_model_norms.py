@@ -84,4 +84,6 @@ def test_same_map_norm_matches_the_formula_with_clipped_border():
     ours = same_map_norm(a, 5, 0.001 / 25, 0.75, 1.0)
     assert (ref - a).abs().max() > 1e-3
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
-    torch.testing.assert_close(torch.autograd.grad(ours, a, g)[0], torch.autograd.grad(ref, a, g)[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        torch.autograd.grad(ours, a, g)[0], torch.autograd.grad(ref, a, g)[0], rtol=0, atol=1e-12
+    )

@@ -57,7 +57,9 @@ def test_per_tower_output_shapes_match_reference_table(preset):
     seen = {}
     for t, tower in enumerate(model.towers):
         for name, module in tower.named_children():
-            module.register_forward_hook(lambda m, i, o, key=(t, name): seen.__setitem__(key, (tuple(i[0].shape), tuple(o.shape))))
+            module.register_forward_hook(
+                lambda m, i, o, key=(t, name): seen.__setitem__(key, (tuple(i[0].shape), tuple(o.shape)))
+            )
     with torch.no_grad():
         logits = model(torch.randn(1, 3, 224, 224))
     assert logits.shape == (1, 10)

@@ -6,5 +6,12 @@ from .spec import PRESETS, NetSpec, get_spec
 __version__ = "0.1.0"
 
 __all__ = [
-    "PRESETS", "NetSpec", "UserError", "build_model", "get_spec", "to_grouped_state", "to_two_tower_state", "__version__",
+    "PRESETS",
+    "NetSpec",
+    "UserError",
+    "build_model",
+    "get_spec",
+    "to_grouped_state",
+    "to_two_tower_state",
+    "__version__",
 ]

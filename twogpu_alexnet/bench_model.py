@@ -13,9 +13,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from .errors import UserError
 from .model import build_model, check_device
 from .model.grouped import GroupedAlexNet
-from .errors import UserError
 from .model.init import init_from_spec
 from .spec import get_spec
 

@@ -17,6 +17,7 @@ from .errors import UserError
 
 OPS = ("relu", "lrn", "samemap", "pool")
 READS = ("image", "own", "both")
+DROPOUT_FORMS = ("published", "inverted")
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,10 @@ class NetSpec:
     # Optimizer settings the preset asks for (the original code: biases at 2x lr, no weight decay).
     bias_lr_mult: float = 1.0
     bias_weight_decay: bool = True
+    # "published": the paper's dropout (sec. 4.2; the 2012 code's hs layers): training multiplies by a
+    # 0/1 mask and does not rescale the kept units, evaluation multiplies by (1 - p).
+    # "inverted": torch's F.dropout (kept units x 1/(1 - p) in training, identity in evaluation).
+    dropout_form: str = "published"
 
     def with_classes(self, num_classes: int) -> "NetSpec":
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
@@ -142,7 +147,9 @@ class LayerShape:
 def conv_output_size(size: int, layer: Conv) -> int:
     span = size + 2 * layer.padding - layer.kernel
     if span < 0:
-        raise UserError(f"{layer.name}: input of {size}x{size} is smaller than its {layer.kernel}x{layer.kernel} kernel")
+        raise UserError(
+            f"{layer.name}: input of {size}x{size} is smaller than its {layer.kernel}x{layer.kernel} kernel"
+        )
     steps = math.ceil(span / layer.stride) if layer.cover else span // layer.stride
     return 1 + steps
 
@@ -193,6 +200,7 @@ def validate(spec: NetSpec) -> NetSpec:
         assert layer.reads in READS, f"{layer.name}: reads must be one of {READS}"
         assert "samemap" not in layer.ops or spec.same_map is not None, f"{layer.name} needs spec.same_map"
     assert all(f.reads == "both" for f in spec.hidden), "fc layers read both towers"
+    assert spec.dropout_form in DROPOUT_FORMS, f"dropout_form must be one of {DROPOUT_FORMS}"
     layer_shapes(spec)  # raises if a size goes below a kernel
     return spec
 
@@ -263,6 +271,7 @@ _CIFAR = replace(
     hidden=(FC("fc6", 512, weight_std=0.03, bias=0.1), FC("fc7", 512, weight_std=0.04, bias=0.1)),
     head=Head(weight_std=0.04),
     num_classes=10,
+    dropout_form="inverted",  # tuned for the small net (the demo and the CIFAR-10 experiments)
 )
 
 _CIFAR_ONETOWER = replace(

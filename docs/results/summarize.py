@@ -92,9 +92,11 @@ def table(rows: list[dict]) -> str:
     lines = []
     for r in rows:
         tower = "none" if r["color_specific_tower"] is None else str(r["color_specific_tower"])
-        lines.append(f"| {r['run']} | {r['preset']} | {r['seed']} | {r['epochs']} | {100 * r['test_top1_error']:.1f}% "
-                     f"| {r['tower0_mean']:.3f} / {r['tower0_median']:.3f} | {r['tower1_mean']:.3f} / {r['tower1_median']:.3f} "
-                     f"| {r['p_value']:.3g} | {r['effect_size']:+.2f} | {tower} |")
+        lines.append(
+            f"| {r['run']} | {r['preset']} | {r['seed']} | {r['epochs']} | {100 * r['test_top1_error']:.1f}% "
+            f"| {r['tower0_mean']:.3f} / {r['tower0_median']:.3f} | {r['tower1_mean']:.3f} / {r['tower1_median']:.3f} "
+            f"| {r['p_value']:.3g} | {r['effect_size']:+.2f} | {tower} |"
+        )
     head2 = ("\n\n| run | conv1 moved (tower 0 / 1) | W - W_init score tower 0 | tower 1 | p | rank-biserial "
              "| colour-specific tower |\n|---|---|---|---|---|---|---|\n")
     lines2 = []

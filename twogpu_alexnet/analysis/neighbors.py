@@ -56,7 +56,9 @@ def fc7_features(model, batches) -> torch.Tensor:
     return torch.cat(out)
 
 
-def nearest(queries: torch.Tensor, database: torch.Tensor, k: int, chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest(
+    queries: torch.Tensor, database: torch.Tensor, k: int, chunk: int = 16384
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(distances, indices), each Q x k, of the ``k`` rows of ``database`` nearest each query.
 
     Candidates come from ``torch.cdist`` over chunks of the database (fast, matrix-multiply based);
@@ -139,8 +141,19 @@ class _FolderImages(torch.utils.data.Dataset):
 def _cache_key(checkpoint: Path, listing, input_size: int, preset: str) -> str:
     st = checkpoint.stat()
     h = hashlib.sha256()
-    h.update(json.dumps([CACHE_FORMAT, str(checkpoint.resolve()), st.st_size, st.st_mtime_ns, str(listing.root.resolve()),
-                         input_size, preset]).encode())
+    h.update(
+        json.dumps(
+            [
+                CACHE_FORMAT,
+                str(checkpoint.resolve()),
+                st.st_size,
+                st.st_mtime_ns,
+                str(listing.root.resolve()),
+                input_size,
+                preset,
+            ]
+        ).encode()
+    )
     for f in listing.files:
         fs = (listing.root / f).stat()
         h.update(f"{f}\t{fs.st_size}\t{fs.st_mtime_ns}\n".encode())
@@ -225,7 +238,9 @@ def find_neighbors(checkpoint, data, queries, out_dir, *, k: int = 6, preset: st
     # both folders are checked before the (long) feature pass, not after it
     out = output_folder(out_dir)
     if use_cache:
-        cache_dir = output_folder(cache_dir or default_cache_dir(), "--cache DIR (or turn the cache off with --no-cache)")
+        cache_dir = output_folder(
+            cache_dir or default_cache_dir(), "--cache DIR (or turn the cache off with --no-cache)"
+        )
     query_feats = fc7_features(model, [torch.stack(query_inputs).to(device)])
 
     db, cached = training_features(model, listing, prep, checkpoint=checkpoint, preset=name, batch_size=batch_size,

@@ -37,7 +37,9 @@ def save_score_plot(summary: dict, path, title: str | None = None) -> Path | Non
     import matplotlib
 
     new_api = tuple(int(v) for v in matplotlib.__version__.split(".")[:2]) >= (3, 10)
-    left.boxplot(scores, widths=0.5, showfliers=False, **({"orientation": "horizontal"} if new_api else {"vert": False}))
+    left.boxplot(
+        scores, widths=0.5, showfliers=False, **({"orientation": "horizontal"} if new_api else {"vert": False})
+    )
     for tower, s in enumerate(scores):
         y = tower + 1 + rng.uniform(-0.18, 0.18, len(s))
         left.scatter(s, y, s=14, alpha=0.8, color=TOWER_COLORS[tower], zorder=3)

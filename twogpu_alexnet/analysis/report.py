@@ -45,7 +45,9 @@ def read_metrics(run_dir) -> tuple[list[dict], list[dict], int]:
         raise UserError(f"run folder {run} does not exist; pass the --out folder of twogpu-alexnet train")
     path = run / "metrics.jsonl"
     if not path.is_file():
-        raise UserError(f"{run} has no metrics.jsonl; pass the folder of a training run (twogpu-alexnet train --out DIR)")
+        raise UserError(
+            f"{run} has no metrics.jsonl; pass the folder of a training run (twogpu-alexnet train --out DIR)"
+        )
     steps, epochs, bad = [], {}, 0
     for line in path.read_text(errors="replace").splitlines():
         if not line.strip():
@@ -165,9 +167,13 @@ pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; 
 
 
 def _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad) -> str:
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(run.name)} - twogpu-alexnet report</title>",
-             f"<style>{_STYLE}</style></head><body>", f"<h1>Run {html.escape(run.name)}</h1>",
-             f"<p class='note'>{html.escape(str(run.resolve()))}</p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(run.name)} - "
+        f"twogpu-alexnet report</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>Run {html.escape(run.name)}</h1>",
+        f"<p class='note'>{html.escape(str(run.resolve()))}</p>",
+    ]
 
     parts.append("<h2>Summary</h2>")
     rows = [
@@ -197,8 +203,10 @@ def _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad)
     if grids:
         parts.append("<p>conv1 kernels as in the paper's Figure 3: tower 0 in the top rows, tower 1 below; "
                      "each kernel contrast-normalized on its own.</p>")
-        parts += [f"<figure>{_image(p, p.stem)}<figcaption>{html.escape(p.stem.replace('_', ' '))}</figcaption></figure>"
-                  for p in grids]
+        parts += [
+            f"<figure>{_image(p, p.stem)}<figcaption>{html.escape(p.stem.replace('_', ' '))}</figcaption></figure>"
+            for p in grids
+        ]
     else:
         parts.append("<p class='note'>No kernel grids in kernels/ (the trainer saves them at chosen epochs).</p>")
 
@@ -218,9 +226,13 @@ def _at(epoch) -> str:
 def _towers_html(t: dict) -> str:
     rows = [[str(s["tower"]), str(s["n"]), f"{s['mean']:.3f}", f"{s['median']:.3f}", f"{s['q1']:.3f}", f"{s['q3']:.3f}",
              f"{s['frac_above']:.0%}", f"{s['red_green']:.3f}", f"{s['blue_yellow']:.3f}"] for s in t["towers"]]
-    table = _table(("tower", "kernels", "mean", "median", "q1", "q3", f"> {t['threshold']:g}", "red-green", "blue-yellow"), rows)
+    table = _table(
+        ("tower", "kernels", "mean", "median", "q1", "q3", f"> {t['threshold']:g}", "red-green", "blue-yellow"), rows
+    )
     which = t["color_specific_tower"]
-    verdict = ("no significant difference between the towers" if which is None else f"tower {which} is the colour-specific one")
+    verdict = (
+        "no significant difference between the towers" if which is None else f"tower {which} is the colour-specific one"
+    )
     where = f"checkpoints/last.pt (epoch {t['epoch']})" if t.get("epoch") is not None else "checkpoints/last.pt"
     return (f"<p>conv1 colour-specificity score (share of a kernel's energy outside gray) in {html.escape(where)}:</p>"
             + table + f"<p>difference {t['difference']:+.3f} (tower 1 - tower 0), permutation p = {t['p_value']:.4g}, "

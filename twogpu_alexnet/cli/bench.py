@@ -44,7 +44,9 @@ def run_model(args) -> int:
 
     console = console_for(args)
     if not args.json:
-        console.print(f"timing training steps on {args.device} (batch {args.batch or 'default'}, {args.repeats} repeats)...")
+        console.print(
+            f"timing training steps on {args.device} (batch {args.batch or 'default'}, {args.repeats} repeats)..."
+        )
     result = bench_model(args.device, devices=args.devices, batch=args.batch, repeats=args.repeats,
                          steps=args.steps, preset=args.preset)
     if args.json:

@@ -17,7 +17,9 @@ def add_parser(bench_subparsers) -> None:
         "Example: twogpu-alexnet bench data --data ILSVRC2012/val --images 200 --json",
     )
     p.add_argument("--data", required=True, help="split folder of class subfolders with images")
-    p.add_argument("--images", type=int, default=200, help="images to use, evenly spaced over the folder (default: 200)")
+    p.add_argument(
+        "--images", type=int, default=200, help="images to use, evenly spaced over the folder (default: 200)"
+    )
     p.add_argument("--seconds", type=float, default=3.0, help="CPU seconds per pipeline (default: 3)")
     p.add_argument("--input-size", type=int, default=224, help="network input size (default: 224)")
     add_json_flag(p)
@@ -41,9 +43,14 @@ def run(args) -> int:
     for col in ("pipeline", "images/s", "vs reference"):
         table.add_column(col, justify="left" if col == "pipeline" else "right")
     ref = result["reference_img_s"]
-    rows = [("(a) torchvision reference (PIL, RandomResizedCrop, ToTensor, Normalize)", ref),
-            ("(b) this pipeline, raw files", result["raw_img_s"]),
-            (f"(c) this pipeline, prepared store ({result['store_bytes_per_image'] / 1024:.1f} KiB/image)", result["prepared_img_s"])]
+    rows = [
+        ("(a) torchvision reference (PIL, RandomResizedCrop, ToTensor, Normalize)", ref),
+        ("(b) this pipeline, raw files", result["raw_img_s"]),
+        (
+            f"(c) this pipeline, prepared store ({result['store_bytes_per_image'] / 1024:.1f} KiB/image)",
+            result["prepared_img_s"],
+        ),
+    ]
     for name, rate in rows:
         table.add_row(name, f"{rate:,.0f}", f"{rate / ref:.2f}x")
     console.print(table)

@@ -28,12 +28,28 @@ def add_parser(subparsers) -> None:
         "is more colour-specific than the other (permutation test).\n\n" + EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, metavar="C", help="training checkpoint or plain state dict (either layout)")
-    p.add_argument("--preset", metavar="P", help="the preset the weights belong to (default: from the checkpoint or its shapes)")
+    p.add_argument(
+        "--checkpoint", required=True, metavar="C", help="training checkpoint or plain state dict (either layout)"
+    )
+    p.add_argument(
+        "--preset", metavar="P", help="the preset the weights belong to (default: from the checkpoint or its shapes)"
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="folder for kernels.png, kernels.json and scores.png")
-    p.add_argument("--threshold", type=float, default=THRESHOLD, help=f"score above which a kernel counts as colour-specific (default {THRESHOLD})")
-    p.add_argument("--alpha", type=float, default=ALPHA, help=f"significance level for naming the colour-specific tower (default {ALPHA})")
-    p.add_argument("--permutations", type=int, default=PERMUTATIONS, help=f"permutations of the test (default {PERMUTATIONS})")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=THRESHOLD,
+        help=f"score above which a kernel counts as colour-specific (default {THRESHOLD})",
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=ALPHA,
+        help=f"significance level for naming the colour-specific tower (default {ALPHA})",
+    )
+    p.add_argument(
+        "--permutations", type=int, default=PERMUTATIONS, help=f"permutations of the test (default {PERMUTATIONS})"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the permutation test (default 0)")
     add_json_flag(p)
     p.set_defaults(run=run)
@@ -61,8 +77,13 @@ def run(args) -> int:
     console.print(summary_table(result))
     console.print(verdict(result))
     if result["control"]:
-        console.print(f"[dim]{result['preset']} has no towers: its two conv1 halves are an arbitrary split (the control).[/dim]")
-    console.print(f"wrote {result['files']['kernels']}" + (f" and {result['files']['scores']}" if result["files"]["scores"] else ""))
+        console.print(
+            f"[dim]{result['preset']} has no towers: its two conv1 halves are an arbitrary split (the control).[/dim]"
+        )
+    console.print(
+        f"wrote {result['files']['kernels']}"
+        + (f" and {result['files']['scores']}" if result["files"]["scores"] else "")
+    )
     if not result["files"]["scores"]:
         console.print(f"[dim]no score plot: {PLOTS_HINT}[/dim]")
     return 0

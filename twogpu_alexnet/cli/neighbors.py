@@ -23,12 +23,18 @@ def add_parser(subparsers) -> None:
         description="Find the training images whose fc7 vectors are nearest to each query's.\n\n" + EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, metavar="C", help="training checkpoint or plain state dict (either layout)")
-    p.add_argument("--data", required=True, metavar="D", help="the training images to search: a folder of class subfolders")
+    p.add_argument(
+        "--checkpoint", required=True, metavar="C", help="training checkpoint or plain state dict (either layout)"
+    )
+    p.add_argument(
+        "--data", required=True, metavar="D", help="the training images to search: a folder of class subfolders"
+    )
     p.add_argument("--queries", required=True, nargs="+", metavar="Q", help="query image files")
     p.add_argument("--k", type=int, default=6, help="neighbours per query (default 6)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for neighbors.png")
-    p.add_argument("--preset", metavar="P", help="the preset of the weights (default: from the checkpoint or its shapes)")
+    p.add_argument(
+        "--preset", metavar="P", help="the preset of the weights (default: from the checkpoint or its shapes)"
+    )
     p.add_argument("--device", default="cpu", help="where to compute features (default cpu), e.g. cuda:0")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=int, default=0, help="decoding processes (default 0: in this process)")

@@ -23,7 +23,9 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--data", required=True, help="split folder whose subfolders are the classes")
     p.add_argument("--out", required=True, help="store folder to create (or to resume)")
-    p.add_argument("--size", type=int, default=256, help="stored image side: 256 for 224 inputs (default), 32 for cifar")
+    p.add_argument(
+        "--size", type=int, default=256, help="stored image side: 256 for 224 inputs (default), 32 for cifar"
+    )
     p.add_argument("--format", dest="fmt", choices=("jpeg", "raw"), default="jpeg",
                    help="jpeg: ~20 KB/image at 256 (default); raw: 196,608 B/image at 256, no decoding")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of the store (default: 90)")
@@ -56,7 +58,9 @@ def run(args) -> int:
     table.add_row("images written", f"{result['written']:,}")
     table.add_row("files skipped", f"{len(result['skipped']):,}")
     table.add_row("done by an earlier run", f"{result['reused']:,}")
-    table.add_row("format", f"{s['format']} {s['size']}x{s['size']}" + (f", quality {s['quality']}" if s["quality"] else ""))
+    table.add_row(
+        "format", f"{s['format']} {s['size']}x{s['size']}" + (f", quality {s['quality']}" if s["quality"] else "")
+    )
     if result["bytes_per_image"]:
         table.add_row("disk", f"{result['bytes'] / 2**20:,.1f} MiB ({result['bytes_per_image'] / 1024:,.1f} KiB/image)")
     table.add_row("time", f"{result['seconds']:.1f} s")

@@ -21,7 +21,9 @@ def add_parser(subparsers) -> None:
         description="Build the report page of a training run.\n\n" + EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--run", dest="run_dir", required=True, metavar="DIR", help="the run folder (twogpu-alexnet train --out DIR)")
+    p.add_argument(
+        "--run", dest="run_dir", required=True, metavar="DIR", help="the run folder (twogpu-alexnet train --out DIR)"
+    )
     p.add_argument("--out", metavar="DIR", help="where to write report.html and the curves (default RUN/report)")
     add_json_flag(p)
     p.set_defaults(run=run)
@@ -36,8 +38,10 @@ def run(args) -> int:
         print_json(result)
         return 0
     top1 = result["best_val_top1_error"]
-    console.print(f"{result['epochs']} epoch(s), {result['steps']} step line(s)"
-                  + (f"; best val top-1 error {top1:.2%} (epoch {result['best_top1_epoch']})" if top1 is not None else ""))
+    console.print(
+        f"{result['epochs']} epoch(s), {result['steps']} step line(s)"
+        + (f"; best val top-1 error {top1:.2%} (epoch {result['best_top1_epoch']})" if top1 is not None else "")
+    )
     if result["plots_missing"]:
         console.print(f"[yellow]no curves: {result['plots_missing']}[/yellow]")
     else:

@@ -20,7 +20,12 @@ def add_parser(subparsers) -> None:
         "Example: twogpu-alexnet stats --data ILSVRC2012/train",
     )
     p.add_argument("--data", required=True, help="training split: class folders, or a store made by prepare")
-    p.add_argument("--size", type=int, default=256, help="image side the statistics are for: 256 (default) or 32 (class folders only)")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=256,
+        help="image side the statistics are for: 256 (default) or 32 (class folders only)",
+    )
     p.add_argument("--workers", type=int, default=None, help="processes for class folders (default: all cores)")
     p.add_argument("--force", action="store_true", help="recompute even if saved statistics are up to date")
     add_json_flag(p)
@@ -39,8 +44,10 @@ def run(args) -> int:
     if args.json:
         print_json(summary)
         return 0
-    table = Table(title=f"training statistics of {Path(args.data)} ({stats.images:,} images, {stats.size}x{stats.size})",
-                  title_justify="left")
+    table = Table(
+        title=f"training statistics of {Path(args.data)} ({stats.images:,} images, {stats.size}x{stats.size})",
+        title_justify="left",
+    )
     for col in ("", "R", "G", "B"):
         table.add_column(col, justify="right")
     table.add_row("channel mean", *(f"{v:.3f}" for v in stats.channel_mean.tolist()))

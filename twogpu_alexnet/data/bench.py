@@ -49,13 +49,15 @@ def _rates(fns: dict, count: int, seconds: float) -> dict:
     return {name: done / spent[name] for name in fns}
 
 
-def bench_data(data, *, images: int = 200, seconds: float = 3.0, input_size: int = 224, workdir=None, progress=None) -> dict:
+def bench_data(
+    data, *, images: int = 200, seconds: float = 3.0, input_size: int = 224, workdir=None, progress=None
+) -> dict:
     """Measure (a), (b), (c) on up to ``images`` files of split folder ``data`` (evenly spaced over the classes).
 
     ``seconds``: CPU seconds per pipeline. ``progress(stage)`` is called with "prepare", then "measure".
     """
-    from PIL import Image
     import torchvision.transforms as T
+    from PIL import Image
 
     listing = list_split(data, "--data folder").images()
     if images < 1:
@@ -77,7 +79,10 @@ def bench_data(data, *, images: int = 200, seconds: float = 3.0, input_size: int
             prepared = prepare_store(subset, Path(tmp) / "store", size=geometry.image_size, workers=1)
             store = StoreSource(Path(tmp) / "store")
             if len(store) == 0:
-                raise UserError(f"none of the {len(picked)} benchmark images in {listing.root} could be decoded; point --data at a folder of readable images.")
+                raise UserError(
+                    f"none of the {len(picked)} benchmark images in {listing.root} could be "
+                    f"decoded; point --data at a folder of readable images."
+                )
             stats = store.stats()
             pipeline = Pipeline(stats, geometry, train=True, color_noise="paper", seed=0)
             raw = FolderSource(listing, geometry.image_size)
@@ -94,9 +99,15 @@ def bench_data(data, *, images: int = 200, seconds: float = 3.0, input_size: int
             for f in ref_files:
                 with Image.open(f) as im:
                     sizes.append(im.size)
-            result = {"data": str(listing.root), "images": len(good), "input_size": input_size, "threads": 1,
-                      "mean_width": sum(w for w, _ in sizes) / len(sizes), "mean_height": sum(h for _, h in sizes) / len(sizes),
-                      "store_bytes_per_image": prepared["bytes_per_image"]}
+            result = {
+                "data": str(listing.root),
+                "images": len(good),
+                "input_size": input_size,
+                "threads": 1,
+                "mean_width": sum(w for w, _ in sizes) / len(sizes),
+                "mean_height": sum(h for _, h in sizes) / len(sizes),
+                "store_bytes_per_image": prepared["bytes_per_image"],
+            }
             if progress:
                 progress("measure")
             rates = _rates({"reference": ref_one,

@@ -33,7 +33,10 @@ def check_folder(path, what: str = "data folder") -> Path:
     """An existing directory, or a UserError naming the path and the fix."""
     root = Path(path).expanduser()
     if not root.exists():
-        raise UserError(f"{what} {root} does not exist; pass a folder whose subfolders are the classes (e.g. {root}/n01440764/*.JPEG).")
+        raise UserError(
+            f"{what} {root} does not exist; pass a folder whose subfolders are the classes (e.g. "
+            f"{root}/n01440764/*.JPEG)."
+        )
     if not root.is_dir():
         raise UserError(f"{what} {root} is a file, not a folder; pass a folder whose subfolders are the classes.")
     return root

@@ -26,8 +26,20 @@ from .split import Split
 class EpochBatchSampler(Sampler):
     """Batches of (index, epoch) keys for one rank; ``set_epoch(epoch, start_batch)`` picks what follows."""
 
-    def __init__(self, size: int, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool, rank: int = 0, world_size: int = 1):
-        self.order = DistributedSampler(range(size), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.order = DistributedSampler(
+            range(size), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
+        )
         self.batch_size, self.drop_last = batch_size, drop_last
         self.epoch, self.start_batch = 0, 0
 
@@ -75,7 +87,10 @@ class Loader:
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         if start_batch < 0 or start_batch > self.sampler.batches_per_epoch:
-            raise UserError(f"start_batch {start_batch} is outside 0..{self.sampler.batches_per_epoch} for this loader; resume from a batch inside the epoch.")
+            raise UserError(
+                f"start_batch {start_batch} is outside 0..{self.sampler.batches_per_epoch} for this "
+                f"loader; resume from a batch inside the epoch."
+            )
         self.sampler.set_epoch(epoch, start_batch)
 
     def __len__(self) -> int:
@@ -149,7 +164,15 @@ def make_loader(split: Split, batch_size: int = 128, shuffle: bool = True, worke
         rank, world_size = 0, 1
     if not 0 <= rank < world_size:
         raise UserError(f"rank {rank} is outside 0..{world_size - 1}; pass the process's rank and the world size.")
-    sampler = EpochBatchSampler(len(split.dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, rank=rank, world_size=world_size)
+    sampler = EpochBatchSampler(
+        len(split.dataset),
+        batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        drop_last=drop_last,
+        rank=rank,
+        world_size=world_size,
+    )
     if pin_memory is None:
         pin_memory = torch.cuda.is_available() and split.decode_device is None
     pipeline = split.pipeline

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from . import synthetic
-from .decode import CorruptImage, read_bytes, decode_rgb, resize_center_crop
+from .decode import CorruptImage, decode_rgb, read_bytes, resize_center_crop
 from .folders import FolderListing, check_same_classes, list_split, split_folder
 from .stats import Stats, StatsAccumulator, cache_path_for, fingerprint_files, load_stats, save_stats
 from .store import StoreReader, init_pool_worker, read_store_meta
@@ -46,7 +46,13 @@ class FolderSource:
     jpeg_bytes = True      # images can be handed to a batched (GPU) JPEG decoder
 
     def __init__(self, listing: FolderListing, size: int):
-        self.root, self.files, self.labels, self.classes, self.size = listing.root, listing.files, listing.labels, listing.classes, size
+        self.root, self.files, self.labels, self.classes, self.size = (
+            listing.root,
+            listing.files,
+            listing.labels,
+            listing.classes,
+            size,
+        )
 
     def __len__(self):
         return len(self.files)
@@ -216,7 +222,10 @@ def open_split(source: str = "synthetic", root=None, split: str = "train", train
         stats = synthetic_stats(seed, size, n_classes)
     elif source == "store":
         if root is None:
-            raise UserError("data.source 'store' needs data.root: a folder holding train/ and val/ stores made by `twogpu-alexnet prepare`.")
+            raise UserError(
+                "data.source 'store' needs data.root: a folder holding train/ and val/ stores made "
+                "by `twogpu-alexnet prepare`."
+            )
         src, stats = _open_store(Path(root).expanduser(), split, size)
     elif source == "cifar10" and root is not None and (Path(root).expanduser() / "cifar-10-batches-py").is_dir():
         src, stats = _open_cifar_python(Path(root).expanduser(), split, size)
@@ -225,11 +234,24 @@ def open_split(source: str = "synthetic", root=None, split: str = "train", train
             raise UserError(f"data.source {source!r} needs data.root: a folder holding train/ and val/ class folders.")
         src, stats = _open_folders(Path(root).expanduser(), split, size, stats_workers)
     if decode_device is not None and not src.jpeg_bytes:
-        raise UserError(f"decode_device={decode_device!r} needs JPEG files (imagefolder, cifar10 folders or a jpeg store), not {source!r} data; leave decode_device unset.")
-    pipeline = Pipeline(stats, geometry, train=train, color_noise=color_noise, views=views, mean_crop=mean_crop, seed=seed,
-                        pixel_scale=pixel_scale)
+        raise UserError(
+            f"decode_device={decode_device!r} needs JPEG files (imagefolder, cifar10 folders or a "
+            f"jpeg store), not {source!r} data; leave decode_device unset."
+        )
+    pipeline = Pipeline(
+        stats,
+        geometry,
+        train=train,
+        color_noise=color_noise,
+        views=views,
+        mean_crop=mean_crop,
+        seed=seed,
+        pixel_scale=pixel_scale,
+    )
     dataset = SplitDataset(src, pipeline, deferred=decode_device is not None)
-    return Split(list(src.classes), dataset, stats, pipeline, split, source, None if root is None else str(root), decode_device)
+    return Split(
+        list(src.classes), dataset, stats, pipeline, split, source, None if root is None else str(root), decode_device
+    )
 
 
 # --------------------------------------------------------------------------------- per source
@@ -259,7 +281,9 @@ def _open_folders(root: Path, split: str, size: int, workers):
     listing = train_listing if this_dir == train_dir else list_split(this_dir, f"{split} folder").images()
     check_same_classes(train_listing.classes, listing.classes, train_dir, this_dir)
     if not listing.files:
-        raise UserError(f"{this_dir} has no image files (.jpg, .jpeg, .png, ...); put the images in {this_dir}/<class>/.")
+        raise UserError(
+            f"{this_dir} has no image files (.jpg, .jpeg, .png, ...); put the images in {this_dir}/<class>/."
+        )
     stats = folder_stats(train_listing, size, workers=workers)
     return FolderSource(listing, size), stats
 
@@ -271,7 +295,9 @@ def _open_cifar_python(root: Path, split: str, size: int):
         try:
             return CIFAR10(str(root), train=train, download=False)
         except RuntimeError as exc:
-            raise UserError(f"CIFAR-10 files under {root} are unreadable ({exc}); download them again with torchvision.") from None
+            raise UserError(
+                f"CIFAR-10 files under {root} are unreadable ({exc}); download them again with torchvision."
+            ) from None
 
     train_set = load(True)
     ds = train_set if split == "train" else load(False)
@@ -315,7 +341,9 @@ def _stats_chunk(task) -> dict:
     return {"state": acc.state(), "bad": bad, "seen": len(files)}
 
 
-def folder_stats(listing: FolderListing, size: int, *, workers: int | None = None, force: bool = False, progress=None) -> Stats:
+def folder_stats(
+    listing: FolderListing, size: int, *, workers: int | None = None, force: bool = False, progress=None
+) -> Stats:
     """Stats of a class-folder training split, cached (see ``cache_path_for``) and recomputed when its files change."""
     fingerprint = fingerprint_files(listing.files, listing.labels)
     path = cache_path_for(listing.root, size)

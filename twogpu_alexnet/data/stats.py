@@ -126,7 +126,9 @@ class StatsAccumulator:
 
     def finish(self) -> Stats:
         if self.images == 0:
-            raise UserError("cannot compute statistics from zero images; the training split needs at least one readable image.")
+            raise UserError(
+                "cannot compute statistics from zero images; the training split needs at least one readable image."
+            )
         pixels = self.images * self.size * self.size
         mean_image = self.sum_image.to(torch.float64) / self.images
         channel_sum = self.sum_image.sum(dim=(1, 2)).to(torch.float64)
@@ -156,7 +158,9 @@ def load_stats(path) -> tuple[Stats, dict]:
             payload["eigenvalues"], payload["eigenvectors"], int(payload["images"]), int(payload["pixels"]),
         )
     except Exception as exc:  # unreadable or foreign file
-        raise UserError(f"statistics file {path} is unreadable ({type(exc).__name__}); delete it and it will be recomputed.") from None
+        raise UserError(
+            f"statistics file {path} is unreadable ({type(exc).__name__}); delete it and it will be recomputed."
+        ) from None
     return stats, payload
 
 

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.io import decode_jpeg, encode_jpeg, ImageReadMode
 from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
 from ..errors import UserError
 from .decode import CorruptImage, decode_rgb, read_bytes, resize_center_crop
@@ -59,7 +59,9 @@ def _check_output(out: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise UserError(f"cannot write to output folder {out} ({exc.strerror or exc}); choose a folder you can write to with --out.") from None
+        raise UserError(
+            f"cannot write to output folder {out} ({exc.strerror or exc}); choose a folder you can write to with --out."
+        ) from None
 
 
 def _load_or_start(out: Path, listing: FolderListing, settings: dict, chunk_size: int) -> dict:
@@ -85,7 +87,9 @@ def _load_or_start(out: Path, listing: FolderListing, settings: dict, chunk_size
             )
         return meta
     if any(p.name != "shards" for p in out.iterdir()) or any((out / "shards").iterdir()):
-        raise UserError(f"output folder {out} is not empty and is not a store; choose an empty or new folder with --out.")
+        raise UserError(
+            f"output folder {out} is not empty and is not a store; choose an empty or new folder with --out."
+        )
     meta = {
         "kind": "twogpu-alexnet store", "version": STORE_VERSION, **settings,
         "source": str(listing.root.resolve()), "classes": listing.classes, "files": len(listing.files),
@@ -140,7 +144,9 @@ def _prepare_chunk(task: dict) -> dict:
         for rel, label, file_id in zip(files, labels, ids):
             path = root / rel
             if not rel.lower().endswith(IMG_EXTENSIONS):
-                skipped.append({"path": str(path), "reason": f"not an image file name (extension {Path(rel).suffix or 'none'})"})
+                skipped.append(
+                    {"path": str(path), "reason": f"not an image file name (extension {Path(rel).suffix or 'none'})"}
+                )
                 continue
             try:
                 img = resize_center_crop(decode_rgb(read_bytes(path)), size)
@@ -231,7 +237,9 @@ def prepare_store(data, out, *, size: int = 256, fmt: str = "jpeg", quality: int
     if fmt not in FORMATS:
         raise UserError(f"store format {fmt!r} is not one of {', '.join(FORMATS)}; use --format jpeg or --format raw.")
     if not isinstance(size, int) or size < 8:
-        raise UserError(f"--size {size!r} is too small; use 256 for the paper (224 crops) or 32 for CIFAR-style inputs.")
+        raise UserError(
+            f"--size {size!r} is too small; use 256 for the paper (224 crops) or 32 for CIFAR-style inputs."
+        )
     if fmt == "jpeg" and not 1 <= quality <= 100:
         raise UserError(f"--quality {quality} is outside 1..100; use 90-95 for the store.")
     listing = list_split(data, "--data folder")
@@ -260,16 +268,25 @@ def prepare_store(data, out, *, size: int = 256, fmt: str = "jpeg", quality: int
 
     try:
         done = _run_chunks(todo, task, workers, done, n, progress)
-    except OSError as exc:       # disk full, store folder removed, ... (unreadable images are skipped, not raised)
-        raise UserError(f"writing the store {out} failed ({exc.strerror or exc}); fix that and run the same command again to resume.") from None
+    except OSError as exc:  # disk full, store folder removed, ... (unreadable images are skipped, not raised)
+        raise UserError(
+            f"writing the store {out} failed ({exc.strerror or exc}); fix that and run the same "
+            f"command again to resume."
+        ) from None
     complete = all(_chunk_done(out, c) for c in chunks)
     if meta.get("complete"):                          # finished earlier: report what is there
         result = {"store": str(out), "complete": True, "files": n, "reused": n, "seconds": time.perf_counter() - start,
                   "settings": _settings(size, fmt, quality)}
         result.update(_summary(out, meta))
         return result
-    result = {"store": str(out), "complete": complete, "files": n, "reused": reused, "seconds": time.perf_counter() - start,
-              "settings": _settings(size, fmt, quality)}
+    result = {
+        "store": str(out),
+        "complete": complete,
+        "files": n,
+        "reused": reused,
+        "seconds": time.perf_counter() - start,
+        "settings": _settings(size, fmt, quality),
+    }
     if not complete:
         result.update({"written": None, "skipped": None, "bytes": None, "bytes_per_image": None})
         return result
@@ -322,13 +339,18 @@ def read_store_meta(path) -> dict:
     path = Path(path).expanduser()
     meta_path = path / "store.json"
     if not meta_path.exists():
-        raise UserError(f"{path} is not a prepared store (no store.json); run `twogpu-alexnet prepare --data SRC --out {path}` first.")
+        raise UserError(
+            f"{path} is not a prepared store (no store.json); run `twogpu-alexnet prepare --data "
+            f"SRC --out {path}` first."
+        )
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError):
         raise UserError(f"{meta_path} is unreadable; delete {path} and run prepare again.") from None
     if not meta.get("complete"):
-        raise UserError(f"store {path} is incomplete (prepare was interrupted); run the same prepare command again to finish it.")
+        raise UserError(
+            f"store {path} is incomplete (prepare was interrupted); run the same prepare command again to finish it."
+        )
     return meta
 
 
@@ -340,8 +362,10 @@ class StoreReader:
         self.meta = read_store_meta(self.path)
         try:
             index = torch.load(self.path / "index.pt", weights_only=True)
-        except Exception:      # missing, truncated or foreign file
-            raise UserError(f"{self.path / 'index.pt'} is unreadable; delete {self.path} and run prepare again.") from None
+        except Exception:  # missing, truncated or foreign file
+            raise UserError(
+                f"{self.path / 'index.pt'} is unreadable; delete {self.path} and run prepare again."
+            ) from None
         self.shard = index["shard"]
         self.offset = index["offset"]
         self.length = index["length"]
@@ -397,7 +421,9 @@ class StoreReader:
     def stats(self) -> Stats:
         path = self.path / "stats.pt"
         if not path.exists():
-            raise UserError(f"store {self.path} has no stats.pt; run `twogpu-alexnet stats --data {self.path}` to compute it.")
+            raise UserError(
+                f"store {self.path} has no stats.pt; run `twogpu-alexnet stats --data {self.path}` to compute it."
+            )
         return load_stats(path)[0]
 
     def source_paths(self) -> list[str]:

@@ -64,7 +64,9 @@ def _generator(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed % 2**64, SPLIT_IDS[split], index % 2**64])
 
 
-def synthetic_images(seed: int, split: str, indices, size: int, num_classes: int = DEFAULT_CLASSES) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic_images(
+    seed: int, split: str, indices, size: int, num_classes: int = DEFAULT_CLASSES
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (uint8, N x 3 x size x size) and labels (int64, N) at ``indices`` of a split.
 
     Each image's random numbers come from its own generator seeded by (seed, split, index), so an
@@ -122,7 +124,9 @@ def synthetic_images(seed: int, split: str, indices, size: int, num_classes: int
     return img.clamp_(0, 255).add_(0.5).floor_().to(torch.uint8), labels   # round half up
 
 
-def synthetic_image(seed: int, split: str, index: int, size: int, num_classes: int = DEFAULT_CLASSES) -> tuple[torch.Tensor, int]:
+def synthetic_image(
+    seed: int, split: str, index: int, size: int, num_classes: int = DEFAULT_CLASSES
+) -> tuple[torch.Tensor, int]:
     """One image (uint8, 3 x size x size) and its label; the same as row ``index`` of any batch."""
     images, labels = synthetic_images(seed, split, [index], size, num_classes)
     return images[0], int(labels[0])

@@ -109,7 +109,9 @@ def color_offset_matrix(stats: Stats, form: str) -> torch.Tensor:
         return vecs * (ORIGINAL_COEFF * stats.pca_stdevs)   # 0.1 P diag(sqrt(lambda))
     if form == "none":
         return torch.zeros(3, 3, dtype=torch.float64)
-    raise UserError(f"color_noise {form!r} is not one of {', '.join(COLOR_NOISE)}; set data.color_noise to one of them.")
+    raise UserError(
+        f"color_noise {form!r} is not one of {', '.join(COLOR_NOISE)}; set data.color_noise to one of them."
+    )
 
 
 def color_offset(z, stats: Stats, form: str) -> torch.Tensor:
@@ -160,9 +162,15 @@ class Pipeline:
     def __init__(self, stats: Stats, geometry: Geometry, *, train: bool, color_noise: str = "paper",
                  views: int = 1, mean_crop: str = "center", seed: int = 0, pixel_scale: float | None = None):
         if color_noise not in COLOR_NOISE:
-            raise UserError(f"color_noise {color_noise!r} is not one of {', '.join(COLOR_NOISE)}; set data.color_noise to one of them.")
+            raise UserError(
+                f"color_noise {color_noise!r} is not one of {', '.join(COLOR_NOISE)}; set "
+                f"data.color_noise to one of them."
+            )
         if mean_crop not in MEAN_CROP:
-            raise UserError(f"mean_crop {mean_crop!r} is not one of {', '.join(MEAN_CROP)}; use center (the original code) or aligned.")
+            raise UserError(
+                f"mean_crop {mean_crop!r} is not one of {', '.join(MEAN_CROP)}; use center (the "
+                f"original code) or aligned."
+            )
         if views not in (1, 10):
             raise UserError(f"views={views!r} is not supported; use 1 (centre crop) or 10 (the paper's 10 views).")
         if train and views != 1:
@@ -186,7 +194,9 @@ class Pipeline:
         # means stored H x W x C (see channels_last)
         self.mean_hwc = mean_image.movedim(0, -1).contiguous()
         self.center_mean_hwc = center_mean.movedim(0, -1).contiguous()
-        self.device_mean_hwc = self._fixed_mean(mean_image, center_mean).movedim(-3, -1).contiguous() if self.uint8_batches else None
+        self.device_mean_hwc = (
+            self._fixed_mean(mean_image, center_mean).movedim(-3, -1).contiguous() if self.uint8_batches else None
+        )
         self._device_cache: dict = {}
 
     @property

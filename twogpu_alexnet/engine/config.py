@@ -9,9 +9,10 @@ or touches a GPU, so a bad config fails before either happens.
 import dataclasses
 import math
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 from ..errors import UserError
 from ..spec import PRESETS

@@ -62,7 +62,9 @@ def build_model(
         if devices is None:
             devices = ("cuda:0", "cuda:1")
         if isinstance(devices, (str, torch.device)) or len(devices) != 2:
-            raise UserError(f"two-tower mode needs two devices, one per tower, got {devices!r}; e.g. devices=('cuda:0', 'cuda:1')")
+            raise UserError(
+                f"two-tower mode needs two devices, one per tower, got {devices!r}; e.g. devices=('cuda:0', 'cuda:1')"
+            )
         model = TwoTowerAlexNet(spec, tuple(check_device(d) for d in devices))
     else:
         if device is None:
@@ -72,4 +74,12 @@ def build_model(
     return model
 
 
-__all__ = ["MODES", "build_model", "check_device", "resolve_mode", "to_grouped_state", "to_two_tower_state", "AlexNetBase"]
+__all__ = [
+    "MODES",
+    "build_model",
+    "check_device",
+    "resolve_mode",
+    "to_grouped_state",
+    "to_two_tower_state",
+    "AlexNetBase",
+]

@@ -66,15 +66,24 @@ class AlexNetBase(nn.Module):
         return x
 
     def _fc_block(self, fc: nn.Linear, layer: FC, x: Tensor) -> Tensor:
-        return F.dropout(F.relu(fc(x), inplace=True), layer.dropout, self.training)
+        x = F.relu(fc(x), inplace=True)
+        p = layer.dropout
+        if not p or self.spec.dropout_form == "inverted":
+            return F.dropout(x, p, self.training)
+        if self.training:  # the paper's form: a 0/1 mask, kept units not rescaled
+            return x * torch.empty_like(x).bernoulli_(1 - p)
+        return x * (1 - p)  # evaluation: every unit, times the keep probability
 
     def _hidden(self, x: Tensor) -> Tensor:  # implemented by the executors: fc7 activations, head device
         raise NotImplementedError
 
     def features(self, x: Tensor) -> Tensor:
-        """The last hidden layer (fc7 after ReLU, both towers, tower 0 first) on the head device.
+        """The last hidden layer (fc7 after ReLU and dropout, both towers, tower 0 first) on the head device.
 
-        Call in ``eval()`` mode for the paper's Figure 4 vectors (dropout is active in training mode).
+        Call in ``eval()`` mode for the paper's Figure 4 vectors (dropout is active in training mode). With
+        the published dropout form (``spec.dropout_form``) evaluation returns 0.5 x the ReLU outputs, the
+        vectors the paper's network fed to fc8; distances between them are half those of the ReLU outputs
+        and the neighbour order is the same.
         """
         return self._hidden(self._check_input(x))
 

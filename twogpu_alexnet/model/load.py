@@ -66,7 +66,9 @@ def load_weights(path: "str | Path") -> tuple[dict[str, Tensor], dict]:
     elif isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
         state, meta = obj, {}
     else:
-        raise UserError(f"{path} holds neither a training checkpoint nor a state dict of tensors; pass RUN/checkpoints/last.pt")
+        raise UserError(
+            f"{path} holds neither a training checkpoint nor a state dict of tensors; pass RUN/checkpoints/last.pt"
+        )
     try:
         state = to_layout(state, "two-tower")
     except UserError as exc:
@@ -112,6 +114,7 @@ def load_into(model: nn.Module, state: Mapping[str, Tensor]) -> None:
         want = tuple(own[first].shape) if first in own else "not in the model"
         raise UserError(
             f"the weights do not fit preset {model.spec.name!r} with {model.spec.num_classes} classes "
-            f"({len(wrong) + len(extra)} tensors differ, e.g. {first}: {got} vs {want}); pass the preset they were trained with"
+            f"({len(wrong) + len(extra)} tensors differ, e.g. {first}: {got} vs {want}); pass the "
+            f"preset they were trained with"
         )
     model.load_state_dict(state)
