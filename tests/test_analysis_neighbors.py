@@ -118,15 +118,15 @@ def test_neighbors_user_errors(analysis_tiny_set, tmp_path, capsys):
 
 def test_preprocessing_matches_the_data_package_and_uses_the_carried_mean(analysis_tiny_set):
     from twogpu_alexnet.analysis.neighbors import _Preprocess
-    from twogpu_alexnet.data import Stats, open_split
+    from twogpu_alexnet.data import DataOptions, Stats, open_split
     from twogpu_alexnet.data.folders import list_split
 
     _, train, queries, _ = analysis_tiny_set
     listing = list_split(train).images()
     # without carried statistics: exactly the data package's evaluation input for the training split
-    split = open_split("imagefolder", root=train.parent, split="train", train=False, input_size=32)
+    split = open_split("imagefolder", train.parent, "train", DataOptions(input_size=32), train=False)
     index = split.dataset.source.files.index("cats/03.png")
-    want = split.finish(split.dataset[index][0][None])[0]
+    want = split.pipeline.finish(split.dataset[index][0][None])[0]
     prep = _Preprocess(listing, 32, {})
     got = prep.network_input(prep.stored(queries / "q0.png"))  # q0 is a copy of cats/03.png
     assert torch.allclose(got, want, atol=1e-5)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from twogpu_alexnet.data import make_loader, open_split
+from twogpu_alexnet.data import DataOptions, make_loader, open_split
+from twogpu_alexnet.data.loader import check_shared_memory
 from twogpu_alexnet.errors import UserError
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -22,7 +23,7 @@ def _same(a, b):
 
 @pytest.fixture(scope="module")
 def synthetic_train():
-    return open_split("synthetic", split="train", train=True, input_size=32, seed=3, synthetic_images=96)
+    return open_split("synthetic", split="train", options=DataOptions(input_size=32, seed=3, images=96))
 
 
 def test_batches_do_not_depend_on_workers(synthetic_train):
@@ -63,20 +64,65 @@ def test_distributed_ranks_partition_the_epoch(synthetic_train):
     assert torch.unique(allx.flatten(1), dim=0).shape[0] == 96              # no image twice, none missing
 
 
-def test_eval_batches_are_uint8_views_finished_on_the_device():
-    split = open_split("synthetic", split="val", train=False, input_size=32, views=10, synthetic_images=20)
-    loader = make_loader(split, batch_size=8, shuffle=False, workers=0, drop_last=False)
-    loader.set_epoch(0)
-    batches = list(loader)
+def test_eval_batches_are_finished_on_the_device_or_left_uint8():
+    split = open_split("synthetic", split="val", options=DataOptions(input_size=32, images=20), views=10)
+    raw = make_loader(split, batch_size=8, shuffle=False, workers=0, drop_last=False, finish=False)
+    raw.set_epoch(0)
+    batches = list(raw)
     assert [len(y) for _, y, _ in batches] == [8, 8, 4]
     x = batches[0][0]
     assert x.dtype == torch.uint8 and x.shape == (8, 10, 3, 32, 32)
-    out = split.finish(x)
+    finished = make_loader(split, batch_size=8, shuffle=False, workers=0, drop_last=False)
+    finished.set_epoch(0)
+    out = next(iter(finished))[0]
     assert out.dtype == torch.float32 and out.shape == x.shape
+    assert torch.equal(out, split.pipeline.finish(x))
     img = split.dataset.image(0).float()
     expected = (img - split.stats.mean_image.float()) * split.pipeline.pixel_scale      # centre view = the image
     assert torch.allclose(out[0, 4], expected, atol=1e-4)
     assert 0.005 < split.pipeline.pixel_scale < 0.05                         # unit variance for 32x32 inputs
+
+
+def test_workers_ship_uint8_through_shared_memory():
+    """A worker's batch is uint8 (a quarter of float32's bytes) and already in shared memory (no extra copy)."""
+    from torch.utils.data import DataLoader
+
+    split = open_split("synthetic", split="train", options=DataOptions(input_size=32, seed=3, images=32))
+    loader = make_loader(split, batch_size=8, workers=1, seed=0)
+    collate = loader.dataloader.collate_fn
+    keys = [(i, 0, i) for i in range(8)]
+    images, params, labels, skipped, indices = collate([split.dataset[k] for k in keys])
+    assert images.dtype == torch.uint8 and images.shape == (8, 3, 32, 32) and params.shape == (8, 6)
+    assert images.element_size() * images[0].numel() == 3 * 32 * 32              # bytes per image
+    assert indices.tolist() == list(range(8)) and skipped == 0 and not images.is_shared()
+    shared = DataLoader(split.dataset, batch_size=8, num_workers=1, collate_fn=collate,
+                        sampler=[(i, 0, i) for i in range(8)])
+    images2, *_ = next(iter(shared))
+    assert images2.is_shared() and torch.equal(images2, images)
+
+
+def test_crop_groups_share_a_crop_and_keep_exact_resume():
+    options = DataOptions(input_size=32, seed=3, images=96, crop_group=8, color_noise="none")
+    split = open_split("synthetic", split="train", options=options)
+    loader = make_loader(split, batch_size=16, workers=0, seed=7)
+    loader.set_epoch(2)
+    params = []
+    for raw in loader.dataloader:
+        params.append(raw[1])
+    params = torch.cat(params)                                              # epoch order: 96 x 6
+    groups = params[:, :3].view(12, 8, 3)
+    assert (groups == groups[:, :1]).all()                                  # one crop and reflection per group
+    assert len({tuple(g[0].tolist()) for g in groups}) > 6                  # groups differ
+    full = _batches(loader, 2)
+    assert _same(_batches(loader, 2, start=3), full[3:])
+    pooled = make_loader(split, batch_size=16, workers=2, seed=7)
+    assert _same(_batches(pooled, 2), full)
+
+
+def test_too_small_shared_memory_is_one_sentence(tmp_path):
+    check_shared_memory(10**6, workers=0, prefetch=2, path=str(tmp_path))    # no workers: no shared memory
+    with pytest.raises(UserError, match="shm-size"):
+        check_shared_memory(10**15, workers=4, prefetch=2, path=str(tmp_path))
 
 
 def test_corrupt_images_are_skipped_and_counted(tmp_path, data_write_images):
@@ -86,7 +132,7 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path, data_write_images):
     data_write_images(
         tmp_path / "val", {"a/v.png": rng.integers(0, 255, (12, 12, 3)), "b/w.png": rng.integers(0, 255, (12, 12, 3))}
     )
-    split = open_split("imagefolder", tmp_path, "train", train=True, input_size=16, color_noise="paper")
+    split = open_split("imagefolder", tmp_path, "train", DataOptions(input_size=16, color_noise="paper"))
     # files that break after the split was opened (as on a flaky disk during training)
     (tmp_path / "train" / "a" / "im1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (tmp_path / "train" / "b" / "im3.png").unlink()
@@ -101,44 +147,9 @@ def test_a_batch_of_only_corrupt_images_is_empty(tmp_path, data_write_images):
     data_write_images(tmp_path / "train", {"a/x.png": np.zeros((8, 8, 3)), "b/y.png": np.full((8, 8, 3), 90)})
     (tmp_path / "val").mkdir()
     data_write_images(tmp_path / "val", {"a/x.png": np.zeros((8, 8, 3)), "b/y.png": np.zeros((8, 8, 3))})
-    split = open_split("imagefolder", tmp_path, "val", train=False, input_size=8)
+    split = open_split("imagefolder", tmp_path, "val", DataOptions(input_size=8))
     for f in (tmp_path / "val").rglob("*.png"):
         f.write_bytes(b"garbage")
     loader = make_loader(split, batch_size=2, shuffle=False, workers=0, drop_last=False)
     (x, y, skipped), = _batches(loader, 0)
     assert skipped == 2 and x.shape == (0, 3, 8, 8) and y.shape == (0,)
-
-
-def test_deferred_decoding_matches_decoding_in_workers(tmp_path, data_write_images):
-    """decode_device: JPEGs decoded in batches by the loader (on "cuda" in real use; "cpu" here)."""
-    rng = np.random.default_rng(1)
-    data_write_images(
-        tmp_path / "train", {f"{c}/{i}.jpg": rng.integers(0, 255, (20, 30, 3)) for c in "ab" for i in range(3)}
-    )
-    data_write_images(
-        tmp_path / "val", {"a/v.jpg": rng.integers(0, 255, (20, 20, 3)), "b/w.jpg": rng.integers(0, 255, (20, 20, 3))}
-    )
-    plain = open_split("imagefolder", tmp_path, "train", train=True, input_size=16, seed=2)
-    deferred = open_split("imagefolder", tmp_path, "train", train=True, input_size=16, seed=2, decode_device="cpu")
-    a = _batches(make_loader(plain, batch_size=3, workers=0, seed=5), 1)
-    b = _batches(make_loader(deferred, batch_size=3, workers=0, seed=5), 1)
-    assert _same(a, b)
-
-
-@pytest.mark.gpu
-def test_gpu_decoding_matches_cpu(tmp_path, data_write_images):
-    rng = np.random.default_rng(2)
-    data_write_images(
-        tmp_path / "train", {f"{c}/{i}.jpg": rng.integers(0, 255, (300, 400, 3)) for c in "ab" for i in range(3)}
-    )
-    data_write_images(
-        tmp_path / "val",
-        {"a/v.jpg": rng.integers(0, 255, (300, 300, 3)), "b/w.jpg": rng.integers(0, 255, (300, 300, 3))},
-    )
-    cpu = open_split("imagefolder", tmp_path, "val", train=False, input_size=224)
-    gpu = open_split("imagefolder", tmp_path, "val", train=False, input_size=224, decode_device="cuda")
-    (x1, y1, _), = _batches(make_loader(cpu, batch_size=4, shuffle=False, workers=0, drop_last=False), 0)
-    (x2, y2, _), = _batches(make_loader(gpu, batch_size=4, shuffle=False, workers=0, drop_last=False), 0)
-    assert x2.is_cuda and torch.equal(y1, y2.cpu())
-    diff = (cpu.finish(x1) - gpu.finish(x2).cpu()).abs()
-    assert diff.mean() < 3.0        # nvJPEG and libjpeg-turbo differ by a few grey levels at most

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from twogpu_alexnet.data import open_split
+from twogpu_alexnet.data import DataOptions, open_split
 from twogpu_alexnet.data.store import prepare_store
 from twogpu_alexnet.data.synthetic import class_names, synthetic_image, synthetic_images
 from twogpu_alexnet.errors import UserError
@@ -26,9 +26,9 @@ def test_synthetic_is_deterministic_per_seed():
     assert la.tolist() == [i % 10 for i in range(12)]
     big, _ = synthetic_image(5, "train", 3, 256)
     assert big.shape == (3, 256, 256) and big.dtype == torch.uint8
-    s1 = open_split("synthetic", split="train", input_size=32, seed=5, synthetic_images=40)
-    s2 = open_split("synthetic", split="train", input_size=32, seed=5, synthetic_images=40)
-    assert torch.equal(s1.dataset[(3, 2)][0], s2.dataset[(3, 2)][0])
+    s1 = open_split("synthetic", split="train", options=DataOptions(input_size=32, seed=5, images=40))
+    s2 = open_split("synthetic", split="train", options=DataOptions(input_size=32, seed=5, images=40))
+    assert torch.equal(s1.dataset[(3, 2, 0)][0], s2.dataset[(3, 2, 0)][0])
     assert torch.equal(s1.stats.mean_image, s2.stats.mean_image)
 
 
@@ -70,22 +70,22 @@ def test_class_indices_follow_sorted_folder_names(tmp_path, data_write_images):
     img = np.zeros((8, 8, 3))
     data_write_images(tmp_path / "train", {"n02/a.png": img, "n01/b.png": img, "n10/c.png": img})
     data_write_images(tmp_path / "test", {"n02/a.png": img, "n01/b.png": img, "n10/c.png": img})
-    split = open_split("cifar10", tmp_path, "val", train=False, input_size=8)        # test/ serves as val
+    split = open_split("cifar10", tmp_path, "val", DataOptions(input_size=8))        # test/ serves as val
     assert split.classes == ["n01", "n02", "n10"]
     assert sorted(split.dataset.labels) == [0, 1, 2]
 
 
 def test_bad_data_folders_are_one_sentence(tmp_path, data_write_images):
     with pytest.raises(UserError, match=f"{tmp_path / 'nowhere'} does not exist"):
-        open_split("imagefolder", tmp_path / "nowhere", "train", input_size=8)
+        open_split("imagefolder", tmp_path / "nowhere", "train", DataOptions(input_size=8))
     with pytest.raises(UserError, match="has no train/ folder"):
-        open_split("imagefolder", tmp_path, "train", input_size=8)
+        open_split("imagefolder", tmp_path, "train", DataOptions(input_size=8))
     (tmp_path / "train").mkdir()
     with pytest.raises(UserError, match="has no class subfolders"):
-        open_split("imagefolder", tmp_path, "train", input_size=8)
+        open_split("imagefolder", tmp_path, "train", DataOptions(input_size=8))
     (tmp_path / "train" / "a").mkdir()
     with pytest.raises(UserError, match="no files in them"):
-        open_split("imagefolder", tmp_path, "train", input_size=8)
+        open_split("imagefolder", tmp_path, "train", DataOptions(input_size=8))
     img = np.zeros((8, 8, 3))
     data_write_images(tmp_path / "train", {"a/x.png": img, "b/y.png": img})
     data_write_images(tmp_path / "val", {"a/x.png": img, "c/y.png": img})
@@ -93,7 +93,7 @@ def test_bad_data_folders_are_one_sentence(tmp_path, data_write_images):
         UserError,
         match=r"class folders of .*train and .*val differ \(1 only in train \(first: b\), 1 only in val \(first: c\)\)",
     ):
-        open_split("imagefolder", tmp_path, "val", input_size=8)
+        open_split("imagefolder", tmp_path, "val", DataOptions(input_size=8))
     with pytest.raises(UserError, match="data.source 'folders' is not one of"):
         open_split("folders", tmp_path, "train")
     with pytest.raises(UserError, match="needs data.root"):
@@ -105,7 +105,7 @@ def test_store_made_with_other_settings_is_refused(tmp_path, data_write_images):
     for split in ("train", "val"):
         data_write_images(tmp_path / "src" / split, {"a/x.png": img, "b/y.png": img})
         prepare_store(tmp_path / "src" / split, tmp_path / "store" / split, size=32, workers=1)
-    assert open_split("store", tmp_path / "store", "val", train=False, input_size=32).classes == ["a", "b"]
+    assert open_split("store", tmp_path / "store", "val", DataOptions(input_size=32)).classes == ["a", "b"]
     data_write_images(tmp_path / "src" / "other", {"a/x.png": img, "c/y.png": img})
     prepare_store(tmp_path / "src" / "other", tmp_path / "store" / "val2", size=32, workers=1)
     (tmp_path / "store" / "val").rename(tmp_path / "store" / "val1")
@@ -114,15 +114,15 @@ def test_store_made_with_other_settings_is_refused(tmp_path, data_write_images):
         UserError,
         match=r"class folders of .*train and .*val differ \(1 only in train \(first: b\), 1 only in val \(first: c\)\)",
     ):
-        open_split("store", tmp_path / "store", "val", train=False, input_size=32)
+        open_split("store", tmp_path / "store", "val", DataOptions(input_size=32))
     with pytest.raises(
         UserError,
         match=r"store .*val holds 32x32 images but this input size needs 256x256; prepare the data "
               r"again with --size 256",
     ):
-        open_split("store", tmp_path / "store", "val", train=False, input_size=224)
+        open_split("store", tmp_path / "store", "val", DataOptions(input_size=224))
     with pytest.raises(UserError, match="not a prepared store"):
-        open_split("store", tmp_path / "src", "train", input_size=32)
+        open_split("store", tmp_path / "src", "train", DataOptions(input_size=32))
 
 
 def _write_cifar_python(root, train, test, names):
@@ -151,11 +151,11 @@ def test_cifar10_python_files(tmp_path, monkeypatch):
     with pytest.raises(
         UserError, match=r"CIFAR-10 files under .* are unreadable"
     ):  # the files fail torchvision's md5 check
-        open_split("cifar10", tmp_path, "train", input_size=32)
+        open_split("cifar10", tmp_path, "train", DataOptions(input_size=32))
     import torchvision.datasets.cifar
 
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
-    val = open_split("cifar10", tmp_path, "val", train=False, input_size=32, color_noise="none")
+    val = open_split("cifar10", tmp_path, "val", DataOptions(input_size=32, color_noise="none"))
     assert val.classes == names and val.dataset.labels == test[1]
     for i in range(4):
         assert torch.equal(val.dataset.image(i), torch.from_numpy(test[0][i]).permute(2, 0, 1))

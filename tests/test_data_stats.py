@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from twogpu_alexnet.data import open_split
+from twogpu_alexnet.data import DataOptions, open_split
 from twogpu_alexnet.data.folders import list_split
 from twogpu_alexnet.data.split import compute_split_stats, folder_stats
 from twogpu_alexnet.data.stats import StatsAccumulator, eigen_rgb, load_stats
@@ -124,7 +124,7 @@ def test_open_split_picks_up_train_stats_for_both_splits(tmp_path, data_write_im
     prepare_store(root / "train", tmp_path / "store" / "train", size=SIZE, fmt="raw", workers=1)
     prepare_store(root / "val", tmp_path / "store" / "val", size=SIZE, fmt="raw", workers=1)
     for source, where in (("store", tmp_path / "store"), ("imagefolder", root)):
-        val = open_split(source, where, "val", train=False, input_size=SIZE, color_noise="none")
+        val = open_split(source, where, "val", DataOptions(input_size=SIZE, color_noise="none"))
         _check(val.stats, images)
         assert val.classes == ["a", "b"]
 

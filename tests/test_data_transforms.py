@@ -34,6 +34,13 @@ def _position_image(size, offset=0):
     return torch.stack([rows + offset, rows.T + offset, torch.full((size, size), 7)]).to(torch.uint8)
 
 
+def _run(pipe, img, index=0, epoch=0):
+    """One image through both parts: the worker's uint8 view, then the arithmetic."""
+    view, row = pipe(img, index, epoch)
+    assert view.dtype == torch.uint8
+    return pipe.finish(view[None], row[None])[0]
+
+
 def test_crop_positions_in_bounds_and_all_covered():
     seen = set()
     for i in range(12000):
@@ -48,7 +55,7 @@ def test_train_crops_are_the_drawn_windows_of_the_image():
     img = _position_image(256)
     for index in range(40):
         p = augment_params(5, 2, index, G224)
-        out = pipe.finish(pipe(img, index, 2)[None])[0]
+        out = _run(pipe, img, index, 2)
         assert out.shape == (3, 224, 224)
         window = img[:, p.top:p.top + 224, p.left:p.left + 224].float()
         expected = window.flip(-1) if p.flip else window
@@ -65,7 +72,7 @@ def test_cifar_crops_come_from_the_zero_padded_image():
     for index in range(400):
         p = augment_params(1, 0, index, G32)
         positions.add((p.top, p.left))
-        out = pipe(img, index, 0)
+        out = pipe(img, index, 0)[0].float()
         window = padded[:, p.top:p.top + 32, p.left:p.left + 32]
         assert torch.equal(out, window.flip(-1) if p.flip else window)
     assert positions == {(t, left) for t in range(9) for left in range(9)}
@@ -87,7 +94,7 @@ def test_ten_views_are_the_documented_ones_in_order(geometry, base):
     size = geometry.image_size
     pipe = Pipeline(_stats(size), geometry, train=False, color_noise="none", views=10, pixel_scale=1.0)
     img = _position_image(size, offset=1)
-    views = pipe.finish(pipe(img)[None])[0]                               # 10 x 3 x S x S
+    views = _run(pipe, img)                                               # 10 x 3 x S x S
     s, full = geometry.input_size, size + 2 * geometry.pad
     padded = torch.nn.functional.pad(img.float(), [geometry.pad] * 4)
     corners = {"top-left": (0, 0), "top-right": (0, full - s), "bottom-left": (full - s, 0),
@@ -110,20 +117,15 @@ def test_centre_view_and_mean_subtraction():
     stats = Stats(mean, mean.mean(dim=(1, 2)), stats.covariance, stats.eigenvalues, stats.eigenvectors, 1, size * size)
     img = torch.randint(0, 256, (3, size, size), dtype=torch.uint8)
     centre = Pipeline(stats, G224, train=False, views=1)
-    out = centre.finish(centre(img)[None])[0]
+    out = _run(centre, img)
     assert torch.allclose(out, img[:, 16:240, 16:240].float() - mean[:, 16:240, 16:240].float(), atol=1e-4)
-    # training, centre mean (the original code) vs aligned mean
-    for mode in ("center", "aligned"):
-        pipe = Pipeline(stats, G224, train=True, color_noise="none", mean_crop=mode, seed=4)
-        for index in range(6):
-            p = augment_params(4, 0, index, G224)
-            got = pipe.finish(pipe(img, index, 0)[None])[0]
-            crop = img[:, p.top:p.top + 224, p.left:p.left + 224].float()
-            m = mean[:, 16:240, 16:240] if mode == "center" else mean[:, p.top:p.top + 224, p.left:p.left + 224]
-            if p.flip:
-                crop = crop.flip(-1)
-                m = m if mode == "center" else m.flip(-1)
-            assert torch.allclose(got, crop - m.float(), atol=1e-4), (mode, index)
+    # training: the centre of the mean image for every crop (the original code), never reflected
+    pipe = Pipeline(stats, G224, train=True, color_noise="none", seed=4)
+    for index in range(6):
+        p = augment_params(4, 0, index, G224)
+        crop = img[:, p.top:p.top + 224, p.left:p.left + 224].float()
+        crop = crop.flip(-1) if p.flip else crop
+        assert torch.allclose(_run(pipe, img, index), crop - mean[:, 16:240, 16:240].float(), atol=1e-4), index
 
 
 @pytest.mark.parametrize("form", ["paper", "original"])
@@ -135,7 +137,7 @@ def test_pca_noise_moves_pixels_along_the_eigenvectors(form):
     coeffs = []
     for index in range(2000):
         p = augment_params(9, 0, index, G32)
-        out = pipe(img, index, 0).double()
+        out = _run(pipe, img, index).double()
         inside = out[:, 4:28, 4:28]                                        # never padding for any crop
         shift = inside.reshape(3, -1)
         assert torch.allclose(shift, shift[:, :1].expand_as(shift), atol=1e-3)   # one RGB shift per image
@@ -155,14 +157,18 @@ def test_pca_noise_moves_pixels_along_the_eigenvectors(form):
     assert (coeffs.mean(dim=0).abs() < 0.1 * expected_std).all()
 
 
-def test_no_noise_training_batches_are_uint8_and_finish_on_the_device():
-    stats = _stats(256, mean=50.0)
-    pipe = Pipeline(stats, G224, train=True, color_noise="none")
-    sample = pipe(torch.randint(0, 256, (3, 256, 256), dtype=torch.uint8), 0, 0)
-    assert sample.dtype == torch.uint8 and pipe.uint8_batches
-    assert torch.equal(pipe.finish(sample[None])[0], sample.float() - 50.0)
-    noisy = Pipeline(stats, G224, train=True, color_noise="paper")
-    assert not noisy.uint8_batches and noisy(torch.zeros(3, 256, 256, dtype=torch.uint8)).dtype == torch.float32
+def test_crop_groups_share_position_and_reflection_but_not_colour():
+    pipe = Pipeline(_stats(256), G224, train=True, color_noise="paper", seed=2, crop_group=32)
+    img = torch.randint(0, 256, (3, 256, 256), dtype=torch.uint8)
+    rows = torch.stack([pipe(img, index, 1, slot)[1] for slot, index in enumerate(range(100, 164))])
+    assert (rows[:32, :3] == rows[0, :3]).all() and (rows[32:, :3] == rows[32, :3]).all()
+    for group in (0, 1):                                                           # drawn from (seed, epoch, group)
+        p = augment_params(2, 1, 0, G224, group)
+        assert rows[32 * group, :3].tolist() == [p.top, p.left, float(p.flip)]
+    assert len({tuple(r) for r in rows[:, 3:].tolist()}) == 64                    # colour noise stays per image
+    assert torch.equal(pipe(img, 100, 1, 0)[1], rows[0])                           # a pure function of the key
+    plain = Pipeline(_stats(256), G224, train=True, color_noise="paper", seed=2)
+    assert torch.equal(plain(img, 7, 1, 3)[1], plain(img, 7, 1, 99)[1])           # off: the slot does not matter
 
 
 def test_pixel_scale_is_0_255_for_224_and_unit_variance_for_32():
@@ -172,7 +178,7 @@ def test_pixel_scale_is_0_255_for_224_and_unit_variance_for_32():
     assert abs(pipe.pixel_scale - 1000 ** -0.5) < 1e-12
     img = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
     unscaled = Pipeline(stats, G32, train=True, color_noise="original", seed=2, pixel_scale=1.0)
-    assert torch.allclose(pipe(img, 3, 1), unscaled(img, 3, 1) * pipe.pixel_scale, atol=1e-5)
+    assert torch.allclose(_run(pipe, img, 3, 1), _run(unscaled, img, 3, 1) * pipe.pixel_scale, atol=1e-5)
     evaluation = Pipeline(stats, G32, train=False)
     assert torch.allclose(evaluation.finish(img[None]), img[None].float() * evaluation.pixel_scale, atol=1e-5)
 
@@ -182,6 +188,8 @@ def test_bad_settings_are_user_errors():
         Pipeline(_stats(256), G224, train=True, color_noise="fancy")
     with pytest.raises(UserError, match="views"):
         Pipeline(_stats(256), G224, train=True, views=10)
+    with pytest.raises(UserError, match="crop_group"):
+        Pipeline(_stats(256), G224, train=True, crop_group=-1)
     with pytest.raises(UserError, match="mean image is 32x32"):
         Pipeline(_stats(32), G224, train=False)
     assert geometry_for(224).image_size == 256 and geometry_for(32).pad == 4

@@ -71,11 +71,11 @@ def test_ten_views_average_the_softmax_of_each_view(photos):
     split = open_eval_split(photos, 32, ten_crop=True)
     x = torch.stack([split.dataset[i][0] for i in range(3)])  # 3 photos x 10 uint8 views
     assert x.shape == (3, 10, 3, 32, 32)
-    got = ensemble_probabilities([model], x, [split.finish])
+    got = ensemble_probabilities([model], x, [split.pipeline.finish])
     with torch.no_grad():
-        want = torch.stack([torch.softmax(model(split.finish(x[i])), 1).mean(0) for i in range(3)])
+        want = torch.stack([torch.softmax(model(split.pipeline.finish(x[i])), 1).mean(0) for i in range(3)])
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(want[0], torch.softmax(model(split.finish(x[0, :1])), 1)[0])  # views do differ
+    assert not torch.allclose(want[0], torch.softmax(model(split.pipeline.finish(x[0, :1])), 1)[0])  # views do differ
 
 
 def test_cli_json_and_bad_inputs(photos, tmp_path, capsys):

@@ -107,7 +107,7 @@ class _Preprocess:
 
     def network_input(self, stored: torch.Tensor) -> torch.Tensor:
         """float32 3 x s x s: the centre view minus the mean, 0..255 scale (data/transforms.py)."""
-        return self.pipeline.finish(self.pipeline(stored)[None])[0]
+        return self.pipeline.finish(self.pipeline(stored)[0][None])[0]
 
 
 def _checkpoint_stats(meta: dict):

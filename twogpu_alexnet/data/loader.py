@@ -3,8 +3,13 @@ of (seed, epoch, index), so results do not depend on the number of workers and r
 
 Order: ``torch.utils.data.DistributedSampler`` (with one replica when not distributed) shuffles with
 ``seed + epoch``, pads to a multiple of the world size, and gives each rank its slice. The batch sampler
-cuts that into batches, skips ``start_batch`` of them and sends (index, epoch) keys to the workers, so
-even persistent workers know the epoch. Augmentation is drawn from (split seed, epoch, index).
+cuts that into batches, skips ``start_batch`` of them and sends (index, epoch, slot) keys to the workers,
+so even persistent workers know the epoch. Augmentation is drawn from (split seed, epoch, index).
+
+One pipeline, two places: workers decode, crop and reflect, and collate uint8 views straight into shared
+memory (a quarter of the bytes of float32) with one small parameter row per image; the loader moves the
+batch to ``device`` -- on a GPU pinned and on a side stream, one batch ahead, so the copy never waits on
+the compute stream -- and there runs the arithmetic (mean, colour noise, scale) once per batch.
 
 Unreadable images reach the collate as ``None``; it drops them and returns how many in ``skipped``.
 A batch whose images were all unreadable is empty (0 x ...); skip it in the training loop.
@@ -12,15 +17,19 @@ A batch whose images were all unreadable is empty (0 x ...); skip it in the trai
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
+from typing import NamedTuple
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, get_worker_info
 
 from ..errors import UserError
-from .decode import decode_jpeg_batch, resize_center_crop
 from .split import Split
+from .transforms import PARAMS
+
+SHM = "/dev/shm"
 
 
 class EpochBatchSampler(Sampler):
@@ -58,32 +67,57 @@ class EpochBatchSampler(Sampler):
         self.order.set_epoch(self.epoch)
         indices = list(self.order)
         for b in range(self.start_batch, self.batches_per_epoch):
-            yield [(i, self.epoch) for i in indices[b * self.batch_size:(b + 1) * self.batch_size]]
+            lo = b * self.batch_size
+            yield [(i, self.epoch, lo + k) for k, i in enumerate(indices[lo:lo + self.batch_size])]
+
+
+def _shared_empty(shape, dtype) -> torch.Tensor:
+    """An empty tensor in shared memory when called in a worker (the queue then sends only a handle)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    numel = 1
+    for n in shape:
+        numel *= n
+    storage = torch.UntypedStorage._new_shared(numel * torch.empty((), dtype=dtype).element_size())
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
 
 
 class Collate:
-    """List of (sample or None, label) -> (images, labels, skipped)."""
+    """List of (view or None, params, label, index) -> (uint8 views, params, labels, skipped, indices)."""
 
-    def __init__(self, sample_shape, dtype, deferred: bool = False):
-        self.sample_shape, self.dtype, self.deferred = tuple(sample_shape), dtype, deferred
+    def __init__(self, sample_shape):
+        self.sample_shape = tuple(sample_shape)
 
     def __call__(self, items):
-        good = [(x, y) for x, y in items if x is not None]
-        skipped = len(items) - len(good)
-        labels = torch.tensor([y for _, y in good], dtype=torch.int64)
-        if self.deferred:                   # encoded bytes + (index, epoch); decoded by the loader
-            return [x for x, _ in good], labels, skipped
-        if not good:
-            return torch.empty((0, *self.sample_shape), dtype=self.dtype), labels, skipped
-        # samples are stored H, W, C (transforms.channels_last): stack in that order -> a channels_last batch
-        return torch.stack([x.movedim(-3, -1) for x, _ in good]).movedim(-1, -3), labels, skipped
+        good = [it for it in items if it[0] is not None]
+        n = len(good)
+        # samples are H, W, C in memory (transforms.channels_last): the batch is written in that order
+        hwc = (*self.sample_shape[:-3], *self.sample_shape[-2:], self.sample_shape[-3])
+        images = _shared_empty((n, *hwc), torch.uint8)
+        for row, (x, _, _, _) in enumerate(good):
+            images[row].copy_(x.movedim(-3, -1))
+        params = torch.stack([p for _, p, _, _ in good]) if good else torch.empty(0, PARAMS, dtype=torch.float64)
+        labels = torch.tensor([y for _, _, y, _ in good], dtype=torch.int64)
+        indices = torch.tensor([i for _, _, _, i in good], dtype=torch.int64)
+        return images.movedim(-1, -3), params, labels, len(items) - n, indices
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor     # finished input (float32) on the loader's device, or uint8 views with finish=False
+    labels: torch.Tensor
+    skipped: int
+    indices: torch.Tensor    # dataset index of each image (the unreadable ones are not there)
 
 
 class Loader:
-    """Iterable over (images, labels, skipped); ``set_epoch(epoch, start_batch)`` before each epoch."""
+    """Iterable over (images, labels, skipped); ``set_epoch(epoch, start_batch)`` before each epoch.
 
-    def __init__(self, split: Split, dataloader: DataLoader, sampler: EpochBatchSampler):
+    ``batches()`` yields :class:`Batch` (with the dataset indices) for callers that need them.
+    """
+
+    def __init__(self, split: Split, dataloader: DataLoader, sampler: EpochBatchSampler, device, finish: bool):
         self.split, self.dataloader, self.sampler = split, dataloader, sampler
+        self.device, self.finish = torch.device(device), finish
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         if start_batch < 0 or start_batch > self.sampler.batches_per_epoch:
@@ -98,32 +132,60 @@ class Loader:
         return self.sampler.batches_per_epoch
 
     def __iter__(self):
-        if self.split.decode_device is None:
-            yield from self.dataloader
+        for b in self.batches():
+            yield b.images, b.labels, b.skipped
+
+    def batches(self):
+        if self.device.type != "cuda":
+            for raw in self.dataloader:
+                yield self._ready(raw)
             return
-        for encoded, labels, skipped in self.dataloader:
-            images, labels, more = decode_batch(self.split, encoded, labels)
-            yield images, labels, skipped + more
+        stream, pending = torch.cuda.Stream(self.device), None
+        for raw in self.dataloader:              # copy batch k+1 while batch k is computed
+            staged = _copy_ahead(raw, self.device, stream)
+            if pending is not None:
+                yield self._ready(_arrived(pending, stream))
+            pending = staged
+        if pending is not None:
+            yield self._ready(_arrived(pending, stream))
+
+    def _ready(self, raw) -> Batch:
+        images, params, labels, skipped, indices = raw
+        images = images.to(self.device)
+        if self.finish:
+            images = self.split.pipeline.finish(images, params.to(self.device))
+        return Batch(images, labels, skipped, indices)
 
 
-def decode_batch(split: Split, encoded, labels):
-    """Deferred path: decode a batch of JPEG bytes on ``split.decode_device`` and apply the transforms there."""
-    device = torch.device(split.decode_device)
-    pipeline = split.pipeline.on(device)
-    datas = [x for x, _, _ in encoded]
-    decoded = decode_jpeg_batch(datas, device) if datas else []
-    size = pipeline.geometry.image_size
-    out, keep = [], []
-    for row, (img, (_, index, epoch)) in enumerate(zip(decoded, encoded)):
-        if img is None:
-            continue
-        out.append(pipeline(resize_center_crop(img, size), index, epoch))
-        keep.append(row)
-    skipped = len(datas) - len(out)
-    labels = labels[keep] if skipped else labels
-    if not out:
-        return torch.empty((0, *pipeline.sample_shape), dtype=pipeline.sample_dtype, device=device), labels, skipped
-    return torch.stack([x.movedim(-3, -1) for x in out]).movedim(-1, -3), labels, skipped
+def _copy_ahead(raw, device, stream):
+    """Start the H2D copy of a batch's views and parameters on ``stream`` (pinned, non-blocking)."""
+    images, params, labels, skipped, indices = raw
+    with torch.cuda.stream(stream):
+        images = images.pin_memory().to(device, non_blocking=True)
+        params = params.pin_memory().to(device, non_blocking=True)
+    return images, params, labels, skipped, indices
+
+
+def _arrived(staged, stream):
+    """Make the compute stream wait for the copy, and tell the allocator the tensors are used there."""
+    current = torch.cuda.current_stream(stream.device)
+    current.wait_stream(stream)
+    for t in staged[:2]:
+        t.record_stream(current)
+    return staged
+
+
+def check_shared_memory(batch_bytes: int, workers: int, prefetch: int, path: str = SHM) -> None:
+    """One sentence instead of a worker's bus error when /dev/shm cannot hold the batches in flight."""
+    if workers == 0 or not os.path.isdir(path):
+        return
+    need = 2 * workers * prefetch * batch_bytes
+    free = shutil.disk_usage(path).free
+    if free < need:
+        raise UserError(
+            f"{path} has {free / 2**20:.0f} MiB free but {workers} loader workers need about {need / 2**20:.0f} "
+            f"MiB there; give the container more shared memory (docker run --shm-size=2g) or lower data.workers."
+        )
 
 
 def _worker_init(worker_id: int) -> None:
@@ -150,8 +212,11 @@ def _wait_for_sigterm(parent: int) -> None:
 
 def make_loader(split: Split, batch_size: int = 128, shuffle: bool = True, workers: int = 4, seed: int = 0,
                 drop_last: bool = True, distributed: bool = False, rank: int = 0, world_size: int = 1,
-                pin_memory: bool | None = None, prefetch_factor: int | None = None) -> Loader:
-    """A loader over ``split.dataset`` (see the module docstring for order, resume and skipped images)."""
+                device="cpu", finish: bool = True, prefetch_factor: int = 2) -> Loader:
+    """A loader over ``split.dataset`` (see the module docstring for order, resume and skipped images).
+
+    Batches arrive on ``device``: finished (float32) by default, or as uint8 views with ``finish=False``.
+    """
     if batch_size < 1:
         raise UserError(f"batch_size {batch_size} must be at least 1; set a positive batch size.")
     if workers < 0:
@@ -164,21 +229,12 @@ def make_loader(split: Split, batch_size: int = 128, shuffle: bool = True, worke
         rank, world_size = 0, 1
     if not 0 <= rank < world_size:
         raise UserError(f"rank {rank} is outside 0..{world_size - 1}; pass the process's rank and the world size.")
-    sampler = EpochBatchSampler(
-        len(split.dataset),
-        batch_size,
-        shuffle=shuffle,
-        seed=seed,
-        drop_last=drop_last,
-        rank=rank,
-        world_size=world_size,
-    )
-    if pin_memory is None:
-        pin_memory = torch.cuda.is_available() and split.decode_device is None
-    pipeline = split.pipeline
-    collate = Collate(pipeline.sample_shape, pipeline.sample_dtype, deferred=split.decode_device is not None)
-    extra = ({"persistent_workers": True, "prefetch_factor": prefetch_factor or 2, "worker_init_fn": _worker_init}
+    sampler = EpochBatchSampler(len(split.dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                                rank=rank, world_size=world_size)
+    shape = split.pipeline.sample_shape
+    check_shared_memory(batch_size * torch.Size(shape).numel(), workers, prefetch_factor)
+    extra = ({"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": _worker_init}
              if workers > 0 else {})
-    dataloader = DataLoader(split.dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                            pin_memory=pin_memory, **extra)
-    return Loader(split, dataloader, sampler)
+    dataloader = DataLoader(split.dataset, batch_sampler=sampler, num_workers=workers, collate_fn=Collate(shape),
+                            **extra)
+    return Loader(split, dataloader, sampler, device, finish)

@@ -43,8 +43,6 @@ MATERIALIZE_BYTES = 64 << 20     # synthetic splits up to this size are generate
 class FolderSource:
     """Image files in class folders, decoded and brought to size x size on every read."""
 
-    jpeg_bytes = True      # images can be handed to a batched (GPU) JPEG decoder
-
     def __init__(self, listing: FolderListing, size: int):
         self.root, self.files, self.labels, self.classes, self.size = (
             listing.root,
@@ -73,8 +71,6 @@ class FolderSource:
 class ArraySource:
     """Images held in memory as uint8 N x H x W x 3 (CIFAR-10's python files, synthetic data)."""
 
-    jpeg_bytes = False
-
     def __init__(self, array, labels, classes, size: int):
         self.array = torch.as_tensor(np.asarray(array))
         self.labels, self.classes, self.size = [int(y) for y in labels], list(classes), size
@@ -92,8 +88,6 @@ class ArraySource:
 
 class SyntheticSource:
     """The built-in synthetic split, generated on the fly (kept in memory when small)."""
-
-    jpeg_bytes = False
 
     def __init__(self, seed: int, split: str, count: int, size: int, num_classes: int):
         self.seed, self.split, self.size, self.num_classes = seed, split, size, num_classes
@@ -118,10 +112,6 @@ class SyntheticSource:
 class StoreSource(StoreReader):
     """A prepared store (see store.py)."""
 
-    @property
-    def jpeg_bytes(self) -> bool:
-        return self.format == "jpeg"
-
     def describe(self, i: int) -> str:
         return f"{self.path} record {i}"
 
@@ -129,14 +119,15 @@ class StoreSource(StoreReader):
 # --------------------------------------------------------------------------------- dataset
 
 class SplitDataset(Dataset):
-    """Index -> (sample, label). Keys are an index or (index, epoch) as the loader's sampler sends them.
+    """Key -> (uint8 view, parameter row, label, index); see transforms.Pipeline for the view and the row.
 
-    An unreadable image gives (None, label): the loader's collate drops it and counts it in
-    ``skipped``. With ``deferred`` the sample is the encoded JPEG bytes, decoded later in batches.
+    A key is an index, or (index, epoch, slot) as the loader's sampler sends it (slot: the position in
+    the epoch's order, for crop groups). An unreadable image gives (None, None, label, index): the
+    loader's collate drops it and counts it in ``skipped``.
     """
 
-    def __init__(self, source, pipeline: Pipeline, deferred: bool = False):
-        self.source, self.pipeline, self.deferred = source, pipeline, deferred
+    def __init__(self, source, pipeline: Pipeline):
+        self.source, self.pipeline = source, pipeline
 
     def __len__(self) -> int:
         return len(self.source)
@@ -156,21 +147,32 @@ class SplitDataset(Dataset):
         return self.source.image(index)
 
     def __getitem__(self, key):
-        index, epoch = key if isinstance(key, tuple) else (int(key), 0)
+        index, epoch, slot = key if isinstance(key, tuple) else (int(key), 0, int(key))
         label = self.source.labels[index]
         try:
-            if self.deferred:
-                return (self.source.encoded(index), index, epoch), label
-            return self.pipeline(self.source.image(index), index, epoch), label
+            view, params = self.pipeline(self.source.image(index), index, epoch, slot)
         except (CorruptImage, OSError):
-            return None, label
+            return None, None, label, index
+        return view, params, label, index
 
 
 # --------------------------------------------------------------------------------- the split
 
+@dataclass(frozen=True)
+class DataOptions:
+    """What a split needs besides its source, root and name: the ``data.*`` settings and the input size."""
+
+    input_size: int = 224
+    color_noise: str = "paper"   # paper | original | none (training only)
+    crop_group: int = 0          # > 0: that many consecutive images share a crop (the 2012 code: 32)
+    seed: int = 0                # augmentation and synthetic images
+    images: int = 0              # synthetic: images in this split (0 = the default)
+    num_classes: int = 0         # synthetic: classes (0 = the default)
+
+
 @dataclass
 class Split:
-    """What ``open_split`` returns: classes, dataset, statistics and the device-side ``finish``."""
+    """What ``open_split`` returns: classes, dataset, statistics and the pipeline."""
 
     classes: list[str]
     dataset: SplitDataset
@@ -179,7 +181,6 @@ class Split:
     name: str
     source: str
     root: str | None
-    decode_device: str | None = None
 
     @property
     def input_size(self) -> int:
@@ -193,65 +194,39 @@ class Split:
     def train(self) -> bool:
         return self.pipeline.train
 
-    def finish(self, x: torch.Tensor) -> torch.Tensor:
-        """Batch as yielded, already on its device -> float32 normalized (N x 3 x S x S or N x 10 x 3 x S x S)."""
-        return self.pipeline.finish(x)
 
-
-def open_split(source: str = "synthetic", root=None, split: str = "train", train: bool = True, input_size: int = 224,
-               color_noise: str = "paper", views: int = 1, seed: int = 0, synthetic_images: int | None = None,
-               num_classes: int | None = None, *, mean_crop: str = "center", decode_device: str | None = None,
-               stats_workers: int | None = None, pixel_scale: float | None = None) -> Split:
+def open_split(source: str = "synthetic", root=None, split: str = "train", options: DataOptions = DataOptions(), *,
+               train: bool | None = None, views: int = 1) -> Split:
     """Open one split of a data source with the paper's transforms (see the module docstring).
 
-    Superset of the team contract: ``mean_crop`` ("center" = the original code, or "aligned"),
-    ``decode_device`` (e.g. "cuda": JPEG sources are decoded in batches on that device by the loader,
-    not in the workers), ``stats_workers`` (processes for a first-time statistics pass over class folders),
-    ``pixel_scale`` (None: 1 for 224 inputs, unit variance for small ones; see transforms.py).
+    ``train`` (default: the train split) draws augmentation; evaluation takes the centre view or ``views=10``.
     """
     if source not in SOURCES:
         raise UserError(f"data.source {source!r} is not one of {', '.join(SOURCES)}; set data.source to one of them.")
     if split not in SPLITS:
         raise UserError(f"split {split!r} is not one of train, val; use split='train' or split='val'.")
-    geometry = geometry_for(input_size)
+    o = options
+    geometry = geometry_for(o.input_size)
     size = geometry.image_size
+    path = None if root is None else Path(root).expanduser()
     if source == "synthetic":
-        n_classes = num_classes or synthetic.DEFAULT_CLASSES
-        count = synthetic_images or synthetic.DEFAULT_IMAGES[split]
-        src = SyntheticSource(seed, split, count, size, n_classes)
-        stats = synthetic_stats(seed, size, n_classes)
+        n_classes = o.num_classes or synthetic.DEFAULT_CLASSES
+        src = SyntheticSource(o.seed, split, o.images or synthetic.DEFAULT_IMAGES[split], size, n_classes)
+        stats = synthetic_stats(o.seed, size, n_classes)
+    elif path is None:
+        what = "folders holding train/ and val/ stores made by `twogpu-alexnet prepare`" if source == "store" else \
+            "a folder holding train/ and val/ class folders"
+        raise UserError(f"data.source {source!r} needs data.root: {what}.")
     elif source == "store":
-        if root is None:
-            raise UserError(
-                "data.source 'store' needs data.root: a folder holding train/ and val/ stores made "
-                "by `twogpu-alexnet prepare`."
-            )
-        src, stats = _open_store(Path(root).expanduser(), split, size)
-    elif source == "cifar10" and root is not None and (Path(root).expanduser() / "cifar-10-batches-py").is_dir():
-        src, stats = _open_cifar_python(Path(root).expanduser(), split, size)
+        src, stats = _open_store(path, split, size)
+    elif source == "cifar10" and (path / "cifar-10-batches-py").is_dir():
+        src, stats = _open_cifar_python(path, split, size)
     else:
-        if root is None:
-            raise UserError(f"data.source {source!r} needs data.root: a folder holding train/ and val/ class folders.")
-        src, stats = _open_folders(Path(root).expanduser(), split, size, stats_workers)
-    if decode_device is not None and not src.jpeg_bytes:
-        raise UserError(
-            f"decode_device={decode_device!r} needs JPEG files (imagefolder, cifar10 folders or a "
-            f"jpeg store), not {source!r} data; leave decode_device unset."
-        )
-    pipeline = Pipeline(
-        stats,
-        geometry,
-        train=train,
-        color_noise=color_noise,
-        views=views,
-        mean_crop=mean_crop,
-        seed=seed,
-        pixel_scale=pixel_scale,
-    )
-    dataset = SplitDataset(src, pipeline, deferred=decode_device is not None)
-    return Split(
-        list(src.classes), dataset, stats, pipeline, split, source, None if root is None else str(root), decode_device
-    )
+        src, stats = _open_folders(path, split, size)
+    pipeline = Pipeline(stats, geometry, train=split == "train" if train is None else train,
+                        color_noise=o.color_noise, views=views, seed=o.seed, crop_group=o.crop_group)
+    return Split(list(src.classes), SplitDataset(src, pipeline), stats, pipeline, split, source,
+                 None if root is None else str(root))
 
 
 # --------------------------------------------------------------------------------- per source
@@ -275,7 +250,7 @@ def _open_store(root: Path, split: str, size: int):
     return src, load_stats(stats_path)[0]
 
 
-def _open_folders(root: Path, split: str, size: int, workers):
+def _open_folders(root: Path, split: str, size: int):
     train_dir, this_dir = split_folder(root, "train"), split_folder(root, split)
     train_listing = list_split(train_dir, "training folder").images()
     listing = train_listing if this_dir == train_dir else list_split(this_dir, f"{split} folder").images()
@@ -284,7 +259,7 @@ def _open_folders(root: Path, split: str, size: int, workers):
         raise UserError(
             f"{this_dir} has no image files (.jpg, .jpeg, .png, ...); put the images in {this_dir}/<class>/."
         )
-    stats = folder_stats(train_listing, size, workers=workers)
+    stats = folder_stats(train_listing, size)
     return FolderSource(listing, size), stats
 
 

@@ -22,10 +22,19 @@ then the same five crops of the horizontally reflected image (so view 5 is the r
 view 6 of view 0, view 7 of view 3, view 8 of view 2, view 9 of view 4). Softmax averaging does not
 depend on the order.
 
-Mean image: ``mean_crop="center"`` (default) subtracts the centre crop of the mean image from every
-crop and view, exactly as Krizhevsky's data provider does (its ``data_mean_crop``);
-``mean_crop="aligned"`` subtracts the mean image at the crop's own position (and reflected with it).
-For a 32 input the mean is the image size, so it is always aligned.
+Mean image: for a 224 input the centre crop of the mean image is subtracted from every crop and view,
+exactly as Krizhevsky's data provider does (its ``data_mean_crop``). For a 32 input the mean image is
+the image size: it is subtracted before the zero padding, so it moves with the crop.
+
+Crop groups (``crop_group`` = G > 0, the 2012 data provider): the G consecutive images at positions
+k G .. k G + G - 1 of an epoch's order share one crop position and reflection, drawn from (seed, epoch, k);
+the colour noise stays per image.
+
+Two parts, two places. The geometric part (:meth:`Pipeline.__call__`: crop, reflection, padding, the
+10 views) runs in the loader's workers on uint8 pixels and returns the uint8 view with a row of
+parameters (crop top, left, reflection, colour offset). The arithmetic part (:meth:`Pipeline.finish`:
+mean image, colour offset, pixel scale, dtype) runs once per batch wherever the batch is -- the training
+device -- and gives bit for bit the numbers of ``(x - mean + offset) * scale`` per image.
 
 Colour noise (one draw per image each time it is used; z ~ N(0, 1)^3 from the image's seed):
 * ``paper``: add  P (alpha * lambda)  with alpha = 0.1 z, written on [0, 1] intensities as in the
@@ -36,7 +45,6 @@ Colour noise (one draw per image each time it is used; z ~ N(0, 1)^3 from the im
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import math
 import struct
@@ -49,7 +57,7 @@ from ..errors import UserError
 from .stats import Stats
 
 COLOR_NOISE = ("paper", "original", "none")
-MEAN_CROP = ("center", "aligned")
+PARAMS = 6               # per-sample parameter row: top, left, flip, colour offset R, G, B
 ALPHA_STD = 0.1          # the paper's sigma for alpha_i
 ORIGINAL_COEFF = 0.1     # the original code's color_noise coefficient (then divide by 1 + coeff)
 
@@ -86,18 +94,24 @@ class AugmentParams:
     z: tuple[float, float, float]   # standard normals for the colour noise
 
 
-def augment_params(seed: int, epoch: int, index: int, geometry: Geometry) -> AugmentParams:
+def _uniforms(*key: int) -> list[float]:
+    digest = hashlib.blake2b(struct.pack(f"<{len(key)}q", *key), digest_size=32).digest()
+    return [(k + 0.5) / 4294967296.0 for k in struct.unpack("<8I", digest)]
+
+
+def augment_params(seed: int, epoch: int, index: int, geometry: Geometry, group: int | None = None) -> AugmentParams:
     """The augmentation of image ``index`` in ``epoch``: a pure function of (seed, epoch, index).
 
     Counter-based: BLAKE2b of (seed, epoch, index) gives eight 32-bit uniforms u; top and left are
     floor(u * (max_offset + 1)), flip is u < 0.5, and z comes from Box-Muller on two more pairs.
+    With a crop ``group`` k, top, left and flip come from (seed, epoch, k, 1) instead (z stays the image's).
     """
-    digest = hashlib.blake2b(struct.pack("<qqq", seed, epoch, index), digest_size=32).digest()
-    u = [(k + 0.5) / 4294967296.0 for k in struct.unpack("<8I", digest)]
+    u = _uniforms(seed, epoch, index)
+    where = u if group is None else _uniforms(seed, epoch, group, 1)
     span = geometry.max_offset + 1
     r1, r2 = math.sqrt(-2.0 * math.log(u[3])), math.sqrt(-2.0 * math.log(u[5]))
     z = (r1 * math.cos(2 * math.pi * u[4]), r1 * math.sin(2 * math.pi * u[4]), r2 * math.cos(2 * math.pi * u[6]))
-    return AugmentParams(min(int(u[0] * span), span - 1), min(int(u[1] * span), span - 1), u[2] < 0.5, z)
+    return AugmentParams(min(int(where[0] * span), span - 1), min(int(where[1] * span), span - 1), where[2] < 0.5, z)
 
 
 def color_offset_matrix(stats: Stats, form: str) -> torch.Tensor:
@@ -137,11 +151,6 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
     return x if moved.is_contiguous() else moved.contiguous().movedim(-1, -3)
 
 
-def subtract(x: torch.Tensor, mean_hwc: torch.Tensor) -> torch.Tensor:
-    """float32 ``x - mean`` for ``x`` (... x C x H x W, uint8 or float) and a mean stored as ... x H x W x C."""
-    return torch.sub(x.movedim(-3, -1), mean_hwc).movedim(-1, -3)
-
-
 def pixel_scale_for(stats: Stats, geometry: Geometry) -> float:
     """The default output scale (see the module docstring): 1 for 224 inputs, 1/sigma for small ones."""
     if geometry.input_size > 64:
@@ -150,144 +159,111 @@ def pixel_scale_for(stats: Stats, geometry: Geometry) -> float:
 
 
 class Pipeline:
-    """Turns a stored uint8 image (3 x image_size x image_size) into the network input.
+    """A stored uint8 image (3 x image_size x image_size) -> the network input, in two parts (module docstring).
 
-    Two paths give the same numbers:
-    * worker path (``uint8_batches`` False): ``__call__`` returns float32 normalized views.
-    * device path (``uint8_batches`` True: evaluation, or training without colour noise with the
-      centre mean): the worker returns uint8 crops and :meth:`finish` subtracts the mean on the
-      batch's device.
+    ``__call__`` (workers): the uint8 view(s) and a float64 row of PARAMS parameters.
+    ``finish`` (the batch's device): N uint8 views and their N parameter rows -> normalized ``dtype`` input.
     """
 
     def __init__(self, stats: Stats, geometry: Geometry, *, train: bool, color_noise: str = "paper",
-                 views: int = 1, mean_crop: str = "center", seed: int = 0, pixel_scale: float | None = None):
-        if color_noise not in COLOR_NOISE:
-            raise UserError(
-                f"color_noise {color_noise!r} is not one of {', '.join(COLOR_NOISE)}; set "
-                f"data.color_noise to one of them."
-            )
-        if mean_crop not in MEAN_CROP:
-            raise UserError(
-                f"mean_crop {mean_crop!r} is not one of {', '.join(MEAN_CROP)}; use center (the "
-                f"original code) or aligned."
-            )
-        if views not in (1, 10):
-            raise UserError(f"views={views!r} is not supported; use 1 (centre crop) or 10 (the paper's 10 views).")
-        if train and views != 1:
-            raise UserError("the 10 test views are for evaluation; open the split with train=False to use views=10.")
-        if stats.size != geometry.image_size:
-            raise UserError(
-                f"the mean image is {stats.size}x{stats.size} but input_size {geometry.input_size} needs "
-                f"{geometry.image_size}x{geometry.image_size} images; recompute the statistics for this size."
-            )
+                 views: int = 1, seed: int = 0, crop_group: int = 0, pixel_scale: float | None = None):
+        _check(stats, geometry, train, color_noise, views, crop_group)
         self.stats, self.geometry = stats, geometry
-        self.pixel_scale = pixel_scale_for(stats, geometry) if pixel_scale is None else float(pixel_scale)
-        # colour noise as a 3x3 matrix M with offset = M z (see color_offset)
-        self._pca = (color_offset_matrix(stats, color_noise)).tolist()
-        self.train, self.color_noise, self.views, self.mean_crop, self.seed = train, color_noise, views, mean_crop, seed
-        g = geometry
-        mean_image = stats.mean_image.to(torch.float32)                              # 3 x S x S
-        border = (g.image_size - g.input_size) // 2
-        center_mean = F.crop(mean_image, border, border, g.input_size, g.input_size) if g.pad == 0 else mean_image
-        self.aligned = g.pad > 0 or mean_crop == "aligned"
-        self.uint8_batches = (not train) or (color_noise == "none" and not self.aligned)
-        # means stored H x W x C (see channels_last)
-        self.mean_hwc = mean_image.movedim(0, -1).contiguous()
-        self.center_mean_hwc = center_mean.movedim(0, -1).contiguous()
-        self.device_mean_hwc = (
-            self._fixed_mean(mean_image, center_mean).movedim(-3, -1).contiguous() if self.uint8_batches else None
-        )
-        self._device_cache: dict = {}
+        self.train, self.color_noise, self.views = train, color_noise, views
+        self.seed, self.crop_group = seed, crop_group
+        scale = pixel_scale_for(stats, geometry) if pixel_scale is None else float(pixel_scale)
+        self.pixel_scale = scale
+        self.scale = scale / (1.0 + ORIGINAL_COEFF) if train and color_noise == "original" else scale
+        self.noisy = train and color_noise != "none"
+        self._pca = color_offset_matrix(stats, color_noise).tolist()   # offset = M z (see color_offset)
+        self._means: dict = {}
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
         s = self.geometry.input_size
         return (10, 3, s, s) if self.views == 10 else (3, s, s)
 
-    @property
-    def sample_dtype(self) -> torch.dtype:
-        return torch.uint8 if self.uint8_batches else torch.float32
-
-    # ----- the transform ------------------------------------------------------------------------
-    def __call__(self, img: torch.Tensor, index: int = 0, epoch: int = 0) -> torch.Tensor:
-        """One sample of image ``index`` in ``epoch``: uint8 views on the device path, else float32 normalized."""
-        g = self.geometry
+    # ----- in the workers: geometry on uint8 pixels ------------------------------------------------
+    def __call__(self, img: torch.Tensor, index: int = 0, epoch: int = 0, slot: int | None = None):
+        """(uint8 view(s), float64 parameter row) of image ``index`` at position ``slot`` of ``epoch``'s order."""
+        g, s = self.geometry, self.geometry.input_size
         img = channels_last(img)
+        row = torch.zeros(PARAMS, dtype=torch.float64)
         if not self.train:
-            views = self._eval_views(img)
-            return views if self.uint8_batches else self._scaled(subtract(views, self.device_mean_hwc))
-        p = augment_params(self.seed, epoch, index, g)
-        if not self.aligned:                              # crop the uint8 image, then subtract the centre mean
-            view = F.crop(img, p.top, p.left, g.input_size, g.input_size)
-            view = F.horizontal_flip(view) if p.flip else view
-            if self.uint8_batches:
-                return channels_last(view)
-            return self._normalize(view, self.center_mean_hwc, p.z)
-        full = self._normalize(img, self.mean_hwc, p.z)   # aligned: normalize the whole image, then crop
-        if g.pad:
-            full = F.pad(full, [g.pad] * 4, fill=0.0)
-        view = F.crop(full, p.top, p.left, g.input_size, g.input_size)
-        return channels_last(F.horizontal_flip(view) if p.flip else view)
+            if self.views == 10:
+                return ten_views(F.pad(img, [g.pad] * 4, fill=0) if g.pad else img, s), row
+            return (img if g.pad else channels_last(F.center_crop(img, [s, s]))), row
+        group = None if not self.crop_group else (index if slot is None else slot) // self.crop_group
+        p = augment_params(self.seed, epoch, index, g, group)
+        view = F.crop(F.pad(img, [g.pad] * 4, fill=0) if g.pad else img, p.top, p.left, s, s)
+        offset = [sum(self._pca[c][i] * p.z[i] for i in range(3)) for c in range(3)] if self.noisy else [0.0] * 3
+        row[:] = torch.tensor([p.top, p.left, float(p.flip), *offset], dtype=torch.float64)
+        return channels_last(F.horizontal_flip(view) if p.flip else view), row
 
-    def _normalize(self, x_u8: torch.Tensor, mean_hwc: torch.Tensor, z) -> torch.Tensor:
-        """(x - mean + colour offset), divided by 1.1 for the original form; float32."""
-        out = subtract(x_u8, mean_hwc)
-        scale = self.pixel_scale / (1.0 + ORIGINAL_COEFF) if self.color_noise == "original" else self.pixel_scale
-        if self.color_noise == "none":
-            return out if scale == 1.0 else out.mul_(scale)
-        # the offset, in plain floats (same numbers as color_offset), added along rows of W*C values:
-        # a broadcast over an innermost dim of 3 is several times slower
-        offset = [sum(self._pca[c][i] * z[i] for i in range(3)) for c in range(3)]
-        h, w = out.shape[-2:]
-        offset = torch.tensor(offset, dtype=torch.float32, device=out.device)
-        if h * w <= 4096:
-            out.movedim(-3, -1).add_(offset)
-        else:
-            out.movedim(-3, -1).view(h, w * 3).add_(offset.repeat(w))
-        return out if scale == 1.0 else out.mul_(scale)
+    # ----- on the batch's device: the arithmetic, once per batch -----------------------------------
+    def finish(self, x: torch.Tensor, params: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:
+        """uint8 views (N x 3 x s x s, or N x 10 x 3 x s x s) -> ``(x - mean + offset) * scale`` in ``dtype``.
 
-    def _eval_views(self, img: torch.Tensor) -> torch.Tensor:
-        """uint8 view(s) for evaluation: the centre crop (the image itself for padded inputs) or the 10 views."""
-        g = self.geometry
-        if self.views == 1:
-            return img if g.pad else channels_last(F.center_crop(img, [g.input_size, g.input_size]))
-        return ten_views(F.pad(img, [g.pad] * 4, fill=0) if g.pad else img, g.input_size)
+        Training batches need their parameter rows (N x PARAMS); evaluation views are at fixed positions.
+        """
+        if not self.train or self.geometry.pad == 0:    # fixed mean: for 224 crops the centre (not reflected)
+            out = torch.sub(x, self._mean(x.device, dtype))
+            if self.noisy:
+                out.add_(params[:, 3:].to(x.device, dtype).view(-1, 3, 1, 1))
+        else:                                             # the mean moves with the crop; padding stays 0
+            mean, inside = self._moving_mean(params.to(x.device), dtype)
+            out = torch.sub(x, mean)
+            if self.noisy:
+                out.add_(params[:, 3:].to(x.device, dtype).view(-1, 3, 1, 1) * inside)
+        return out if self.scale == 1.0 else out.mul_(self.scale)
 
-    def _fixed_mean(self, mean_image: torch.Tensor, center_mean: torch.Tensor) -> torch.Tensor:
-        """The mean (C x H x W, or 10 x C x H x W) for uint8 views at fixed positions."""
-        g = self.geometry
-        if self.train or self.views == 1:
-            return center_mean
-        if not self.aligned:                              # the original code: centre mean for every view
-            return center_mean.expand(10, *center_mean.shape)
-        return ten_views(F.pad(mean_image, [g.pad] * 4, fill=0.0) if g.pad else mean_image, g.input_size)
+    def _mean(self, device, dtype) -> torch.Tensor:
+        """The fixed mean (3 x s x s, or 10 x 3 x s x s for padded 10 views) on ``device``, cached."""
+        key = (str(device), dtype, "fixed")
+        if key not in self._means:
+            g, s = self.geometry, self.geometry.input_size
+            mean = self.stats.mean_image.to(dtype)
+            if g.pad and self.views == 10:
+                mean = ten_views(F.pad(mean, [g.pad] * 4, fill=0.0), s)
+            elif not g.pad:
+                mean = F.center_crop(mean, [s, s])
+            self._means[key] = channels_last(mean).to(device)
+        return self._means[key]
 
-    # ----- on the device ------------------------------------------------------------------------
-    def finish(self, x: torch.Tensor) -> torch.Tensor:
-        """Batch as yielded (on any device) -> float32 normalized. Float batches pass through."""
-        if x.dtype != torch.uint8:
-            return x if x.dtype == torch.float32 else x.float()
-        return self._scaled(subtract(x, self.on(x.device).device_mean_hwc))
+    def _moving_mean(self, params: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per sample: the zero-padded mean image and a 0/1 inside-the-image mask at the sample's crop."""
+        key = (str(params.device), dtype, "padded")
+        if key not in self._means:
+            pad = [self.geometry.pad] * 4
+            mean = self.stats.mean_image.to(dtype)
+            self._means[key] = torch.cat([F.pad(mean, pad, fill=0.0), F.pad(torch.ones_like(mean[:1]), pad)])
+            self._means[key] = self._means[key].to(params.device)
+        both = self._means[key]                                                  # 4 x P x P
+        s, span = self.geometry.input_size, torch.arange(self.geometry.input_size, device=params.device)
+        rows = params[:, 0].long()[:, None] + span                               # N x s
+        cols = params[:, 1].long()[:, None] + torch.where(params[:, 2:3] > 0, s - 1 - span, span)
+        picked = both[:, rows[:, :, None], cols[:, None, :]].movedim(0, 1)      # N x 4 x s x s
+        return picked[:, :3], picked[:, 3:]
 
-    def _scaled(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.pixel_scale == 1.0 else x.mul_(self.pixel_scale)
-
-    def on(self, device) -> "Pipeline":
-        """This pipeline with its mean tensors on ``device`` (for finishing, decoding and transforming there)."""
-        device = torch.device(device)
-        if device.type == "cpu":
-            return self
-        moved = self._device_cache.get(str(device))
-        if moved is None:
-            moved = copy.copy(self)
-            moved._device_cache = {}
-            moved.mean_hwc = self.mean_hwc.to(device)
-            moved.center_mean_hwc = self.center_mean_hwc.to(device)
-            moved.device_mean_hwc = None if self.device_mean_hwc is None else self.device_mean_hwc.to(device)
-            self._device_cache[str(device)] = moved
-        return moved
-
-    def __getstate__(self):          # the device cache stays in the process that made it
+    def __getstate__(self):          # device copies of the mean stay in the process that made them
         state = dict(self.__dict__)
-        state["_device_cache"] = {}
+        state["_means"] = {}
         return state
+
+
+def _check(stats: Stats, geometry: Geometry, train: bool, color_noise: str, views: int, crop_group: int) -> None:
+    if color_noise not in COLOR_NOISE:
+        raise UserError(
+            f"color_noise {color_noise!r} is not one of {', '.join(COLOR_NOISE)}; set data.color_noise to one of them."
+        )
+    if views not in (1, 10):
+        raise UserError(f"views={views!r} is not supported; use 1 (centre crop) or 10 (the paper's 10 views).")
+    if train and views != 1:
+        raise UserError("the 10 test views are for evaluation; open the split with train=False to use views=10.")
+    if not isinstance(crop_group, int) or isinstance(crop_group, bool) or crop_group < 0:
+        raise UserError(f"data.crop_group {crop_group!r} is not a whole number >= 0; use 0 (off) or 32 (2012 code).")
+    if stats.size != geometry.image_size:
+        raise UserError(
+            f"the mean image is {stats.size}x{stats.size} but input_size {geometry.input_size} needs "
+            f"{geometry.image_size}x{geometry.image_size} images; recompute the statistics for this size."
+        )

@@ -44,6 +44,7 @@ class DataConfig:
     color_noise: str = "paper"  # PCA colour augmentation: paper | original | none
     synthetic_images: int = 0  # synthetic source: training images (0 = the data package's default)
     synthetic_val_images: int = 0  # synthetic source: validation images (0 = the data package's default)
+    crop_group: int = 0  # > 0: that many consecutive training images share one crop and reflection (2012 code: 32)
 
 
 @dataclass
@@ -235,6 +236,7 @@ def validate(config: Config) -> Config:
                 "checkpoint.every": c.every}
     non_negative = {"model.num_classes": m.num_classes, "data.workers": d.workers,
                     "data.synthetic_images": d.synthetic_images, "data.synthetic_val_images": d.synthetic_val_images,
+                    "data.crop_group": d.crop_group,
                     "train.max_steps_per_epoch": t.max_steps_per_epoch, "schedule.patience": s.patience,
                     "schedule.max_drops": s.max_drops, "checkpoint.keep_last": c.keep_last,
                     "schedule.color_noise_off_epoch": s.color_noise_off_epoch}

@@ -65,7 +65,7 @@ def open_eval_split(data: "str | os.PathLike", input_size: int, ten_crop: bool, 
         stats = folder_stats(listing, geometry.image_size)
     pipeline = Pipeline(stats, geometry, train=False, color_noise="none", views=10 if ten_crop else 1)
     source = FolderSource(listing, geometry.image_size)
-    return Split(list(listing.classes), SplitDataset(source, pipeline), stats, pipeline, "eval", "imagefolder",
+    return Split(list(listing.classes), SplitDataset(source, pipeline), stats, pipeline, "val", "imagefolder",
                  str(data))
 
 
@@ -147,7 +147,7 @@ def evaluate(checkpoints, data, *, preset: str | None = None, ten_crop: bool = F
         else:
             finishers.append((split.pipeline if st is split.stats else _pipeline(st, split)).finish)
     loader = make_loader(split, batch_size=batch_size, shuffle=False, workers=workers, seed=0, drop_last=False,
-                         pin_memory=device.type == "cuda")
+                         device=device, finish=False)
     loader.set_epoch(0)
     reporter.start(1, 1, len(loader))
     reporter.begin_epoch(1, 0)
@@ -157,7 +157,7 @@ def evaluate(checkpoints, data, *, preset: str | None = None, ten_crop: bool = F
         skipped += int(bad)
         if len(labels) == 0:
             continue
-        probs = ensemble_probabilities(models, x.to(device, non_blocking=True), finishers)
+        probs = ensemble_probabilities(models, x, finishers)
         c1, c5 = topk_correct(probs, labels.to(probs.device))
         top1, top5, images = top1 + c1, top5 + c5, images + len(labels)
         reporter.step(1, i, math.nan, math.nan, images / max(time.perf_counter() - t0, 1e-9))

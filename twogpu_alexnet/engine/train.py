@@ -116,21 +116,23 @@ def seed_everything(seed: int) -> None:
 
 def open_data(config: Config, split: str, *, input_size: int, num_classes: int | None, color_noise: str | None = None):
     """The data package's split for ``split`` ("train" with augmentation, "val" with one centre view)."""
-    from ..data import open_split
+    from ..data import DataOptions, open_split
 
     d = config.data
-    images = d.synthetic_images if split == "train" else d.synthetic_val_images
-    return open_split(source=d.source, root=d.root or None, split=split, train=split == "train",
-                      input_size=input_size, color_noise=color_noise or d.color_noise, views=1,
-                      seed=config.train.seed, synthetic_images=images or None, num_classes=num_classes)
+    options = DataOptions(input_size=input_size, color_noise=color_noise or d.color_noise, crop_group=d.crop_group,
+                          seed=config.train.seed, num_classes=num_classes or 0,
+                          images=d.synthetic_images if split == "train" else d.synthetic_val_images)
+    return open_split(d.source, d.root or None, split, options)
 
 
 def make_data_loader(config: Config, split, batch_size: int, ctx: DistContext, train: bool, use_cuda: bool):
+    """Batches finished on this process's training device (the current CUDA device on GPU runs)."""
     from ..data import make_loader
 
+    device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
     return make_loader(split, batch_size=batch_size, shuffle=train, workers=config.data.workers,
                        seed=config.train.seed, drop_last=train, distributed=ctx.enabled, rank=ctx.rank,
-                       world_size=ctx.world_size, pin_memory=use_cuda)
+                       world_size=ctx.world_size, device=device)
 
 
 def canonical_state(model) -> dict:
@@ -154,7 +156,8 @@ def sgd_step(loss, optimizer, scaler) -> None:
 
 
 def prepare_batch(images, split, device: torch.device, channels_last: bool):
-    x = split.finish(images.to(device, non_blocking=True))
+    """The loader's finished batch (already on the training device: make_data_loader) in the model's layout."""
+    x = images.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
