@@ -117,28 +117,62 @@ def test_neighbors_user_errors(analysis_tiny_set, tmp_path, capsys):
 
 
 def test_preprocessing_matches_the_data_package_and_uses_the_carried_mean(analysis_tiny_set):
-    from twogpu_alexnet.analysis.neighbors import _Preprocess
+    from twogpu_alexnet.analysis.neighbors import _query
     from twogpu_alexnet.data import DataOptions, Stats, open_split
-    from twogpu_alexnet.data.folders import list_split
+    from twogpu_alexnet.engine.inference import eval_split
 
     _, train, queries, _ = analysis_tiny_set
-    listing = list_split(train).images()
     # without carried statistics: exactly the data package's evaluation input for the training split
     split = open_split("imagefolder", train.parent, "train", DataOptions(input_size=32), train=False)
     index = split.dataset.source.files.index("cats/03.png")
     want = split.pipeline.finish(split.dataset[index][0][None])[0]
-    prep = _Preprocess(listing, 32, {})
-    got = prep.network_input(prep.stored(queries / "q0.png"))  # q0 is a copy of cats/03.png
-    assert torch.allclose(got, want, atol=1e-5)
+    _, got = _query(queries / "q0.png", eval_split(train, 32))  # q0 is a copy of cats/03.png
+    assert torch.equal(got, want)
     # with the training statistics a checkpoint carries, those are used (here: mean 100, unit covariance)
     eye = torch.eye(3, dtype=torch.float64)
     carried = Stats(torch.full((3, 32, 32), 100.0, dtype=torch.float64), torch.full((3,), 100.0, dtype=torch.float64),
                     eye, torch.ones(3, dtype=torch.float64), eye, 50, 50 * 32 * 32)
-    with_stats = _Preprocess(listing, 32, {"data_stats": carried.to_dict()})
-    img = with_stats.stored(queries / "q0.png")
+    assert all(torch.equal(a, b) for a, b in zip(Stats.from_dict(carried.to_dict()).to_dict().values(),
+                                                 carried.to_dict().values()) if isinstance(a, torch.Tensor))
+    with_stats = eval_split(train, 32, stats=Stats.from_dict(carried.to_dict()))
+    img, net_input = _query(queries / "q0.png", with_stats)
     assert torch.equal(with_stats.pipeline.stats.mean_image, carried.mean_image)
     scale = with_stats.pipeline.pixel_scale
-    assert torch.allclose(with_stats.network_input(img), (img.float() - 100.0) * scale, atol=1e-5)
+    assert torch.allclose(net_input, (img.float() - 100.0) * scale, atol=1e-5)
+
+
+def test_k_beyond_the_data_is_clamped_with_a_note(analysis_tiny_set, tmp_path, capsys):
+    ckpt, train, queries, _ = analysis_tiny_set
+    args = ["neighbors", "--checkpoint", str(ckpt), "--data", str(train), "--queries", str(queries / "q0.png"),
+            "--k", "1000000000", "--out", str(tmp_path / "nn"), "--no-cache"]
+    assert main(args + ["--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["k"] == 24 and len(result["queries"][0]["neighbors"]) == 24
+    assert "more than the 24 readable training images" in result["notes"][0]
+    img = np.asarray(Image.open(tmp_path / "nn" / "neighbors.png").convert("RGB"))
+    assert img.shape == (132 + 4, (128 + 8) + 12 + 24 * 132 + 4, 3)            # 24 tiles, no blank ones
+    assert main(args) == 0
+    assert "more than the 24" in capsys.readouterr().out
+
+
+def test_a_dangling_link_in_the_data_is_skipped(analysis_tiny_set, tmp_path, capsys):
+    ckpt, train, queries, _ = analysis_tiny_set
+    data = tmp_path / "copy" / "train"
+    shutil.copytree(train, data)
+    (data / "cats" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    args = ["neighbors", "--checkpoint", str(ckpt), "--data", str(data), "--queries", str(queries / "q0.png"),
+            "--k", "2", "--out", str(tmp_path / "nn"), "--cache", str(tmp_path / "cache"), "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 24 and result["skipped"] <= 1          # skipped when read, or by the folder walk
+
+
+def test_a_bad_device_is_one_sentence(analysis_tiny_set, tmp_path, capsys):
+    ckpt, train, queries, _ = analysis_tiny_set
+    args = ["neighbors", "--checkpoint", str(ckpt), "--data", str(train), "--queries", str(queries / "q0.png"),
+            "--out", str(tmp_path / "nn"), "--no-cache", "--device", "bogus"]
+    assert main(args) == 2
+    assert "bogus" in capsys.readouterr().err
 
 
 def test_neighbors_checks_its_folders_before_computing(analysis_tiny_set, tmp_path, capsys, monkeypatch):

@@ -6,7 +6,8 @@ import torch
 from torchvision.io import write_jpeg
 
 from twogpu_alexnet.cli import main
-from twogpu_alexnet.engine.evaluate import ensemble_probabilities, evaluate, open_eval_split
+from twogpu_alexnet.engine.evaluate import ensemble_probabilities, evaluate
+from twogpu_alexnet.engine.inference import eval_split
 from twogpu_alexnet.model import build_model
 from twogpu_alexnet.model.load import to_layout
 
@@ -68,7 +69,7 @@ def test_ensemble_averages_softmax_either_layout(photos, tmp_path):
 def test_ten_views_average_the_softmax_of_each_view(photos):
     torch.manual_seed(3)
     model = build_model("cifar", mode="grouped", device="cpu", num_classes=CLASSES).eval()
-    split = open_eval_split(photos, 32, ten_crop=True)
+    split = eval_split(photos, 32, views=10)
     x = torch.stack([split.dataset[i][0] for i in range(3)])  # 3 photos x 10 uint8 views
     assert x.shape == (3, 10, 3, 32, 32)
     got = ensemble_probabilities([model], x, [split.pipeline.finish])
@@ -90,6 +91,8 @@ def test_cli_json_and_bad_inputs(photos, tmp_path, capsys):
         (["--checkpoint", str(ckpt), "--data", str(tmp_path / "nowhere")], "is not a folder"),
         (["--checkpoint", str(ckpt), "--data", str(photos), "--preset", "paper"], "do not fit preset 'paper'"),
         (["--checkpoint", str(ckpt), "--data", str(photos), "--preset", "vgg"], "unknown preset 'vgg'"),
+        (["--checkpoint", str(ckpt), "--data", str(photos), "--device", "bogus"], "--device 'bogus' is not a device"),
+        (["--checkpoint", str(ckpt), "--data", str(photos), "--device", "cuda:7"], "--device cuda:7"),
     ]
     for args, words in cases:
         assert main(["evaluate", "--workers", "0"] + args) == 2, args
@@ -110,3 +113,13 @@ def test_training_checkpoint_brings_its_training_mean(photos, tmp_path, notes):
     result = evaluate([ckpt, _bias_only(tmp_path / "plain.pt", [0.0] * 6)], photos, workers=0, reporter=notes)
     assert result["images"] == 12 and result["presets"] == ["cifar", "cifar"]
     assert notes.lines == [f"{tmp_path / 'plain.pt'} carries no training mean; using the mean of {photos} itself"]
+    # each network saw its own mean: the trained one its training mean, the plain one the folder's
+    from twogpu_alexnet.engine.inference import load_network
+
+    model, ck = load_network(ckpt)
+    mine = evaluate([ckpt], photos, workers=0)
+    split = eval_split(photos, 32, stats=ck.stats)
+    x = torch.stack([split.dataset[i][0] for i in range(len(split.dataset))])
+    probs = ensemble_probabilities([model], x, [split.pipeline.finish])
+    labels = torch.tensor(split.dataset.labels)
+    assert mine["top1_error"] == pytest.approx(1 - (probs.argmax(1) == labels).float().mean().item())

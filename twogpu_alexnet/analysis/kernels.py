@@ -36,7 +36,6 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from ..errors import UserError
-from ..model.load import infer_preset, load_weights
 from ..spec import get_spec
 from . import output_folder
 from .plots import save_score_plot
@@ -301,8 +300,10 @@ def analyze_checkpoint(checkpoint, out_dir, *, preset: str | None = None, **opti
     Returns :func:`tower_summary`'s dict plus ``preset``, ``control`` (True for a one-tower preset,
     whose two halves of conv1 are an arbitrary split) and ``files``.
     """
-    state, meta = load_weights(checkpoint)
-    name = preset or meta.get("preset") or infer_preset(state)
+    from ..engine.inference import read_checkpoint  # the one reader of checkpoints (evaluate, neighbors, kernels)
+
+    ck = read_checkpoint(checkpoint, preset)
+    state, meta, name = ck.state, ck.meta, ck.preset
     spec = get_spec(name)
     _check_conv1(state, spec)
     out = output_folder(out_dir)

@@ -1,9 +1,9 @@
 """Nearest training images in fc7 space (the paper's Figure 4).
 
 For each query image, the ``k`` training images whose fc7 vectors (the last hidden layer after its
-ReLU, 4096-d for the paper's net) are closest in Euclidean distance. Images are preprocessed as
-for evaluation (shorter side to the stored size, centre crop, the training split's mean image
-subtracted; data/transforms.py), features are computed in batches in eval mode and cached on disk,
+ReLU, 4096-d for the paper's net) are closest in Euclidean distance. Model and images come from
+engine/inference.py, as for evaluation (shorter side to the stored size, centre crop, the training
+split's mean image subtracted), features are computed in batches in eval mode and cached on disk,
 keyed by the checkpoint file (path, size, modification time), the data folder's file list (names,
 sizes, modification times) and the input size, so repeated queries against the same set only
 compute the queries' features.
@@ -19,14 +19,10 @@ import torch
 import torchvision.transforms.v2.functional as F
 from torchvision.utils import make_grid, save_image
 
-from ..data import Stats
+from ..data import make_loader
 from ..data.decode import CorruptImage, decode_rgb, read_bytes, resize_center_crop
-from ..data.folders import list_split
-from ..data.split import folder_stats
-from ..data.transforms import Pipeline, geometry_for
+from ..engine.inference import open_for_inference
 from ..errors import UserError
-from ..model import build_model
-from ..model.load import infer_preset, load_into, load_weights
 from . import output_folder
 
 CACHE_FORMAT = 1
@@ -85,57 +81,28 @@ def nearest(
 # Images
 
 
-class _Preprocess:
-    """Evaluation preprocessing as the data package does it: stored geometry (shorter side to S,
-    centre crop), centre view, the training mean image subtracted -- the one the checkpoint carries
-    (``data_stats``, written by the trainer), else the statistics of the searched folder ``listing``."""
-
-    def __init__(self, listing, input_size: int, meta: dict):
-        self.geometry = geometry_for(input_size)
-        stats = _checkpoint_stats(meta)
-        if stats is None or stats.size != self.geometry.image_size:
-            stats = folder_stats(listing, self.geometry.image_size)  # cached beside the data (or the user cache)
-        self.pipeline = Pipeline(stats, self.geometry, train=False)
-
-    def stored(self, path) -> torch.Tensor:
-        """uint8 3 x S x S as the store holds it; CorruptImage if the file cannot be decoded."""
-        try:
-            data = read_bytes(path)
-        except OSError as exc:
-            raise CorruptImage(f"unreadable ({exc.strerror or exc})") from None
-        return resize_center_crop(decode_rgb(data), self.geometry.image_size)
-
-    def network_input(self, stored: torch.Tensor) -> torch.Tensor:
-        """float32 3 x s x s: the centre view minus the mean, 0..255 scale (data/transforms.py)."""
-        return self.pipeline.finish(self.pipeline(stored)[0][None])[0]
-
-
-def _checkpoint_stats(meta: dict):
-    """The training statistics a training checkpoint carries, or None."""
-    d = meta.get("data_stats")
-    if not isinstance(d, dict):
-        return None
-    return Stats(d["mean_image"], d["channel_mean"], d["covariance"], d["eigenvalues"], d["eigenvectors"],
-                 int(d["images"]), int(d["pixels"]))
-
-
-class _FolderImages(torch.utils.data.Dataset):
-    def __init__(self, root: Path, files: list[str], prep: _Preprocess):
-        self.root, self.files, self.prep = root, files, prep
-
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, i):
-        try:
-            return self.prep.network_input(self.prep.stored(self.root / self.files[i])), True
-        except CorruptImage:
-            s = self.prep.geometry.input_size
-            return torch.zeros(3, s, s), False
+def _query(path: Path, split) -> tuple[torch.Tensor, torch.Tensor]:
+    """(stored uint8 image, network input) of a query file, preprocessed as ``split``'s images."""
+    if not path.is_file():
+        what = "is a folder, not an image file" if path.is_dir() else "does not exist"
+        raise UserError(f"query image {path} {what}; pass image files with --queries")
+    try:
+        stored = resize_center_crop(decode_rgb(read_bytes(path)), split.pipeline.geometry.image_size)
+    except (CorruptImage, OSError) as exc:
+        raise UserError(f"query image {path} cannot be read ({exc}); pass a JPEG or PNG file") from None
+    return stored, split.pipeline.finish(split.pipeline(stored)[0][None])[0]
 
 
 # ----------------------------------------------------------------------------------------------
 # The cache
+
+
+def _file_key(path: Path) -> str:
+    try:
+        st = path.stat()
+    except OSError:          # a dangling link or a file gone since the listing: skipped when read
+        return "-"
+    return f"{st.st_size}\t{st.st_mtime_ns}"
 
 
 def _cache_key(checkpoint: Path, listing, input_size: int, preset: str) -> str:
@@ -155,37 +122,39 @@ def _cache_key(checkpoint: Path, listing, input_size: int, preset: str) -> str:
         ).encode()
     )
     for f in listing.files:
-        fs = (listing.root / f).stat()
-        h.update(f"{f}\t{fs.st_size}\t{fs.st_mtime_ns}\n".encode())
+        h.update(f"{f}\t{_file_key(listing.root / f)}\n".encode())
     return h.hexdigest()[:24]
 
 
-def training_features(model, listing, prep: _Preprocess, *, checkpoint: Path, preset: str, batch_size: int,
-                      workers: int, cache_dir: Path | None, device) -> tuple[dict, bool]:
-    """fc7 features of every readable image of ``listing``: {"features", "files", "labels"}, and
+def training_features(model, split, *, checkpoint: Path, preset: str, batch_size: int, workers: int,
+                      cache_dir: Path | None, device) -> tuple[dict, bool]:
+    """fc7 features of every readable image of ``split``: {"features", "files", "labels"}, and
     whether they came from the cache."""
+    listing = split.dataset.source
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"fc7-{_cache_key(checkpoint, listing, prep.geometry.input_size, preset)}.pt"
+        path = Path(cache_dir) / f"fc7-{_cache_key(checkpoint, listing, split.input_size, preset)}.pt"
         if path.is_file():
             try:
                 return torch.load(path, map_location="cpu", weights_only=True), True
             except Exception:  # a cache file cut short: compute again
                 pass
-    loader = torch.utils.data.DataLoader(_FolderImages(listing.root, listing.files, prep), batch_size=batch_size,
-                                         num_workers=workers)
-    feats, ok = [], []
-    for x, good in loader:
-        feats.append(fc7_features(model, [x.to(device)]))
-        ok.append(good)
-    ok = torch.cat(ok)
-    keep = ok.nonzero().flatten().tolist()
+    loader = make_loader(split, batch_size=batch_size, shuffle=False, workers=workers, drop_last=False, device=device)
+    loader.set_epoch(0)
+    feats, kept, skipped = [], [], 0
+    for batch in loader.batches():
+        skipped += batch.skipped
+        if len(batch.indices):
+            feats.append(fc7_features(model, [batch.images]))
+            kept += batch.indices.tolist()
+    if not feats:
+        raise UserError(f"{listing.root} holds no readable images to search")
     entry = {
         "format": CACHE_FORMAT,
-        "features": torch.cat(feats)[ok],
-        "files": [listing.files[i] for i in keep],
-        "labels": [listing.labels[i] for i in keep],
-        "skipped": int((~ok).sum()),
+        "features": torch.cat(feats),
+        "files": [listing.files[i] for i in kept],
+        "labels": [listing.labels[i] for i in kept],
+        "skipped": skipped,
     }
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,65 +175,49 @@ def find_neighbors(checkpoint, data, queries, out_dir, *, k: int = 6, preset: st
 
     ``data``: one split folder of class subfolders (the training images to search); ``queries``:
     image files. The picture (:func:`neighbor_picture`) has one row per query: the query, a gap,
-    then its ``k`` neighbours, nearest first. Training features are cached in ``cache_dir``
-    (default :func:`default_cache_dir`) unless ``use_cache`` is False.
+    then its ``k`` neighbours, nearest first (``k`` is clamped to the images there, with a note).
+    Training features are cached in ``cache_dir`` (default :func:`default_cache_dir`) unless
+    ``use_cache`` is False.
     """
     if k < 1:
         raise UserError(f"--k must be a positive integer, got {k}")
     if not queries:
         raise UserError("no query images given; pass one or more image files with --queries")
-    checkpoint = Path(checkpoint)
-    state, meta = load_weights(checkpoint)
-    name = preset or meta.get("preset") or infer_preset(state)
-    model = build_model(name, mode="grouped", device=device, num_classes=meta["num_classes"])
-    load_into(model, state)
-    listing = list_split(data).images()
-    if not listing.files:
-        raise UserError(f"data folder {data} holds no image files in its class folders")
-    prep = _Preprocess(listing, model.spec.input_size, meta)
-
-    stored, query_inputs = [], []
-    for q in queries:
-        q = Path(q)
-        if not q.is_file():
-            what = "is a folder, not an image file" if q.is_dir() else "does not exist"
-            raise UserError(f"query image {q} {what}; pass image files with --queries")
-        try:
-            img = prep.stored(q)
-        except CorruptImage as exc:
-            raise UserError(f"query image {q} cannot be read ({exc}); pass a JPEG or PNG file") from None
-        stored.append(img)
-        query_inputs.append(prep.network_input(img))
+    model, ck, split = open_for_inference(checkpoint, data, preset=preset, device=device)
+    stored, query_inputs = zip(*(_query(Path(q), split) for q in queries))
     # both folders are checked before the (long) feature pass, not after it
     out = output_folder(out_dir)
     if use_cache:
         cache_dir = output_folder(
             cache_dir or default_cache_dir(), "--cache DIR (or turn the cache off with --no-cache)"
         )
-    query_feats = fc7_features(model, [torch.stack(query_inputs).to(device)])
-
-    db, cached = training_features(model, listing, prep, checkpoint=checkpoint, preset=name, batch_size=batch_size,
+    query_feats = fc7_features(model, [torch.stack(query_inputs).to(next(model.parameters()).device)])
+    db, cached = training_features(model, split, checkpoint=ck.path, preset=ck.preset, batch_size=batch_size,
                                    workers=workers, device=device, cache_dir=cache_dir if use_cache else None)
+    notes = []
+    if k > len(db["files"]):
+        notes.append(f"--k {k} is more than the {len(db['files'])} readable training images; showing "
+                     f"{len(db['files'])} per query")
+        k = len(db["files"])
     distances, indices = nearest(query_feats, db["features"], k)
-
+    listing = split.dataset.source
+    position = {f: i for i, f in enumerate(listing.files)}
     query_tiles, neighbor_tiles, results = [], [], []
-    blank = torch.ones(3, tile, tile)
     for qi, q in enumerate(queries):
         found = []
         query_tiles.append(_tile(stored[qi], tile))
         for d, i in zip(distances[qi].tolist(), indices[qi].tolist()):
             rel = db["files"][i]
             found.append({"path": str(listing.root / rel), "class": listing.classes[db["labels"][i]], "distance": d})
-            neighbor_tiles.append(_tile(prep.stored(listing.root / rel), tile))
-        neighbor_tiles.extend([blank] * (k - len(found)))  # fewer training images than k
+            neighbor_tiles.append(_tile(split.dataset.image(position[rel]), tile))
         results.append({"query": str(q), "neighbors": found})
     picture = out / "neighbors.png"
     save_image(neighbor_picture(query_tiles, neighbor_tiles, k), picture)
     return {
-        "checkpoint": str(checkpoint), "preset": name, "data": str(listing.root), "k": k,
+        "checkpoint": str(ck.path), "preset": ck.preset, "data": str(listing.root), "k": k,
         "images": len(db["files"]), "skipped": db["skipped"], "cached": cached,
         "feature_dim": int(db["features"].shape[1]),
-        "queries": results, "files": {"neighbors": str(picture)},
+        "queries": results, "files": {"neighbors": str(picture)}, "notes": notes,
     }
 
 

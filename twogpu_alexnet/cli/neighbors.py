@@ -70,5 +70,7 @@ def run(args) -> int:
     source = "cached" if result["cached"] else "computed"
     console.print(f"{result['images']} training images ({source} fc7 features, {result['feature_dim']}-d)"
                   + (f", {result['skipped']} unreadable skipped" if result["skipped"] else ""))
+    for note in result["notes"]:
+        console.print(f"note: {note}")
     console.print(f"wrote {result['files']['neighbors']}")
     return 0

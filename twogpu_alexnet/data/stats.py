@@ -57,6 +57,13 @@ class Stats:
             "pixels": self.pixels,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Stats":
+        """The inverse of :meth:`to_dict` (as a training checkpoint's ``data_stats`` holds it)."""
+        return cls(*(torch.as_tensor(d[k], dtype=torch.float64) for k in
+                     ("mean_image", "channel_mean", "covariance", "eigenvalues", "eigenvectors")),
+                   int(d["images"]), int(d["pixels"]))
+
     def summary(self) -> dict:
         """JSON-friendly numbers (no mean image)."""
         return {
