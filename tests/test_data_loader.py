@@ -153,3 +153,35 @@ def test_a_batch_of_only_corrupt_images_is_empty(tmp_path, data_write_images):
     loader = make_loader(split, batch_size=2, shuffle=False, workers=0, drop_last=False)
     (x, y, skipped), = _batches(loader, 0)
     assert skipped == 2 and x.shape == (0, 3, 8, 8) and y.shape == (0,)
+
+
+@pytest.mark.parametrize("input_size,train,views", [(32, True, 1), (32, False, 10), (16, False, 1), (224, True, 1),
+                                                    (224, False, 10)])
+def test_device_cache_gives_the_worker_batches(tmp_path, data_write_images, input_size, train, views):
+    """data.cache: images decoded once into device memory ("cpu" here), cropped there: the same batches."""
+    rng = np.random.default_rng(4)
+    files = {f"{c}/{i}.png": rng.integers(0, 255, (20, 26, 3)) for c in "ab" for i in range(9)}
+    data_write_images(tmp_path / "train", files)
+    data_write_images(tmp_path / "val", {"a/v.png": files["a/0.png"], "b/w.png": files["b/0.png"]})
+    (tmp_path / "train" / "b" / "3.png").write_bytes(b"not an image")         # skipped and counted by both
+    split = open_split("imagefolder", tmp_path, "train", DataOptions(input_size=input_size, seed=5, crop_group=4),
+                       train=train, views=views)
+    workers = _batches(make_loader(split, batch_size=5, workers=0, seed=2, drop_last=False), 3)
+    cached = _batches(make_loader(split, batch_size=5, workers=0, seed=2, drop_last=False, cache=True), 3)
+    assert _same(workers, cached) and sum(k for _, _, k in cached) == 1
+    resumed = make_loader(split, batch_size=5, workers=0, seed=2, drop_last=False, cache=True)
+    assert _same(_batches(resumed, 3, start=2), cached[2:])
+
+
+def test_trainer_loader_settings(synthetic_train):
+    from twogpu_alexnet.engine.config import load_config
+    from twogpu_alexnet.engine.distributed import DistContext
+    from twogpu_alexnet.engine.train import make_data_loader
+
+    ctx = DistContext()
+    auto = make_data_loader(load_config(None, ["data.workers=-1"]), synthetic_train, 8, ctx, True, False)
+    assert auto.dataloader.num_workers == 4                                  # CPU runs: 4; GPU runs: cores - 2
+    with pytest.raises(UserError, match="data.cache=gpu"):
+        make_data_loader(load_config(None, ["data.cache=gpu"]), synthetic_train, 8, ctx, True, False)
+    with pytest.raises(UserError, match="data.workers"):
+        load_config(None, ["data.workers=-2"])

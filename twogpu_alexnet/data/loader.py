@@ -212,10 +212,11 @@ def _wait_for_sigterm(parent: int) -> None:
 
 def make_loader(split: Split, batch_size: int = 128, shuffle: bool = True, workers: int = 4, seed: int = 0,
                 drop_last: bool = True, distributed: bool = False, rank: int = 0, world_size: int = 1,
-                device="cpu", finish: bool = True, prefetch_factor: int = 2) -> Loader:
+                device="cpu", finish: bool = True, prefetch_factor: int = 2, cache: bool = False) -> Loader:
     """A loader over ``split.dataset`` (see the module docstring for order, resume and skipped images).
 
     Batches arrive on ``device``: finished (float32) by default, or as uint8 views with ``finish=False``.
+    ``cache``: decode the split once into ``device`` memory and crop there (cache.py; small data).
     """
     if batch_size < 1:
         raise UserError(f"batch_size {batch_size} must be at least 1; set a positive batch size.")
@@ -231,6 +232,10 @@ def make_loader(split: Split, batch_size: int = 128, shuffle: bool = True, worke
         raise UserError(f"rank {rank} is outside 0..{world_size - 1}; pass the process's rank and the world size.")
     sampler = EpochBatchSampler(len(split.dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
                                 rank=rank, world_size=world_size)
+    if cache:
+        from .cache import CachedLoader
+
+        return CachedLoader(split, sampler, device, finish, workers)
     shape = split.pipeline.sample_shape
     check_shared_memory(batch_size * torch.Size(shape).numel(), workers, prefetch_factor)
     extra = ({"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": _worker_init}

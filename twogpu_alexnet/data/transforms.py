@@ -188,17 +188,22 @@ class Pipeline:
         """(uint8 view(s), float64 parameter row) of image ``index`` at position ``slot`` of ``epoch``'s order."""
         g, s = self.geometry, self.geometry.input_size
         img = channels_last(img)
-        row = torch.zeros(PARAMS, dtype=torch.float64)
         if not self.train:
+            row = torch.zeros(PARAMS, dtype=torch.float64)
             if self.views == 10:
                 return ten_views(F.pad(img, [g.pad] * 4, fill=0) if g.pad else img, s), row
             return (img if g.pad else channels_last(F.center_crop(img, [s, s]))), row
+        row = self.params(index, epoch, slot)
+        top, left, flip = int(row[0]), int(row[1]), bool(row[2])
+        view = F.crop(F.pad(img, [g.pad] * 4, fill=0) if g.pad else img, top, left, s, s)
+        return channels_last(F.horizontal_flip(view) if flip else view), row
+
+    def params(self, index: int, epoch: int, slot: int | None = None) -> torch.Tensor:
+        """The parameter row of a training view: crop top, left, reflection, colour offset (float64)."""
         group = None if not self.crop_group else (index if slot is None else slot) // self.crop_group
-        p = augment_params(self.seed, epoch, index, g, group)
-        view = F.crop(F.pad(img, [g.pad] * 4, fill=0) if g.pad else img, p.top, p.left, s, s)
+        p = augment_params(self.seed, epoch, index, self.geometry, group)
         offset = [sum(self._pca[c][i] * p.z[i] for i in range(3)) for c in range(3)] if self.noisy else [0.0] * 3
-        row[:] = torch.tensor([p.top, p.left, float(p.flip), *offset], dtype=torch.float64)
-        return channels_last(F.horizontal_flip(view) if p.flip else view), row
+        return torch.tensor([p.top, p.left, float(p.flip), *offset], dtype=torch.float64)
 
     # ----- on the batch's device: the arithmetic, once per batch -----------------------------------
     def finish(self, x: torch.Tensor, params: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:

@@ -22,6 +22,7 @@ CHOICES = {
     "model.mode": ("auto", "two-tower", "grouped"),
     "data.source": ("synthetic", "imagefolder", "store", "cifar10"),
     "data.color_noise": ("paper", "original", "none"),
+    "data.cache": ("none", "gpu"),
     "train.nonfinite": ("stop", "skip"),
     "schedule.kind": ("plateau", "original", "none"),
     "speed.amp": ("none", "bf16", "fp16"),
@@ -40,11 +41,12 @@ class ModelConfig:
 class DataConfig:
     source: str = "imagefolder"  # synthetic | imagefolder | store | cifar10
     root: str = ""  # folder holding train/ and val/ (or a prepared store); unused for synthetic
-    workers: int = 4  # loader worker processes per rank
+    workers: int = -1  # loader worker processes per rank; -1 = cores - 2 (at least 1) on GPU runs, 4 on CPU runs
     color_noise: str = "paper"  # PCA colour augmentation: paper | original | none
     synthetic_images: int = 0  # synthetic source: training images (0 = the data package's default)
     synthetic_val_images: int = 0  # synthetic source: validation images (0 = the data package's default)
     crop_group: int = 0  # > 0: that many consecutive training images share one crop and reflection (2012 code: 32)
+    cache: str = "none"  # gpu: decode the data once into GPU memory as uint8 and augment there (small data)
 
 
 @dataclass
@@ -234,7 +236,9 @@ def validate(config: Config) -> Config:
         raise UserError("model.devices needs model.mode two-tower (2 devices) or grouped (1 device), not auto")
     positive = {"train.epochs": t.epochs, "train.batch_size": t.batch_size, "train.log_every": t.log_every,
                 "checkpoint.every": c.every}
-    non_negative = {"model.num_classes": m.num_classes, "data.workers": d.workers,
+    if d.workers < -1:
+        raise UserError(f"data.workers must be -1 (automatic) or 0 or more, got {d.workers}")
+    non_negative = {"model.num_classes": m.num_classes,
                     "data.synthetic_images": d.synthetic_images, "data.synthetic_val_images": d.synthetic_val_images,
                     "data.crop_group": d.crop_group,
                     "train.max_steps_per_epoch": t.max_steps_per_epoch, "schedule.patience": s.patience,

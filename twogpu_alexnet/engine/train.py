@@ -129,10 +129,15 @@ def make_data_loader(config: Config, split, batch_size: int, ctx: DistContext, t
     """Batches finished on this process's training device (the current CUDA device on GPU runs)."""
     from ..data import make_loader
 
+    d = config.data
+    if d.cache == "gpu" and not use_cuda:
+        raise UserError("data.cache=gpu keeps the images in GPU memory but this run is on the CPU; "
+                        "set data.cache=none")
+    workers = d.workers if d.workers >= 0 else max(1, (os.cpu_count() or 1) - 2) if use_cuda else 4
     device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
-    return make_loader(split, batch_size=batch_size, shuffle=train, workers=config.data.workers,
-                       seed=config.train.seed, drop_last=train, distributed=ctx.enabled, rank=ctx.rank,
-                       world_size=ctx.world_size, device=device)
+    return make_loader(split, batch_size=batch_size, shuffle=train, workers=workers, seed=config.train.seed,
+                       drop_last=train, distributed=ctx.enabled, rank=ctx.rank, world_size=ctx.world_size,
+                       device=device, cache=d.cache == "gpu")
 
 
 def canonical_state(model) -> dict:
