@@ -185,3 +185,14 @@ def test_trainer_loader_settings(synthetic_train):
         make_data_loader(load_config(None, ["data.cache=gpu"]), synthetic_train, 8, ctx, True, False)
     with pytest.raises(UserError, match="data.workers"):
         load_config(None, ["data.workers=-2"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cache", [False, True])
+def test_gpu_batches_equal_the_cpu_batches(synthetic_train, cache):
+    """uint8 batches copied on a side stream (or cached on the GPU) and finished there: the CPU's numbers."""
+    cpu = _batches(make_loader(synthetic_train, batch_size=16, workers=2, seed=7), 1)
+    gpu = make_loader(synthetic_train, batch_size=16, workers=2, seed=7, device="cuda", cache=cache)
+    got = _batches(gpu, 1)
+    assert all(x.is_cuda for x, _, _ in got)
+    assert _same(cpu, [(x.cpu(), y, k) for x, y, k in got])

@@ -1,4 +1,4 @@
-"""``twogpu-alexnet bench data``: input-pipeline images/s per worker (one process, one thread)."""
+"""``twogpu-alexnet bench data``: images/s of the input pipeline to a finished batch, per worker and for N workers."""
 from __future__ import annotations
 
 from rich.table import Table
@@ -9,12 +9,14 @@ from .common import add_json_flag, console_for, print_json
 def add_parser(bench_subparsers) -> None:
     p = bench_subparsers.add_parser(
         "data",
-        help="input pipeline images/s per worker: torchvision reference vs this pipeline (raw and prepared)",
-        description="Images/s of one worker (one process, one thread, CPU time) on the same images for (a) the "
-        "torchvision reference ImageNet training pipeline (PIL + RandomResizedCrop(224) + flip + ToTensor + "
-        "Normalize), (b) this pipeline from the raw files (decode_jpeg, 256 resize/crop, random 224 crop, flip, "
-        "PCA colour, mean image) and (c) the same from a prepared store (made in a temporary folder first). "
-        "Example: twogpu-alexnet bench data --data ILSVRC2012/val --images 200 --json",
+        help="input pipeline images/s per worker: torchvision reference vs this pipeline (folders, stores)",
+        description="Images/s of one worker (one process, one thread, CPU time) on the same images, each to a "
+        "finished float32 training batch: (a) the torchvision reference ImageNet training pipeline (PIL + "
+        "RandomResizedCrop(224) + flip + ToTensor + Normalize), (b) this pipeline from the raw files, (c) from a "
+        "prepared JPEG store and (d) from a raw store (both made in a temporary folder first). --workers N adds "
+        "the wall-time rate through the loader with N worker processes; --device cuda adds the rates to batches "
+        "finished on the GPU and from the GPU cache. "
+        "Example: twogpu-alexnet bench data --data ILSVRC2012/val --images 200 --workers 14 --device cuda --json",
     )
     p.add_argument("--data", required=True, help="split folder of class subfolders with images")
     p.add_argument(
@@ -22,6 +24,8 @@ def add_parser(bench_subparsers) -> None:
     )
     p.add_argument("--seconds", type=float, default=3.0, help="CPU seconds per pipeline (default: 3)")
     p.add_argument("--input-size", type=int, default=224, help="network input size (default: 224)")
+    p.add_argument("--workers", type=int, default=0, help="also measure the loader with N workers (default: 0, off)")
+    p.add_argument("--device", help="also measure batches finished on this CUDA device, e.g. cuda:0")
     add_json_flag(p)
     p.set_defaults(run=run)
 
@@ -30,28 +34,37 @@ def run(args) -> int:
     from ..data.bench import bench_data
 
     console = console_for(args)
-    stages = {"prepare": "preparing a temporary store...", "measure": "measuring (pipelines take turns)..."}
+    stages = {"prepare": "preparing temporary stores...", "measure": "measuring (pipelines take turns)..."}
     with console.status("") as status:
         result = bench_data(args.data, images=args.images, seconds=args.seconds, input_size=args.input_size,
+                            workers=args.workers, device=args.device,
                             progress=lambda stage: status.update(stages[stage]))
     if args.json:
         print_json(result)
         return 0
-    table = Table(title=f"input pipeline, one worker (1 process, 1 thread): {result['images']} images from "
-                  f"{result['data']}, mean {result['mean_width']:.0f}x{result['mean_height']:.0f}",
-                  title_justify="left")
-    for col in ("pipeline", "images/s", "vs reference"):
-        table.add_column(col, justify="left" if col == "pipeline" else "right")
-    ref = result["reference_img_s"]
-    rows = [
-        ("(a) torchvision reference (PIL, RandomResizedCrop, ToTensor, Normalize)", ref),
-        ("(b) this pipeline, raw files", result["raw_img_s"]),
-        (
-            f"(c) this pipeline, prepared store ({result['store_bytes_per_image'] / 1024:.1f} KiB/image)",
-            result["prepared_img_s"],
-        ),
-    ]
-    for name, rate in rows:
-        table.add_row(name, f"{rate:,.0f}", f"{rate / ref:.2f}x")
-    console.print(table)
+    console.print(table(result))
     return 0
+
+
+def table(result: dict) -> Table:
+    t = Table(title=f"input pipeline to a finished float32 batch, one worker (1 process, 1 thread): "
+              f"{result['images']} images from {result['data']}, mean "
+              f"{result['mean_width']:.0f}x{result['mean_height']:.0f}", title_justify="left")
+    for col in ("pipeline", "images/s", "vs reference", "arithmetic share"):
+        t.add_column(col, justify="left" if col == "pipeline" else "right")
+    ref = result["reference_img_s"]
+    t.add_row("(a) torchvision reference (PIL, RandomResizedCrop, ToTensor, Normalize)", f"{ref:,.0f}", "1.00x", "")
+    rows = [("raw", "(b) this pipeline, raw files"),
+            ("prepared", f"(c) this pipeline, JPEG store ({result['store_bytes_per_image'] / 1024:.1f} KiB/image)"),
+            ("prepared_raw", "(d) this pipeline, raw store")]
+    for key, name in rows:
+        rate = result[f"{key}_img_s"]
+        t.add_row(name, f"{rate:,.0f}", f"{rate / ref:.2f}x", f"{100 * result[f'{key}_finish_share']:.0f}%")
+    for key, name in (("loader", "JPEG store, {n} workers, CPU batches (wall)"),
+                      ("device", "JPEG store, {n} workers, finished on the GPU (wall)"),
+                      ("cache", "GPU cache (wall)")):
+        if f"{key}_img_s" in result:
+            t.add_row(name.format(n=result["loader_workers"]), f"{result[f'{key}_img_s']:,.0f}", "", "")
+    t.caption = (f"shared memory per image: {result['shm_bytes_per_image']:,} bytes (uint8; float32 would be "
+                 f"{result['float32_bytes_per_image']:,})")
+    return t

@@ -1,12 +1,18 @@
-"""``bench data``: images/s of one worker (one process, one thread) for three input pipelines on the same images.
+"""``bench data``: images/s of the whole path to a device-ready batch, per worker and for N workers.
 
+Per worker (one process, one thread, CPU time), on the same images, each ending in a finished float32
+training batch (random crop, reflection, paper colour noise, mean image) on the CPU:
 (a) reference: torchvision's reference ImageNet training preset -- PIL open + convert("RGB"),
-    RandomResizedCrop(224), RandomHorizontalFlip, ToTensor, Normalize.
-(b) raw: this package from the original files -- decode_jpeg, shorter side 256 + centre crop, random
-    224 crop, flip, paper PCA colour noise, mean-image subtraction (float32 out, like (a)).
-(c) prepared: the same transforms from a prepared store (256 x 256 JPEGs).
+    RandomResizedCrop(224), RandomHorizontalFlip, ToTensor, Normalize -- then stacked into a batch.
+(b) raw: this pipeline from the original files (decode, shorter side 256 + centre crop, then as (c)).
+(c) prepared: from a prepared JPEG store (256 x 256); (d) prepared_raw: from a raw (uncompressed) store.
+Each of (b)-(d) is the worker part (decode, crop, reflect, collate uint8) plus the arithmetic part
+(``finish``) once per batch; ``*_finish_share`` says how much of the time the arithmetic takes.
 
-Each pipeline maps a file index to one finished float32 sample; none batches or uses threads.
+``shm_bytes_per_image``: what one image costs in shared memory between worker and trainer (uint8 view).
+With ``workers`` > 0 the JPEG store is also read through ``make_loader`` with that many worker
+processes (wall time, ``loader_img_s``), and with a CUDA ``device`` the batches are finished there
+(``device_img_s``) and read from the GPU cache (``cache_img_s``).
 """
 from __future__ import annotations
 
@@ -19,49 +25,82 @@ import torch
 
 from ..errors import UserError
 from .folders import list_split
+from .loader import Collate
 from .split import FolderSource, StoreSource
 from .store import prepare_store
 from .transforms import Pipeline, geometry_for
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+BATCH = 32
 
 
 def _rates(fns: dict, count: int, seconds: float) -> dict:
-    """Images/s of each ``fn(i)`` over indices 0..count-1, measured in CPU time of this process.
+    """Images/s of each ``fn(indices)`` (a batch maker) over 0..count-1, in CPU time of this process.
 
-    The pipelines take turns, one pass over the images each, until together they have used
-    ``seconds`` per pipeline, so a shared or throttled machine slows them all alike; CPU time
-    (not wall time) leaves out the time other processes hold the core.
+    The pipelines take turns, one pass over the images each, until each has used ``seconds``, so a
+    shared or throttled machine slows them all alike; CPU time leaves out time other processes hold the core.
     """
+    batches = [list(range(lo, min(count, lo + BATCH))) for lo in range(0, count, BATCH)]
     for fn in fns.values():                 # warm-up
-        for i in range(min(8, count)):
-            fn(i)
+        fn(batches[0][:8])
     spent = {name: 0.0 for name in fns}
     done = 0
     while min(spent.values()) < seconds:
         for name, fn in fns.items():
             start = time.process_time()
-            for i in range(count):
-                fn(i)
+            for b in batches:
+                fn(b)
             spent[name] += time.process_time() - start
         done += count
     return {name: done / spent[name] for name in fns}
 
 
-def bench_data(
-    data, *, images: int = 200, seconds: float = 3.0, input_size: int = 224, workdir=None, progress=None
-) -> dict:
-    """Measure (a), (b), (c) on up to ``images`` files of split folder ``data`` (evenly spaced over the classes).
+def _subset(listing, picked: list[int], tmp: Path) -> Path:
+    subset = tmp / "subset"
+    for i in picked:
+        link = subset / listing.files[i]
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink((listing.root / listing.files[i]).resolve(), link)
+    return subset
 
-    ``seconds``: CPU seconds per pipeline. ``progress(stage)`` is called with "prepare", then "measure".
-    """
+
+def _worker_batch(pipeline: Pipeline, image, collate: Collate):
+    """The worker part for a list of indices: decode, crop, reflect, collate (uint8 + parameter rows)."""
+    def run(indices):
+        return collate([(*pipeline(image(i), i, 0), 0, i) for i in indices])
+    return run
+
+
+def _reference(files, input_size: int):
     import torchvision.transforms as T
     from PIL import Image
 
-    listing = list_split(data, "--data folder").images()
+    preset = T.Compose([T.RandomResizedCrop(input_size), T.RandomHorizontalFlip(), T.ToTensor(),
+                        T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def run(indices):
+        out = []
+        for k in indices:
+            with Image.open(files[k]) as im:
+                out.append(preset(im.convert("RGB")))
+        return torch.stack(out)
+    return run
+
+
+def bench_data(data, *, images: int = 200, seconds: float = 3.0, input_size: int = 224, workers: int = 0,
+               device=None, workdir=None, progress=None) -> dict:
+    """Measure the rows of the module docstring on up to ``images`` files of split folder ``data``.
+
+    ``seconds``: CPU seconds per pipeline. ``progress(stage)`` is called with "prepare", then "measure".
+    """
     if images < 1:
         raise UserError(f"--images {images} must be at least 1; use e.g. --images 200.")
+    if not seconds > 0:
+        raise UserError(f"--seconds {seconds} must be more than 0; use e.g. --seconds 3.")
+    if workers < 0:
+        raise UserError(f"--workers {workers} must be 0 or more; use e.g. --workers 4.")
+    listing = list_split(data, "--data folder").images()
     step = max(1, len(listing.files) // images)
     picked = list(range(0, len(listing.files), step))[:images]
     geometry = geometry_for(input_size)
@@ -69,53 +108,89 @@ def bench_data(
     torch.set_num_threads(1)
     try:
         with tempfile.TemporaryDirectory(dir=workdir, prefix="twogpu-alexnet-bench-") as tmp:
-            subset = Path(tmp) / "subset"
-            for i in picked:
-                link = subset / listing.files[i]
-                link.parent.mkdir(parents=True, exist_ok=True)
-                os.symlink((listing.root / listing.files[i]).resolve(), link)
+            tmp = Path(tmp)
+            subset = _subset(listing, picked, tmp)
             if progress:
                 progress("prepare")
-            prepared = prepare_store(subset, Path(tmp) / "store", size=geometry.image_size, workers=1)
-            store = StoreSource(Path(tmp) / "store")
+            splits = tmp / "splits"            # a store root (train/, val/) for make_loader
+            prepared = prepare_store(subset, splits / "train", size=geometry.image_size, workers=1)
+            os.symlink(splits / "train", splits / "val")
+            prepare_store(subset, tmp / "raw", size=geometry.image_size, fmt="raw", workers=1)
+            store, raw_store = StoreSource(splits / "train"), StoreSource(tmp / "raw")
             if len(store) == 0:
-                raise UserError(
-                    f"none of the {len(picked)} benchmark images in {listing.root} could be "
-                    f"decoded; point --data at a folder of readable images."
-                )
-            stats = store.stats()
-            pipeline = Pipeline(stats, geometry, train=True, color_noise="paper", seed=0)
-            raw = FolderSource(listing, geometry.image_size)
-            good = [picked[int(i)] for i in store.ids]          # the files that decode, in store order
-            reference = T.Compose([T.RandomResizedCrop(input_size), T.RandomHorizontalFlip(), T.ToTensor(),
-                                   T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-            ref_files = [listing.root / listing.files[i] for i in good]
-
-            def ref_one(k):
-                with Image.open(ref_files[k]) as im:
-                    return reference(im.convert("RGB"))
-
-            sizes = []
-            for f in ref_files:
-                with Image.open(f) as im:
-                    sizes.append(im.size)
-            result = {
-                "data": str(listing.root),
-                "images": len(good),
-                "input_size": input_size,
-                "threads": 1,
-                "mean_width": sum(w for w, _ in sizes) / len(sizes),
-                "mean_height": sum(h for _, h in sizes) / len(sizes),
-                "store_bytes_per_image": prepared["bytes_per_image"],
-            }
-            if progress:
-                progress("measure")
-            rates = _rates({"reference": ref_one,
-                            "raw": lambda k: pipeline(raw.image(good[k]), k, 0),
-                            "prepared": lambda k: pipeline(store.image(k), k, 0)}, len(good), seconds)
-            result.update({f"{name}_img_s": rate for name, rate in rates.items()})
+                raise UserError(f"none of the {len(picked)} benchmark images in {listing.root} could be "
+                                f"decoded; point --data at a folder of readable images.")
+            result = _measure(listing, picked, store, raw_store, geometry, seconds, progress)
+            result["store_bytes_per_image"] = prepared["bytes_per_image"]
+            result.update(_loaders(splits, len(store), geometry, workers, device, seconds))
     finally:
         torch.set_num_threads(threads)
-    result["raw_speedup"] = result["raw_img_s"] / result["reference_img_s"]
-    result["prepared_speedup"] = result["prepared_img_s"] / result["reference_img_s"]
     return result
+
+
+def _measure(listing, picked, store, raw_store, geometry, seconds, progress) -> dict:
+    pipeline = Pipeline(store.stats(), geometry, train=True, color_noise="paper", seed=0)
+    collate = Collate(pipeline.sample_shape)
+    good = [picked[int(i)] for i in store.ids]          # the files that decode, in store order
+    folder = FolderSource(listing, geometry.image_size)
+    worker = {"raw": _worker_batch(pipeline, lambda k: folder.image(good[k]), collate),
+              "prepared": _worker_batch(pipeline, store.image, collate),
+              "prepared_raw": _worker_batch(pipeline, raw_store.image, collate)}
+    finish = {name: (lambda fn: lambda idx: pipeline.finish(*fn(idx)[:2]))(fn) for name, fn in worker.items()}
+    files = [listing.root / listing.files[i] for i in good]
+    sizes = [folder_image_size(f) for f in files]
+    if progress:
+        progress("measure")
+    rates = _rates({"reference": _reference(files, geometry.input_size), **finish}, len(good), seconds)
+    worker_only = _rates(worker, len(good), seconds / 3)
+    result = {"data": str(listing.root), "images": len(good), "input_size": geometry.input_size, "threads": 1,
+              "mean_width": sum(w for w, _ in sizes) / len(sizes),
+              "mean_height": sum(h for _, h in sizes) / len(sizes),
+              "shm_bytes_per_image": torch.Size(pipeline.sample_shape).numel(),
+              "float32_bytes_per_image": 4 * torch.Size(pipeline.sample_shape).numel()}
+    result.update({f"{name}_img_s": rate for name, rate in rates.items()})
+    for name in worker:
+        result[f"{name}_speedup"] = rates[name] / rates["reference"]
+        result[f"{name}_finish_share"] = max(0.0, 1 - rates[name] / worker_only[name])
+    return result
+
+
+def folder_image_size(path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size
+
+
+def _loaders(root: Path, count: int, geometry, workers: int, device, seconds: float) -> dict:
+    """Wall-time images/s through make_loader (N workers; the GPU when given; the GPU cache)."""
+    from .loader import make_loader
+    from .split import DataOptions, open_split
+
+    out = {}
+    if not workers and device is None:
+        return out
+    split = open_split("store", root, "train", DataOptions(input_size=geometry.input_size))
+    runs = {"loader": dict(workers=workers, device="cpu")}
+    if device is not None and torch.device(device).type == "cuda":
+        runs.update(device=dict(workers=workers, device=device), cache=dict(workers=workers, device=device, cache=True))
+    for name, kw in runs.items():
+        loader = make_loader(split, batch_size=min(BATCH, count), drop_last=True, **kw)
+        out[f"{name}_img_s"] = _wall_rate(loader, seconds)
+    out["loader_workers"] = workers
+    return out
+
+
+def _wall_rate(loader, seconds: float) -> float:
+    loader.set_epoch(0)
+    for _ in loader:                        # warm-up: workers started, cache filled
+        break
+    n, epoch, start = 0, 1, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        loader.set_epoch(epoch)
+        for x, _, _ in loader:
+            n += len(x)
+        epoch += 1
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - start)
