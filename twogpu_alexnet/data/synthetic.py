@@ -94,8 +94,20 @@ def synthetic_images(
     blobs = nnf.interpolate(coarse.float(), size=(size, size), mode="bicubic", align_corners=True)[:, 0]
     blobs = blobs / blobs.std(dim=(1, 2), keepdim=True).clamp_min(1e-6)
     blobs = blobs.clamp(-2, 2) * (math.sqrt(2) / 2)
-    # shape classes: a mirror-symmetric pattern kind, 2..3 periods (+1 per frequency band), random phase
-    k = (labels - n_colour).clamp_min(0)
+    grating = _shape_patterns(u, (labels - n_colour).clamp_min(0), xx, yy)
+    pattern = torch.where(is_colour.view(-1, 1, 1), blobs, grating)
+    hue = torch.where(is_colour, labels / n_colour + (u[:, 0] - 0.5) * 0.04, u[:, 0])
+    colour = hue_to_rgb(hue)
+    cast = CAST * 2 * (colour - colour.mean(dim=1, keepdim=True))     # zero-mean colour direction
+    brightness = 128.0 + 30.0 * (u[:, 4] - 0.5)
+    base = (brightness.view(-1, 1) + cast).float().view(-1, 3, 1, 1)
+    img = noise.mul_(NOISE_STD).add_(base).add_(PATTERN * pattern.unsqueeze(1))
+    return img.clamp_(0, 255).add_(0.5).floor_().to(torch.uint8), labels   # round half up
+
+
+def _shape_patterns(u: torch.Tensor, k: torch.Tensor, xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
+    """The shape classes' luminance patterns (N x S x S): kind k % 5, 2..3 periods (+1 per frequency band),
+    random phase and tilt from the image's uniforms ``u``."""
     kind, band = k % len(PATTERNS), (k // len(PATTERNS)).to(torch.float64)
     tilt = ((u[:, 1] - 0.5) * math.radians(8)).view(-1, 1, 1).float()
     cycles = (2.0 + u[:, 2] + band).view(-1, 1, 1).float()
@@ -113,15 +125,7 @@ def synthetic_images(
         torch.sin(w * ((xx - cx) ** 2 + (yy - cy) ** 2).sqrt() + phase) * math.sqrt(2),   # rings
         torch.sin(w * diag * (xr + yr) + phase) + torch.sin(w * diag * (xr - yr) + phase2),               # plaid
     ])                                                                              # 5 x N x S x S
-    grating = shapes[kind, torch.arange(n)]
-    pattern = torch.where(is_colour.view(-1, 1, 1), blobs, grating)
-    hue = torch.where(is_colour, labels / n_colour + (u[:, 0] - 0.5) * 0.04, u[:, 0])
-    colour = hue_to_rgb(hue)
-    cast = CAST * 2 * (colour - colour.mean(dim=1, keepdim=True))     # zero-mean colour direction
-    brightness = 128.0 + 30.0 * (u[:, 4] - 0.5)
-    base = (brightness.view(-1, 1) + cast).float().view(-1, 3, 1, 1)
-    img = noise.mul_(NOISE_STD).add_(base).add_(PATTERN * pattern.unsqueeze(1))
-    return img.clamp_(0, 255).add_(0.5).floor_().to(torch.uint8), labels   # round half up
+    return shapes[kind, torch.arange(len(k))]
 
 
 def synthetic_image(
