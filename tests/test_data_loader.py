@@ -196,3 +196,24 @@ def test_gpu_batches_equal_the_cpu_batches(synthetic_train, cache):
     got = _batches(gpu, 1)
     assert all(x.is_cuda for x, _, _ in got)
     assert _same(cpu, [(x.cpu(), y, k) for x, y, k in got])
+
+
+@pytest.mark.parametrize("train,views", [(True, 1), (False, 10)])
+def test_decoding_on_the_device_gives_the_worker_batches(tmp_path, data_write_images, train, views):
+    """data.decode=gpu: workers send a JPEG store's bytes, the loader decodes them on its device ("cpu" here)."""
+    from twogpu_alexnet.data.store import prepare_store
+
+    rng = np.random.default_rng(6)
+    files = {f"{c}/{i}.jpg": rng.integers(0, 255, (40, 50, 3)) for c in "ab" for i in range(6)}
+    data_write_images(tmp_path / "src", files)
+    prepare_store(tmp_path / "src", tmp_path / "store" / "train", size=32, workers=1)
+    (tmp_path / "store" / "val").symlink_to(tmp_path / "store" / "train")
+    options = DataOptions(input_size=32, seed=1)
+    cpu = open_split("store", tmp_path / "store", "train", options, train=train, views=views)
+    gpu = open_split("store", tmp_path / "store", "train", DataOptions(input_size=32, seed=1, decode="gpu"),
+                     train=train, views=views)
+    a = _batches(make_loader(cpu, batch_size=5, workers=0, seed=3, drop_last=False), 2)
+    b = _batches(make_loader(gpu, batch_size=5, workers=1, seed=3, drop_last=False), 2)
+    assert _same(a, b)
+    with pytest.raises(UserError, match="data.decode"):
+        open_split("synthetic", None, "train", DataOptions(input_size=32, decode="gpu"))

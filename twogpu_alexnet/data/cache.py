@@ -15,7 +15,7 @@ from ..errors import UserError
 from .decode import CorruptImage
 from .loader import Batch, EpochBatchSampler, Loader
 from .split import Split
-from .transforms import ten_views
+from .transforms import PARAMS, ten_views
 
 
 class _Stored(torch.utils.data.Dataset):
@@ -69,20 +69,26 @@ class CachedLoader(Loader):
             yield self._batch(keys)
 
     def _batch(self, keys) -> Batch:
-        pipe, s = self.split.pipeline, self.split.pipeline.geometry.input_size
+        pipe = self.split.pipeline
         drawn, keys = len(keys), [k for k in keys if self.readable[k[0]]]
-        skipped = drawn - len(keys)
         index = torch.tensor([k[0] for k in keys], dtype=torch.int64)
         labels = torch.tensor([self.split.dataset.labels[i] for i in index.tolist()], dtype=torch.int64)
-        if pipe.train:
-            params = torch.stack([pipe.params(*k) for k in keys]) if keys else torch.empty(0, 6, dtype=torch.float64)
-            views = _crops(self.images, index.to(self.device), params.to(self.device), s)
-        else:
-            params = None
-            views = torch.stack([_eval_views(self.images[i], pipe) for i in index.tolist()]) if keys else \
-                torch.empty((0, *pipe.sample_shape), dtype=torch.uint8, device=self.device)
+        params = torch.stack([pipe.params(*k) for k in keys]) if pipe.train and keys else \
+            torch.zeros(len(keys), PARAMS, dtype=torch.float64)
+        views = device_views(self.images, index.to(self.device), params.to(self.device), pipe)
         x = pipe.finish(views, params) if self.finish else views
-        return Batch(x, labels, skipped, index)
+        return Batch(x, labels, drawn - len(keys), index)
+
+
+def device_views(images: torch.Tensor, index: torch.Tensor, params: torch.Tensor, pipe) -> torch.Tensor:
+    """The uint8 views (N x 3 x s x s, or N x 10 x 3 x s x s) of ``images[index]`` (padded H x W x C images on a
+    device), as the workers make them: training crops by the parameter rows, else the evaluation views."""
+    s = pipe.geometry.input_size
+    if pipe.train:
+        return _crops(images, index, params, s)
+    if not len(index):
+        return torch.empty((0, *pipe.sample_shape), dtype=torch.uint8, device=images.device)
+    return torch.stack([_eval_views(images[i], pipe) for i in index.tolist()])
 
 
 def _crops(images: torch.Tensor, index: torch.Tensor, params: torch.Tensor, s: int) -> torch.Tensor:

@@ -23,6 +23,7 @@ import threading
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as nnf
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, get_worker_info
 
 from ..errors import UserError
@@ -83,23 +84,32 @@ def _shared_empty(shape, dtype) -> torch.Tensor:
 
 
 class Collate:
-    """List of (view or None, params, label, index) -> (uint8 views, params, labels, skipped, indices)."""
+    """List of (view or None, params, label, index) -> (uint8 views, params, labels, skipped, indices).
 
-    def __init__(self, sample_shape):
-        self.sample_shape = tuple(sample_shape)
+    With ``encoded`` the views are JPEG bytes and stay a list (decoded by the loader on its device).
+    """
+
+    def __init__(self, sample_shape, encoded: bool = False):
+        self.sample_shape, self.encoded = tuple(sample_shape), encoded
 
     def __call__(self, items):
         good = [it for it in items if it[0] is not None]
         n = len(good)
+        if self.encoded:
+            return ([x for x, _, _, _ in good], *self._rest(good, items))
         # samples are H, W, C in memory (transforms.channels_last): the batch is written in that order
         hwc = (*self.sample_shape[:-3], *self.sample_shape[-2:], self.sample_shape[-3])
         images = _shared_empty((n, *hwc), torch.uint8)
         for row, (x, _, _, _) in enumerate(good):
             images[row].copy_(x.movedim(-3, -1))
+        return (images.movedim(-1, -3), *self._rest(good, items))
+
+    @staticmethod
+    def _rest(good, items):
         params = torch.stack([p for _, p, _, _ in good]) if good else torch.empty(0, PARAMS, dtype=torch.float64)
         labels = torch.tensor([y for _, _, y, _ in good], dtype=torch.int64)
         indices = torch.tensor([i for _, _, _, i in good], dtype=torch.int64)
-        return images.movedim(-1, -3), params, labels, len(items) - n, indices
+        return params, labels, len(items) - len(good), indices
 
 
 class Batch(NamedTuple):
@@ -150,16 +160,36 @@ class Loader:
             yield self._ready(_arrived(pending, stream))
 
     def _ready(self, raw) -> Batch:
-        images, params, labels, skipped, indices = raw
+        images, params, labels, skipped, indices = _decoded(raw, self.split, self.device) \
+            if isinstance(raw[0], list) else raw
         images = images.to(self.device)
         if self.finish:
             images = self.split.pipeline.finish(images, params.to(self.device))
         return Batch(images, labels, skipped, indices)
 
 
+def _decoded(raw, split: Split, device):
+    """``data.decode = "gpu"``: a batch of JPEG bytes decoded on ``device`` (nvJPEG on CUDA), then cut into views
+    there exactly as the workers cut them (cache.device_views); images that fail to decode are skipped."""
+    from .cache import device_views
+    from .decode import decode_jpeg_batch
+
+    encoded, params, labels, skipped, indices = raw
+    decoded = decode_jpeg_batch(encoded, device) if encoded else []
+    keep = [k for k, img in enumerate(decoded) if img is not None]
+    pad = split.pipeline.geometry.pad
+    hwc = [nnf.pad(decoded[k], [pad] * 4).movedim(0, -1) for k in keep]
+    images = torch.stack(hwc) if hwc else torch.empty(0, 1, 1, 3, dtype=torch.uint8, device=device)
+    params, labels, indices = params[keep], labels[keep], indices[keep]
+    views = device_views(images, torch.arange(len(keep), device=device), params.to(device), split.pipeline)
+    return views, params, labels, skipped + len(encoded) - len(keep), indices
+
+
 def _copy_ahead(raw, device, stream):
     """Start the H2D copy of a batch's views and parameters on ``stream`` (pinned, non-blocking)."""
     images, params, labels, skipped, indices = raw
+    if isinstance(images, list):            # JPEG bytes: decoded on the device when the batch is used
+        return raw
     with torch.cuda.stream(stream):
         images = images.pin_memory().to(device, non_blocking=True)
         params = params.pin_memory().to(device, non_blocking=True)
@@ -168,6 +198,8 @@ def _copy_ahead(raw, device, stream):
 
 def _arrived(staged, stream):
     """Make the compute stream wait for the copy, and tell the allocator the tensors are used there."""
+    if isinstance(staged[0], list):
+        return staged
     current = torch.cuda.current_stream(stream.device)
     current.wait_stream(stream)
     for t in staged[:2]:
@@ -240,6 +272,6 @@ def make_loader(split: Split, batch_size: int = 128, shuffle: bool = True, worke
     check_shared_memory(batch_size * torch.Size(shape).numel(), workers, prefetch_factor)
     extra = ({"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": _worker_init}
              if workers > 0 else {})
-    dataloader = DataLoader(split.dataset, batch_sampler=sampler, num_workers=workers, collate_fn=Collate(shape),
-                            **extra)
+    collate = Collate(shape, encoded=split.dataset.encoded)
+    dataloader = DataLoader(split.dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate, **extra)
     return Loader(split, dataloader, sampler, device, finish)

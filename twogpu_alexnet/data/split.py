@@ -123,11 +123,12 @@ class SplitDataset(Dataset):
 
     A key is an index, or (index, epoch, slot) as the loader's sampler sends it (slot: the position in
     the epoch's order, for crop groups). An unreadable image gives (None, None, label, index): the
-    loader's collate drops it and counts it in ``skipped``.
+    loader's collate drops it and counts it in ``skipped``. With ``encoded`` (``data.decode = "gpu"``)
+    the sample is the stored JPEG's bytes, decoded by the loader on the device.
     """
 
-    def __init__(self, source, pipeline: Pipeline):
-        self.source, self.pipeline = source, pipeline
+    def __init__(self, source, pipeline: Pipeline, encoded: bool = False):
+        self.source, self.pipeline, self.encoded = source, pipeline, encoded
 
     def __len__(self) -> int:
         return len(self.source)
@@ -150,6 +151,8 @@ class SplitDataset(Dataset):
         index, epoch, slot = key if isinstance(key, tuple) else (int(key), 0, int(key))
         label = self.source.labels[index]
         try:
+            if self.encoded:
+                return self.source.encoded(index), self.pipeline.params(index, epoch, slot), label, index
             view, params = self.pipeline(self.source.image(index), index, epoch, slot)
         except (CorruptImage, OSError):
             return None, None, label, index
@@ -168,6 +171,7 @@ class DataOptions:
     seed: int = 0                # augmentation and synthetic images
     images: int = 0              # synthetic: images in this split (0 = the default)
     num_classes: int = 0         # synthetic: classes (0 = the default)
+    decode: str = "cpu"          # gpu: a JPEG store's images are decoded in batches on the loader's device
 
 
 @dataclass
@@ -223,10 +227,13 @@ def open_split(source: str = "synthetic", root=None, split: str = "train", optio
         src, stats = _open_cifar_python(path, split, size)
     else:
         src, stats = _open_folders(path, split, size)
+    if o.decode not in ("cpu", "gpu") or (o.decode == "gpu" and getattr(src, "format", None) != "jpeg"):
+        raise UserError(f"data.decode={o.decode!r} is not possible here: 'gpu' decodes the JPEG shards of a store "
+                        f"made by `twogpu-alexnet prepare` (data.source=store); use data.decode=cpu.")
     pipeline = Pipeline(stats, geometry, train=split == "train" if train is None else train,
                         color_noise=o.color_noise, views=views, seed=o.seed, crop_group=o.crop_group)
-    return Split(list(src.classes), SplitDataset(src, pipeline), stats, pipeline, split, source,
-                 None if root is None else str(root))
+    return Split(list(src.classes), SplitDataset(src, pipeline, encoded=o.decode == "gpu"), stats, pipeline, split,
+                 source, None if root is None else str(root))
 
 
 # --------------------------------------------------------------------------------- per source

@@ -199,7 +199,9 @@ class Pipeline:
         return channels_last(F.horizontal_flip(view) if flip else view), row
 
     def params(self, index: int, epoch: int, slot: int | None = None) -> torch.Tensor:
-        """The parameter row of a training view: crop top, left, reflection, colour offset (float64)."""
+        """The parameter row of a training view: crop top, left, reflection, colour offset (float64; 0 in eval)."""
+        if not self.train:
+            return torch.zeros(PARAMS, dtype=torch.float64)
         group = None if not self.crop_group else (index if slot is None else slot) // self.crop_group
         p = augment_params(self.seed, epoch, index, self.geometry, group)
         offset = [sum(self._pca[c][i] * p.z[i] for i in range(3)) for c in range(3)] if self.noisy else [0.0] * 3
@@ -211,16 +213,19 @@ class Pipeline:
 
         Training batches need their parameter rows (N x PARAMS); evaluation views are at fixed positions.
         """
+        x = x.movedim(-3, -1).contiguous()              # H, W, C memory: rows of W * 3 values
         if not self.train or self.geometry.pad == 0:    # fixed mean: for 224 crops the centre (not reflected)
-            out = torch.sub(x, self._mean(x.device, dtype))
-            if self.noisy:
-                out.add_(params[:, 3:].to(x.device, dtype).view(-1, 3, 1, 1))
-        else:                                             # the mean moves with the crop; padding stays 0
+            out = x.to(dtype).sub_(self._mean(x.device, dtype))
+            if self.noisy:                              # one offset per image along each row (W * 3 values)
+                w = x.shape[-2]
+                out.view(len(x), -1, w * 3).add_(params[:, 3:].to(x.device, dtype).repeat(1, w)[:, None])
+        else:                                           # the mean moves with the crop; padding stays 0
             mean, inside = self._moving_mean(params.to(x.device), dtype)
-            out = torch.sub(x, mean)
+            out = x.to(dtype).sub_(mean)
             if self.noisy:
-                out.add_(params[:, 3:].to(x.device, dtype).view(-1, 3, 1, 1) * inside)
-        return out if self.scale == 1.0 else out.mul_(self.scale)
+                out.add_(params[:, 3:].to(x.device, dtype)[:, None, None] * inside)
+        out = out if self.scale == 1.0 else out.mul_(self.scale)
+        return out.movedim(-1, -3)
 
     def _mean(self, device, dtype) -> torch.Tensor:
         """The fixed mean (3 x s x s, or 10 x 3 x s x s for padded 10 views) on ``device``, cached."""
@@ -233,7 +238,7 @@ class Pipeline:
             elif not g.pad:
                 mean = F.center_crop(mean, [s, s])
             self._means[key] = channels_last(mean).to(device)
-        return self._means[key]
+        return self._means[key].movedim(-3, -1)
 
     def _moving_mean(self, params: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Per sample: the zero-padded mean image and a 0/1 inside-the-image mask at the sample's crop."""
@@ -247,8 +252,8 @@ class Pipeline:
         s, span = self.geometry.input_size, torch.arange(self.geometry.input_size, device=params.device)
         rows = params[:, 0].long()[:, None] + span                               # N x s
         cols = params[:, 1].long()[:, None] + torch.where(params[:, 2:3] > 0, s - 1 - span, span)
-        picked = both[:, rows[:, :, None], cols[:, None, :]].movedim(0, 1)      # N x 4 x s x s
-        return picked[:, :3], picked[:, 3:]
+        picked = both[:, rows[:, :, None], cols[:, None, :]].movedim(0, -1)     # N x s x s x 4
+        return picked[..., :3], picked[..., 3:]
 
     def __getstate__(self):          # device copies of the mean stay in the process that made them
         state = dict(self.__dict__)

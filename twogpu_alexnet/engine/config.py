@@ -23,6 +23,7 @@ CHOICES = {
     "data.source": ("synthetic", "imagefolder", "store", "cifar10"),
     "data.color_noise": ("paper", "original", "none"),
     "data.cache": ("none", "gpu"),
+    "data.decode": ("cpu", "gpu"),
     "train.nonfinite": ("stop", "skip"),
     "schedule.kind": ("plateau", "original", "none"),
     "speed.amp": ("none", "bf16", "fp16"),
@@ -47,6 +48,7 @@ class DataConfig:
     synthetic_val_images: int = 0  # synthetic source: validation images (0 = the data package's default)
     crop_group: int = 0  # > 0: that many consecutive training images share one crop and reflection (2012 code: 32)
     cache: str = "none"  # gpu: decode the data once into GPU memory as uint8 and augment there (small data)
+    decode: str = "cpu"  # gpu: a JPEG store's images are decoded in batches on the GPU (nvJPEG), not in workers
 
 
 @dataclass

@@ -120,9 +120,13 @@ def open_data(config: Config, split: str, *, input_size: int, num_classes: int |
 
     d = config.data
     options = DataOptions(input_size=input_size, color_noise=color_noise or d.color_noise, crop_group=d.crop_group,
-                          seed=config.train.seed, num_classes=num_classes or 0,
+                          seed=config.train.seed, num_classes=num_classes or 0, decode=d.decode,
                           images=d.synthetic_images if split == "train" else d.synthetic_val_images)
     return open_split(d.source, d.root or None, split, options)
+
+
+def value_off(key: str) -> str:
+    return "none" if key == "data.cache" else "cpu"
 
 
 def make_data_loader(config: Config, split, batch_size: int, ctx: DistContext, train: bool, use_cuda: bool):
@@ -130,9 +134,9 @@ def make_data_loader(config: Config, split, batch_size: int, ctx: DistContext, t
     from ..data import make_loader
 
     d = config.data
-    if d.cache == "gpu" and not use_cuda:
-        raise UserError("data.cache=gpu keeps the images in GPU memory but this run is on the CPU; "
-                        "set data.cache=none")
+    for key, value in (("data.cache", d.cache), ("data.decode", d.decode)):
+        if value == "gpu" and not use_cuda:
+            raise UserError(f"{key}=gpu needs a GPU but this run is on the CPU; set {key}={value_off(key)}")
     workers = d.workers if d.workers >= 0 else max(1, (os.cpu_count() or 1) - 2) if use_cuda else 4
     device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
     return make_loader(split, batch_size=batch_size, shuffle=train, workers=workers, seed=config.train.seed,
