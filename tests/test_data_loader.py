@@ -217,3 +217,21 @@ def test_decoding_on_the_device_gives_the_worker_batches(tmp_path, data_write_im
     assert _same(a, b)
     with pytest.raises(UserError, match="data.decode"):
         open_split("synthetic", None, "train", DataOptions(input_size=32, decode="gpu"))
+
+
+@pytest.mark.gpu
+def test_nvjpeg_decoding_is_close_to_the_cpu_decoder(tmp_path, data_write_images):
+    from twogpu_alexnet.data.store import prepare_store
+
+    rng = np.random.default_rng(7)
+    data_write_images(tmp_path / "src", {f"{c}/{i}.jpg": rng.integers(0, 255, (300, 400, 3)) for c in "ab"
+                                         for i in range(4)})
+    prepare_store(tmp_path / "src", tmp_path / "store" / "train", size=256, workers=1)
+    (tmp_path / "store" / "val").symlink_to(tmp_path / "store" / "train")
+    cpu = open_split("store", tmp_path / "store", "train", DataOptions(input_size=224))
+    gpu = open_split("store", tmp_path / "store", "train", DataOptions(input_size=224, decode="gpu"))
+    a = _batches(make_loader(cpu, batch_size=4, workers=0, seed=3), 0)
+    b = _batches(make_loader(gpu, batch_size=4, workers=1, seed=3, device="cuda"), 0)
+    for (x1, y1, _), (x2, y2, _) in zip(a, b):
+        assert x2.is_cuda and torch.equal(y1, y2)
+        assert (x1 - x2.cpu()).abs().mean() < 3.0        # nvJPEG and libjpeg-turbo differ by a few grey levels
