@@ -29,7 +29,8 @@ FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})\s*(?P<lang>[\w+-]*)")
 NO_TEST = re.compile(r"<!--\s*no-test:\s*(?P<reason>.*?)\s*-->")
 INLINE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
 GPU_NAME = re.compile(r"""(["'])cuda(?::\d+)?\1""")
-REPO_FILE = re.compile(r"^(?:launch|configs)/[\w./-]+\.(?:sh|py|toml)$")
+REPO_FILE = re.compile(r"^(?:launch|configs|docs)/[\w./-]+\.(?:sh|py|toml|md)$")
+LINK = re.compile(r"\]\((?!https?:|mailto:|#)([^)\s]+)\)")
 SEPARATORS = {"&&", "||", ";", "|", "&", "(", ")"}
 
 
@@ -119,8 +120,9 @@ def commands(shell: str) -> list[list[str]]:
             if token in SEPARATORS:
                 while segment and (re.match(r"^[A-Za-z_]\w*=", segment[0]) or segment[0] == "time"):
                     segment.pop(0)
-                if segment:
-                    found.append([t[:-3] if t.endswith("...") and t != "..." else t for t in segment if t != "..."])
+                argv = [t[:-3] if t.endswith("...") else t for t in segment if t != "..."]
+                if argv:
+                    found.append(argv)
                 segment = []
             else:
                 segment.append(token)
@@ -157,6 +159,7 @@ def check_command(argv: list[str], complete: bool = True) -> str | None:
 
     ``complete=False``: a command named in prose; missing required options are fine there.
     """
+    from twogpu_alexnet.engine.config import load_config
     from twogpu_alexnet.errors import UserError
 
     for token in argv:
@@ -164,6 +167,14 @@ def check_command(argv: list[str], complete: bool = True) -> str | None:
             if REPO_FILE.match(path) and not (ROOT / path).is_file():
                 return f"names {path}, which does not exist"
     if (args := cli_argv(argv)) is None:
+        if not argv[0].startswith("launch/"):
+            return None
+        # a launch script passes --set on to train: check the keys
+        overrides = [value for flag, value in zip(argv, argv[1:]) if flag == "--set"]
+        try:
+            load_config(None, overrides)
+        except UserError as exc:
+            return f"config: {exc}"
         return None
     err = io.StringIO()
     try:
@@ -175,8 +186,6 @@ def check_command(argv: list[str], complete: bool = True) -> str | None:
             return None
         return message
     if getattr(parsed, "command", None) == "train":
-        from twogpu_alexnet.engine.config import load_config
-
         config = None if parsed.resume or parsed.config is None else ROOT / parsed.config
         try:
             load_config(config, parsed.overrides)
@@ -211,6 +220,14 @@ def test_shell_commands_parse(page, monkeypatch):
             if problem:
                 problems.append(f"{shlex.join(argv)}\n    -> {problem}")
     assert not problems, f"{page.name}:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_relative_links_point_to_files(page):
+    outside, _ = prose_and_indented_code(page.read_text())
+    targets = {target.partition("#")[0] for line in outside for target in LINK.findall(line)}
+    missing = sorted(t for t in targets if t and not (page.parent / t).exists())
+    assert not missing, f"{page.name} links to files that do not exist: {missing}"
 
 
 def test_no_test_markers_give_a_reason():
@@ -280,6 +297,7 @@ def test_extraction_finds_blocks_markers_and_commands():
     ("twogpu-alexnet train --set train.lrr=0.1", "unknown config key train.lrr"),
     ("twogpu-alexnet train --config configs/paper-2gpu.toml", "data.root is empty"),
     ("launch/train_3gpu.sh /data/imagenet runs/x", "launch/train_3gpu.sh, which does not exist"),
+    ("launch/train_1gpu.sh /data/imagenet runs/x --set train.batchsize=64", "unknown config key train.batchsize"),
 ])
 def test_a_wrong_command_is_caught(argv, problem, monkeypatch):
     monkeypatch.chdir(ROOT)
@@ -288,4 +306,5 @@ def test_a_wrong_command_is_caught(argv, problem, monkeypatch):
 
 def test_gpu_names_are_swapped_for_the_cpu():
     code = 'build_model("paper", mode="two-tower", devices=("cuda:0", "cuda:1")); x.to(\'cuda\')'
-    assert GPU_NAME.sub(r"\1cpu\1", code) == 'build_model("paper", mode="two-tower", devices=("cpu", "cpu")); x.to(\'cpu\')'
+    swapped = 'build_model("paper", mode="two-tower", devices=("cpu", "cpu")); x.to(\'cpu\')'
+    assert GPU_NAME.sub(r"\1cpu\1", code) == swapped
