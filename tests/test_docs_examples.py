@@ -242,6 +242,8 @@ def test_readme_is_short_and_finds_every_command_and_name():
 
     readme = (ROOT / "README.md").read_text()
     assert len(readme.encode()) <= README_LIMIT, "the README is for newcomers: move details to docs/"
+    ci_test = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if "pytest" in line]
+    assert ci_test and all(f"&& {line.strip()}\n" in readme for line in ci_test), "README's test command is CI's"
     used = {argv[1] for text, _ in shell_texts(readme) for argv in commands(text) if cli_argv(argv)}
     assert set(COMMANDS) <= used, f"commands not shown in README.md: {sorted(set(COMMANDS) - used)}"
     api = readme + (ROOT / "docs" / "api.md").read_text()
