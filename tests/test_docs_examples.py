@@ -7,7 +7,10 @@
 - Every ``twogpu-alexnet`` command in a code block or an inline code span is parsed by the real
   argparse parser with abbreviations off, so a renamed command or flag fails here; ``train``'s
   ``--config`` and ``--set`` are loaded as the trainer loads them, and the configs/ and launch/ files
-  a command names exist. ``[--option VALUE]`` in a synopsis counts as the option.
+  a command names exist (and a launch script's ``--set`` keys load). ``[--option VALUE]`` in a
+  synopsis counts as the option, ``{a,b}`` as its first choice.
+- Relative links point to files that exist; the README stays under 12 KB, shows every command and
+  CI's test command, and every public Python name is in the README or docs/api.md.
 """
 from __future__ import annotations
 
@@ -93,10 +96,17 @@ def prose_and_indented_code(text: str) -> tuple[list[str], list[str]]:
 def shell_texts(text: str) -> list[tuple[str, bool]]:
     """Every piece of a page that may hold a shell command, as (text, complete).
 
-    Code blocks (all but Python, TOML, JSON and text) hold complete commands; inline code in prose may
-    name a command without its required options (`twogpu-alexnet report`), so ``complete`` is False.
+    Code blocks hold complete commands (in ``text``/``console`` blocks only the lines after a ``$ ``
+    prompt; Python, TOML and JSON blocks none); inline code in prose may name a command without its
+    required options (`twogpu-alexnet report`), so ``complete`` is False there.
     """
-    texts = [(b.code, True) for b in fenced_blocks(text) if b.lang not in ("python", "py", "toml", "json", "text")]
+    texts = []
+    for block in fenced_blocks(text):
+        if block.lang in ("text", "console"):  # output; the commands are the lines after a "$ " prompt
+            prompts = [line[2:] for line in block.code.splitlines() if line.startswith("$ ")]
+            texts.append(("\n".join(prompts), True))
+        elif block.lang not in ("python", "py", "toml", "json"):
+            texts.append((block.code, True))
     outside, indented = prose_and_indented_code(text)
     texts += [(code, True) for code in indented]
     texts += [(span, False) for line in outside for span in INLINE.findall(line)]
@@ -107,6 +117,7 @@ def commands(shell: str) -> list[list[str]]:
     """Each simple command of a shell text as argv (env assignments and ``time`` dropped)."""
     shell = re.sub(r"\\\n", " ", shell)
     shell = re.sub(r"\[(--?[^\[\]]*)\]", r"\1", shell)  # synopsis: [--json] -> --json
+    shell = re.sub(r"\{([\w.:-]+)(?:,[\w.:-]+)+\}", r"\1", shell)  # choices: {none,bf16} -> none
     found = []
     for line in shell.splitlines():
         lex = shlex.shlex(line, posix=True, punctuation_chars=True)
@@ -268,13 +279,18 @@ pip install . && python3 -m twogpu_alexnet evaluate --checkpoint a.pt --data val
 ```
 
     twogpu-alexnet neighbors --checkpoint c.pt --data train --queries a.jpg b.jpg... --out nn
+
+```text
+$ twogpu-alexnet prepare --data d --out s --format {jpeg,raw}
+twogpu-alexnet this-is-output
+```
 """
 
 
 def test_extraction_finds_blocks_markers_and_commands():
     blocks = fenced_blocks(SAMPLE)
     assert [(b.lang, b.line, b.no_test) for b in blocks] == [
-        ("python", 4, "needs the ILSVRC-2012 devkit"), ("bash", 8, None)]
+        ("python", 4, "needs the ILSVRC-2012 devkit"), ("bash", 8, None), ("text", 16, None)]
     texts = shell_texts(SAMPLE)
     found = [argv for text, _ in texts for argv in commands(text)]
     assert found == [
@@ -282,13 +298,14 @@ def test_extraction_finds_blocks_markers_and_commands():
         ["pip", "install", "."],
         ["python3", "-m", "twogpu_alexnet", "evaluate", "--checkpoint", "a.pt", "--data", "val", "--ten-crop",
          "--json"],
+        ["twogpu-alexnet", "prepare", "--data", "d", "--out", "s", "--format", "jpeg"],
         ["twogpu-alexnet", "neighbors", "--checkpoint", "c.pt", "--data", "train", "--queries", "a.jpg", "b.jpg",
          "--out", "nn"],
         ["twogpu-alexnet", "info", "--preset", "cifar"],
         ["twogpu-alexnet", "report"],
     ]
-    assert [complete for text, complete in texts for _ in commands(text)] == [True] * 4 + [False] * 2
-    assert [check_command(argv, complete=False) for argv in found] == [None] * 6
+    assert [complete for text, complete in texts for _ in commands(text)] == [True] * 5 + [False] * 2
+    assert [check_command(argv, complete=False) for argv in found] == [None] * 7
     assert "required: --run" in check_command(["twogpu-alexnet", "report"])
 
 
