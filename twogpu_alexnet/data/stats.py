@@ -179,9 +179,20 @@ def cache_path_for(split_dir, size: int) -> Path:
     return cache / f"stats-{key}-{size}.pt"
 
 
-def fingerprint_files(files, labels) -> str:
-    """A short hash of a split's file list, so cached stats go stale when the files change."""
+def fingerprint_files(files, labels, root=None) -> str:
+    """A short hash of a split's file list, so cached stats go stale when the files change.
+
+    With ``root`` (the folder ``files`` are relative to) each file's size and modification time are
+    part of it too, so an image replaced under the same name is noticed.
+    """
     h = hashlib.sha1()
     for f, y in zip(files, labels):
-        h.update(f"{y}\t{f}\n".encode())
+        stamp = ""
+        if root is not None:
+            try:
+                st = os.stat(os.path.join(root, f))
+                stamp = f"\t{st.st_size}\t{st.st_mtime_ns}"
+            except OSError:
+                stamp = "\t?"
+        h.update(f"{y}\t{f}{stamp}\n".encode())
     return h.hexdigest()

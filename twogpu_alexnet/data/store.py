@@ -67,7 +67,7 @@ def _check_output(out: Path) -> None:
 def _load_or_start(out: Path, listing: FolderListing, settings: dict, chunk_size: int) -> dict:
     """store.json for this run: the existing one when resuming (after checking it matches), else a new one."""
     meta_path = out / "store.json"
-    fingerprint = fingerprint_files(listing.files, listing.labels)
+    fingerprint = fingerprint_files(listing.files, listing.labels, listing.root)
     if meta_path.exists():
         try:
             meta = json.loads(meta_path.read_text())
@@ -82,7 +82,8 @@ def _load_or_start(out: Path, listing: FolderListing, settings: dict, chunk_size
             )
         if meta.get("fingerprint") != fingerprint:
             raise UserError(
-                f"store {out} was started from a different file list than {listing.root} has now; "
+                f"store {out} was started from different files than {listing.root} has now (files added, removed "
+                "or changed); "
                 "delete the store folder or choose a new --out folder."
             )
         return meta
