@@ -22,6 +22,7 @@ import torch
 from ..errors import UserError
 
 STATS_FORMAT = 1
+MIN_SIDE, MAX_SIDE = 8, 4096     # image sides a user may ask for (prepare/stats --size)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,16 @@ class StatsAccumulator:
         covariance = self.sum_outer.to(torch.float64) / pixels - torch.outer(channel_mean, channel_mean)
         eigenvalues, eigenvectors = eigen_rgb(covariance)
         return Stats(mean_image, channel_mean, covariance, eigenvalues, eigenvectors, self.images, pixels)
+
+
+def check_side(size, option: str = "--size") -> int:
+    """An image side between MIN_SIDE and MAX_SIDE, or a UserError (checked before any work is done)."""
+    if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIDE <= size <= MAX_SIDE:
+        raise UserError(
+            f"{option} {size!r} is outside {MIN_SIDE}..{MAX_SIDE}; use 256 for the paper (224 crops) or 32 for "
+            "CIFAR-style inputs."
+        )
+    return size
 
 
 def save_stats(stats: Stats, path, extra: dict | None = None) -> Path:

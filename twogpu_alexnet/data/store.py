@@ -37,7 +37,7 @@ from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 from ..errors import UserError
 from .decode import CorruptImage, decode_rgb, read_bytes, resize_center_crop
 from .folders import FolderListing, list_split
-from .stats import Stats, StatsAccumulator, fingerprint_files, load_stats, save_stats
+from .stats import Stats, StatsAccumulator, check_side, fingerprint_files, load_stats, save_stats
 
 STORE_VERSION = 1
 FORMATS = ("jpeg", "raw")
@@ -237,10 +237,7 @@ def prepare_store(data, out, *, size: int = 256, fmt: str = "jpeg", quality: int
     """
     if fmt not in FORMATS:
         raise UserError(f"store format {fmt!r} is not one of {', '.join(FORMATS)}; use --format jpeg or --format raw.")
-    if not isinstance(size, int) or size < 8:
-        raise UserError(
-            f"--size {size!r} is too small; use 256 for the paper (224 crops) or 32 for CIFAR-style inputs."
-        )
+    check_side(size)
     if fmt == "jpeg" and not 1 <= quality <= 100:
         raise UserError(f"--quality {quality} is outside 1..100; use 90-95 for the store.")
     listing = list_split(data, "--data folder")
@@ -279,7 +276,7 @@ def prepare_store(data, out, *, size: int = 256, fmt: str = "jpeg", quality: int
         result = {"store": str(out), "complete": True, "files": n, "reused": n, "seconds": time.perf_counter() - start,
                   "settings": _settings(size, fmt, quality)}
         result.update(_summary(out, meta))
-        return result
+        return _check_written(result, listing.root)
     result = {
         "store": str(out),
         "complete": complete,
@@ -291,12 +288,24 @@ def prepare_store(data, out, *, size: int = 256, fmt: str = "jpeg", quality: int
     if not complete:
         result.update({"written": None, "skipped": None, "bytes": None, "bytes_per_image": None})
         return result
-    result.update(_finalize(out, meta))
-    return result
+    result.update(_finalize(out, meta, list(listing.skipped)))
+    return _check_written(result, listing.root)
 
 
-def _finalize(out: Path, meta: dict) -> dict:
-    """Join the chunk indexes, statistics and skipped lists; mark the store complete."""
+def _check_written(result: dict, source: Path) -> dict:
+    """A finished store with no image in it is a UserError naming the first reason."""
+    if result["written"] or not result["skipped"]:
+        return result
+    first = result["skipped"][0]
+    raise UserError(
+        f"none of the {len(result['skipped'])} files under {source} could be stored (first: {first['path']}: "
+        f"{first['reason']}); every reason is in {result['store']}/skipped.json. Point --data at readable images."
+    )
+
+
+def _finalize(out: Path, meta: dict, walk_skipped: list) -> dict:
+    """Join the chunk indexes, statistics and skipped lists (``walk_skipped``: what listing the folder left
+    out); mark the store complete."""
     parts = [torch.load(out / "shards" / f"{c:05d}.pt", weights_only=True) for c in range(meta["chunks"])]
     index = {
         "shard": torch.cat([torch.full((len(p["labels"]),), p["chunk"], dtype=torch.int32) for p in parts]),
@@ -307,8 +316,9 @@ def _finalize(out: Path, meta: dict) -> dict:
     }
     torch.save(index, out / "index.pt.tmp")
     os.replace(out / "index.pt.tmp", out / "index.pt")
-    (out / "paths.txt").write_text("".join(rel + "\n" for part in parts for rel in part["paths"]))
-    skipped = [s for p in parts for s in p["skipped"]]
+    (out / "paths.txt").write_text("".join(rel + "\n" for part in parts for rel in part["paths"]),
+                                      encoding="utf-8", errors="surrogateescape")
+    skipped = walk_skipped + [s for p in parts for s in p["skipped"]]
     _write_json(out / "skipped.json", skipped)
     written = int(index["label"].numel())
     if written:
@@ -428,5 +438,9 @@ class StoreReader:
         return load_stats(path)[0]
 
     def source_paths(self) -> list[str]:
-        """Source path (relative to the prepared folder) of every stored image, in store order."""
-        return (self.path / "paths.txt").read_text().splitlines()
+        """Source path (relative to the prepared folder) of every stored image, in store order.
+
+        One path a line, split on "\\n" only (names with a line break are never stored: the folder walk
+        skips them); ``splitlines`` would also split names holding \\x85 or \\u2028.
+        """
+        return (self.path / "paths.txt").read_text(encoding="utf-8", errors="surrogateescape").split("\n")[:-1]
