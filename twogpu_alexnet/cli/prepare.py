@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data", required=True, help="split folder whose subfolders are the classes")
     p.add_argument("--out", required=True, help="store folder to create (or to resume)")
     p.add_argument(
-        "--size", type=int, default=256, help="stored image side: 256 for 224 inputs (default), 32 for cifar"
+        "--size", type=int, default=256, help="stored image side: 256 for 224 inputs (default), 32 for cifar (8..4096)"
     )
     p.add_argument("--format", dest="fmt", choices=("jpeg", "raw"), default="jpeg",
                    help="jpeg: ~20 KB/image at 256 (default); raw: 196,608 B/image at 256, no decoding")
@@ -51,7 +51,8 @@ def run(args) -> int:
         print_json({k: result[k] for k in ("store", "written", "skipped", "files", "reused", "bytes",
                                            "bytes_per_image", "seconds", "settings", "stats")})
         return 0
-    table = Table(title=f"store {result['store']}", title_justify="left", show_header=False)
+    console.print(f"store {result['store']}", soft_wrap=True)      # not a table title: those are cut to its width
+    table = Table(show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
     s = result["settings"]
@@ -70,7 +71,7 @@ def run(args) -> int:
         table.add_row("RGB eigenvalues", ", ".join(f"{v:.2f}" for v in st["eigenvalues"]))
     console.print(table)
     for item in result["skipped"][:20]:
-        console.print(f"  skipped {item['path']}: {item['reason']}")
+        console.print(f"  skipped {item['path']}: {item['reason']}", soft_wrap=True)
     if len(result["skipped"]) > 20:
         console.print(f"  ... and {len(result['skipped']) - 20} more, all listed in {result['store']}/skipped.json")
     return 0
