@@ -107,14 +107,18 @@ def _check_pixels(size: tuple[int, int] | None, limit: int) -> None:
         )
 
 
+def _header_size(buf: memoryview) -> tuple[int, int] | None:
+    """(width, height) from a PNG or JPEG header; None for other formats (PIL reads theirs)."""
+    if buf[:8] == PNG_SIGNATURE:
+        return _png_size(buf)
+    if buf[:2] == JPEG_SIGNATURE:
+        return _jpeg_size(buf)
+    return None
+
+
 def check_pixel_count(data: torch.Tensor, max_pixels: int | None = None) -> None:
     """Raise CorruptImage if the PNG or JPEG header of ``data`` announces more than the pixel limit."""
-    buf = memoryview(data.numpy())
-    limit = pixel_limit() if max_pixels is None else max_pixels
-    if bytes(buf[:8]) == PNG_SIGNATURE:
-        _check_pixels(_png_size(buf), limit)
-    elif bytes(buf[:2]) == JPEG_SIGNATURE:
-        _check_pixels(_jpeg_size(buf), limit)
+    _check_pixels(_header_size(memoryview(data.numpy())), pixel_limit() if max_pixels is None else max_pixels)
 
 
 # ----------------------------------------------------------------------------------- decoding
@@ -138,16 +142,16 @@ def to_rgb8(img: torch.Tensor) -> torch.Tensor:
         img = F.to_dtype(img, torch.uint8, scale=True)
     channels = img.shape[0]
     if channels in (1, 2):                                 # gray, gray + alpha
-        img = img[:1].expand(3, -1, -1)
-    elif channels == 4:                                    # RGB + alpha
-        img = img[:3]
-    elif channels != 3:
+        return img[:1].expand(3, -1, -1).contiguous()
+    if channels == 4:                                      # RGB + alpha
+        return img[:3]
+    if channels != 3:
         raise CorruptImage(f"{channels} colour channels (expected 1 to 4)")
-    return img.contiguous()
+    return img          # as decoded (H, W, C memory: the fast layout for resize_center_crop)
 
 
 def _decode_torchvision(data: torch.Tensor, buf: memoryview) -> torch.Tensor:
-    if bytes(buf[:8]) == PNG_SIGNATURE and len(buf) > 24 and buf[24] == 16:
+    if buf[:8] == PNG_SIGNATURE and len(buf) > 24 and buf[24] == 16:
         # torchvision's conversion to RGB fails on 16-bit PNGs; decode as stored and convert here
         return to_rgb8(decode_image(data, mode=ImageReadMode.UNCHANGED))
     return to_rgb8(decode_image(data, mode=ImageReadMode.RGB))
@@ -178,17 +182,18 @@ def decode_rgb(data: torch.Tensor, max_pixels: int | None = None) -> torch.Tenso
     """
     if data.numel() == 0:
         raise CorruptImage("empty file")
-    from PIL import Image, UnidentifiedImageError
-
     limit = pixel_limit() if max_pixels is None else max_pixels
-    check_pixel_count(data, limit)
     buf = memoryview(data.numpy())
+    size = _header_size(buf)
     first_error = None
-    if bytes(buf[:8]) == PNG_SIGNATURE or bytes(buf[:2]) == JPEG_SIGNATURE:
+    if size is not None:                                   # PNG or JPEG
+        _check_pixels(size, limit)
         try:
             return _decode_torchvision(data, buf)
         except RuntimeError as exc:
             first_error = exc
+    from PIL import Image, UnidentifiedImageError
+
     # not PNG/JPEG (BMP, TIFF, GIF, WEBP, PPM, ...) or a broken one: PIL, which reads the header lazily
     try:
         return _decode_pil(buf, limit)
