@@ -243,11 +243,8 @@ def test_images_above_the_pixel_limit_are_skipped(tmp_path, data_write_images, m
         "the limit with TWOGPU_ALEXNET_MAX_PIXELS"]
 
 
-def test_nothing_readable_or_absurd_sizes_are_one_sentence(tmp_path, data_write_images):
-    data_write_images(tmp_path / "src", {"a/x.png": b"broken", "b/y.jpg": b""})
-    for _ in range(2):                                # also when the (empty) store is found finished
-        with pytest.raises(UserError, match=r"none of the 2 files under .*src could be stored \(first: .*x.png: "):
-            prepare_store(tmp_path / "src", tmp_path / "store", size=8, workers=1)
+def test_absurd_sizes_are_one_sentence(tmp_path, data_write_images):
+    data_write_images(tmp_path / "src", {"a/x.png": _smooth(8, 8)})
     for size in (0, 7, 100_000, 8.5, True):
         with pytest.raises(UserError, match=rf"--size {size!r} is outside 8..4096"):
             prepare_store(tmp_path / "src", tmp_path / "other", size=size, workers=1)

@@ -6,6 +6,7 @@ import os
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..errors import UserError
 from .common import add_json_flag, console_for, late_progress_bar, print_json
 
 
@@ -47,6 +48,12 @@ def run(args) -> int:
     except KeyboardInterrupt:
         console.print(f"stopped; run the same command again to resume {args.out}")
         raise
+    if result["complete"] and not result["written"] and result["skipped"]:
+        first = result["skipped"][0]
+        raise UserError(
+            f"none of the {len(result['skipped'])} files under {args.data} could be stored (first: {first['path']}: "
+            f"{first['reason']}); every reason is in {result['store']}/skipped.json. Point --data at readable images."
+        )
     if args.json:
         print_json({k: result[k] for k in ("store", "written", "skipped", "files", "reused", "bytes",
                                            "bytes_per_image", "seconds", "settings", "stats")})
