@@ -70,3 +70,19 @@ def test_bad_pixel_limit_setting_is_one_sentence(monkeypatch, capsys):
     monkeypatch.setenv("TWOGPU_ALEXNET_MAX_PIXELS", "many")
     assert main(["info", "--preset", "cifar"]) == 2
     assert capsys.readouterr().err.startswith("error: TWOGPU_ALEXNET_MAX_PIXELS='many' is not a positive whole number")
+
+
+def test_no_command_prints_markup_tags():
+    """Markup is off in every console, so a ``[bold]`` written into a printed string would show literally:
+    styles go in ``style=`` or rich Text. (Progress-bar ``TextColumn`` formats render their own markup.)"""
+    import re
+    from pathlib import Path
+
+    import twogpu_alexnet.cli
+
+    tag = re.compile(r"\[/?(bold|dim|italic|underline|red|green|yellow|blue|cyan|magenta|white)( [^\]]*)?\]")
+    found = [f"{path.name}:{n}: {line.strip()}"
+             for path in sorted(Path(twogpu_alexnet.cli.__file__).parent.glob("*.py"))
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if tag.search(line) and "TextColumn(" not in line]
+    assert found == []

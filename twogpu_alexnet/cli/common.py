@@ -14,8 +14,8 @@ def console_for(args, stderr: bool | None = None) -> Console:
     so stdout holds only JSON.
 
     Markup and emoji codes are off: paths, file and class names print exactly as they are (with markup
-    on, a path holding ``[/x]`` raises MarkupError and ``[red]`` vanishes). Give styles with
-    ``style=`` or :class:`rich.text.Text`, never as ``[bold]...[/bold]`` in a printed string.
+    on, a path holding ``[/x]`` raises MarkupError and a colour name in square brackets vanishes). Give
+    styles with ``style=`` or :class:`rich.text.Text`, never as markup tags inside a printed string.
     """
     if stderr is None:
         stderr = bool(getattr(args, "json", False))
