@@ -147,15 +147,15 @@ def test_broken_files_give_a_reason():
 
 
 def test_16_bit_images_in_class_folders_train_and_validate(tmp_path, data_write_images):
-    from twogpu_alexnet.data import open_split
+    from twogpu_alexnet.data import DataOptions, open_split
     from twogpu_alexnet.data.loader import make_loader
 
     deep = Image.fromarray(np.full((40, 40), 50000, np.uint16))             # high byte 195
     plain = np.full((40, 40, 3), 195, np.uint8)
     for split in ("train", "val"):
         data_write_images(tmp_path / split, {"a/deep.png": deep, "b/plain.png": plain})
-    train = open_split("imagefolder", tmp_path, "train", input_size=32)
+    train = open_split("imagefolder", tmp_path, "train", DataOptions(input_size=32))
     assert train.stats.channel_mean.tolist() == [195.0, 195.0, 195.0]      # not 50000
-    val = open_split("imagefolder", tmp_path, "val", train=False, input_size=32)
+    val = open_split("imagefolder", tmp_path, "val", DataOptions(input_size=32), train=False)
     images, labels, skipped = next(iter(make_loader(val, batch_size=2, shuffle=False, workers=0)))
     assert skipped == 0 and labels.tolist() == [0, 1] and torch.equal(images[0], images[1])
