@@ -228,3 +228,17 @@ def test_python_310_is_supported_as_setup_cfg_says():
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_dataset_with_one_class_is_refused_before_training(tmp_path, data_write_images, capsys):
+    """One class trains to "0.00% error"; the trainer refuses it in one sentence instead."""
+    import numpy as np
+
+    images = {f"{split}/only/{i}.png": np.full((32, 32, 3), 40 * i) for split in ("train", "val") for i in range(4)}
+    data_write_images(tmp_path / "data", images)
+    code = main(["train", "--out", str(tmp_path / "run"), "--set", "data.source=imagefolder", "--set",
+                 f"data.root='{tmp_path / 'data'}'", "--set", "data.workers=0", "--set", "train.batch_size=2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error: the training data has 1 class (only); a classifier needs at least 2 class folders" in err, err
+    assert not (tmp_path / "run").exists()

@@ -72,6 +72,21 @@ def check_data(config: Config) -> None:
                             "(--set data.root=DIR)")
 
 
+def check_classes(train_classes, val_classes, requested: int | None) -> int:
+    """The number of classes the model gets; UserError when the data cannot train a classifier."""
+    n = len(train_classes)
+    if n < 2:
+        raise UserError(f"the training data has {n} class{'es' * (n != 1)} ({', '.join(map(str, train_classes))}); "
+                        "a classifier needs at least 2 class folders in train/ and val/")
+    if requested and requested != n:
+        raise UserError(f"model.num_classes is {requested} but the training data has {n} "
+                        "classes; set model.num_classes=0 to follow the data")
+    if list(val_classes) != list(train_classes):
+        raise UserError("the validation classes differ from the training classes; "
+                        "train/ and val/ must hold the same class folders")
+    return n
+
+
 def check_speed(config: Config, placement: Placement) -> None:
     kinds = {torch.device(d).type for d in placement.devices}
     if config.speed.amp != "none" and len(kinds) > 1:
@@ -284,13 +299,7 @@ class _Run:
         self.train_split = open_data(c, "train", input_size=self.input_size, num_classes=requested,
                                      color_noise=self.noise)
         self.val_split = open_data(c, "val", input_size=self.input_size, num_classes=requested)
-        self.num_classes = len(self.train_split.classes)
-        if requested and requested != self.num_classes:
-            raise UserError(f"model.num_classes is {requested} but the training data has {self.num_classes} "
-                            "classes; set model.num_classes=0 to follow the data")
-        if list(self.val_split.classes) != list(self.train_split.classes):
-            raise UserError("the validation classes differ from the training classes; "
-                            "train/ and val/ must hold the same class folders")
+        self.num_classes = check_classes(self.train_split.classes, self.val_split.classes, requested)
         p = self.placement
         self.model = build_model(c.model.preset, mode=p.mode, num_classes=self.num_classes,
                                  devices=p.devices if p.mode == "two-tower" else None,
