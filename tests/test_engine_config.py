@@ -184,6 +184,11 @@ def test_a_config_file_that_is_not_utf8_is_one_sentence(tmp_path, content, capsy
     assert main(["train", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "is not UTF-8 text" in err and "Traceback" not in err
+    (tmp_path / "run").mkdir()
+    path.rename(tmp_path / "run" / "config.toml")  # a run's config.toml, edited in another encoding
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "config.toml is not UTF-8 text" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("override, words", [
