@@ -79,6 +79,14 @@ def check(run_dir: Path, resume: bool, owner: bool = True) -> None:
     ``owner=False`` (the other processes of a torchrun job) checks only what does not change while
     the owning process sets the folder up.
     """
+    try:
+        _check(run_dir, resume, owner)
+    except OSError as exc:  # e.g. a parent folder this user may not even look into
+        raise UserError(f"{'--resume' if resume else '--out'} {run_dir} cannot be examined "
+                        f"({exc.strerror or exc}); choose a folder you can write to") from None
+
+
+def _check(run_dir: Path, resume: bool, owner: bool) -> None:
     flag = "--resume" if resume else "--out"
     if resume:
         if not (run_dir / "config.toml").is_file():
