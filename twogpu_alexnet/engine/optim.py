@@ -84,4 +84,6 @@ def load_optimizer_state(optimizer: torch.optim.SGD, model, state: dict) -> None
         return
     momentum = to_layout(state["momentum"], model.mode)
     for name, p in model.named_parameters():
-        optimizer.state[p]["momentum_buffer"] = momentum[name].to(device=p.device, dtype=p.dtype, copy=True)
+        # in the parameter's own layout (channels_last or not, as this run has it), whatever the saved
+        # strides: the fused update pairs buffer and parameter elements by memory position
+        optimizer.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(momentum[name])

@@ -31,6 +31,7 @@ from .metrics import MetricsLog, topk_correct
 from .optim import load_optimizer_state, make_optimizer, optimizer_state
 from .placement import Placement, resolve
 from .progress import Reporter
+from .rundir import RunFolder
 from .schedule import Schedule
 from .signals import StopRequest
 
@@ -62,17 +63,6 @@ class RunResult:
 # ---------------------------------------------------------------------------------------------
 # Checks that run before any data is read or any GPU memory is taken.
 
-def check_run_dir(run_dir: Path, resume: bool) -> None:
-    if resume:
-        if not (run_dir / "config.toml").is_file():
-            raise UserError(f"{run_dir} is not a run folder (no config.toml); --resume takes a folder written by "
-                            "`twogpu-alexnet train`")
-    elif any((run_dir / "checkpoints").glob("*.pt")):
-        raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
-    elif run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {run_dir} is a file; choose a folder")
-
-
 def check_data(config: Config) -> None:
     d = config.data
     if d.source in ("imagefolder", "store", "cifar10"):
@@ -82,7 +72,26 @@ def check_data(config: Config) -> None:
                             "(--set data.root=DIR)")
 
 
+def check_classes(train_classes, val_classes, requested: int | None) -> int:
+    """The number of classes the model gets; UserError when the data cannot train a classifier."""
+    n = len(train_classes)
+    if n < 2:
+        raise UserError(f"the training data has {n} class{'es' * (n != 1)} ({', '.join(map(str, train_classes))}); "
+                        "a classifier needs at least 2 class folders in train/ and val/")
+    if requested and requested != n:
+        raise UserError(f"model.num_classes is {requested} but the training data has {n} "
+                        "classes; set model.num_classes=0 to follow the data")
+    if list(val_classes) != list(train_classes):
+        raise UserError("the validation classes differ from the training classes; "
+                        "train/ and val/ must hold the same class folders")
+    return n
+
+
 def check_speed(config: Config, placement: Placement) -> None:
+    kinds = {torch.device(d).type for d in placement.devices}
+    if config.speed.amp != "none" and len(kinds) > 1:
+        raise UserError(f"speed.amp={config.speed.amp} needs both towers on one kind of device, but model.devices "
+                        f"is {list(placement.devices)}; use speed.amp=none or put both towers on GPUs")
     if config.speed.amp == "fp16" and not placement.use_cuda:
         raise UserError("speed.amp=fp16 needs a GPU; use speed.amp=bf16 on the CPU or none")
 
@@ -233,27 +242,29 @@ def train(config: Config, run_dir: "str | os.PathLike", *, resume: bool = False,
     placement = resolve(config.model, ctx)
     check_speed(config, placement)
     check_data(config)
-    check_run_dir(run_dir, resume)
-    payload, notes = None, []
-    if resume:
-        payload, resumed_from, notes = ckpt.load_latest(run_dir)
-        for note in notes:
-            reporter.message(f"{note}; resuming from {resumed_from.name}")
-    reporter.message(f"run folder: {run_dir}" + (" (resuming)" if resume else ""))
-    reporter.message(placement.note)
+    with RunFolder(run_dir, resume=resume, owner=ctx.is_main) as folder:  # checked, made and locked for the run
+        for note in folder.notes:
+            reporter.message(note)
+        payload, notes = None, []
+        if resume:
+            payload, resumed_from, notes = ckpt.load_latest(run_dir)
+            for note in notes:
+                reporter.message(f"{note}; resuming from {resumed_from.name}")
+        reporter.message(f"run folder: {run_dir}" + (" (resuming)" if resume else ""))
+        reporter.message(placement.note)
 
-    if placement.use_cuda:
-        torch.cuda.set_device(placement.first_device)
-    distributed.init(ctx, placement.use_cuda)
-    try:
-        with torch_settings(tc.deterministic, config.speed.cudnn_benchmark):
-            run = _Run(config, run_dir, placement, ctx, rank_batch, reporter, stop)
-            run.open(payload)
-            run.start_files()
-            result = run.run()
-    finally:
-        reporter.close()
-        distributed.shutdown(ctx)
+        if placement.cuda_device is not None:
+            torch.cuda.set_device(placement.cuda_device)
+        distributed.init(ctx, placement.use_cuda)
+        try:
+            with torch_settings(tc.deterministic, config.speed.cudnn_benchmark):
+                run = _Run(config, run_dir, placement, ctx, rank_batch, reporter, stop)
+                run.open(payload)
+                run.start_files()
+                result = run.run()
+        finally:
+            reporter.close()
+            distributed.shutdown(ctx)
     result.wall_s = time.perf_counter() - t_start
     return result
 
@@ -288,13 +299,7 @@ class _Run:
         self.train_split = open_data(c, "train", input_size=self.input_size, num_classes=requested,
                                      color_noise=self.noise)
         self.val_split = open_data(c, "val", input_size=self.input_size, num_classes=requested)
-        self.num_classes = len(self.train_split.classes)
-        if requested and requested != self.num_classes:
-            raise UserError(f"model.num_classes is {requested} but the training data has {self.num_classes} "
-                            "classes; set model.num_classes=0 to follow the data")
-        if list(self.val_split.classes) != list(self.train_split.classes):
-            raise UserError("the validation classes differ from the training classes; "
-                            "train/ and val/ must hold the same class folders")
+        self.num_classes = check_classes(self.train_split.classes, self.val_split.classes, requested)
         p = self.placement
         self.model = build_model(c.model.preset, mode=p.mode, num_classes=self.num_classes,
                                  devices=p.devices if p.mode == "two-tower" else None,
