@@ -168,3 +168,23 @@ def test_resume_with_channels_last_flipped_follows_the_straight_run(tmp_path):
     for k in two:
         update = (two[k] - one[k]).norm()
         assert (flipped[k] - two[k]).norm() <= 1e-3 * update, (k, float((flipped[k] - two[k]).norm() / update))
+
+def test_original_schedule_changes_weight_rates_only_and_conv1_bias_with_conv1():
+    """layer-params-145.cfg: the log changes only epsW; conv2..fc8 biases keep 0.02, conv1's ends at 0."""
+    from types import SimpleNamespace
+
+    model = build_model("original", mode="grouped", device="meta", num_classes=10)
+    opt = SimpleNamespace(param_groups=param_groups(model, lr=0.01, weight_decay=5e-4))
+    assert len(opt.param_groups) == 16
+    s = Schedule(ScheduleConfig(kind="original"))
+    #        epoch: (conv1 weight, conv1 bias, other weights, other biases)
+    want = {1: (0.01, 0.02, 0.01, 0.02), 24: (0.01, 0.02, 0.01, 0.02), 25: (1e-3, 0.02, 1e-3, 0.02),
+            50: (1e-3, 0.02, 1e-3, 0.02), 51: (1e-4, 0.02, 1e-4, 0.02), 66: (1e-4, 0.02, 1e-4, 0.02),
+            67: (1e-5, 2e-3, 1e-4, 0.02), 71: (1e-5, 2e-3, 1e-4, 0.02), 72: (0.0, 0.0, 1e-4, 0.02),
+            78: (0.0, 0.0, 1e-4, 0.02), 79: (0.0, 0.0, 1e-5, 0.02), 90: (0.0, 0.0, 1e-5, 0.02)}
+    for epoch, (conv1_w, conv1_b, rest_w, rest_b) in want.items():
+        s.apply(opt, epoch)
+        for g in opt.param_groups:
+            expected = {("conv1", "weight"): conv1_w, ("conv1", "bias"): conv1_b}.get(
+                (g["layer"], g["kind"]), rest_w if g["kind"] == "weight" else rest_b)
+            assert g["lr"] == pytest.approx(expected, rel=1e-12, abs=0), (epoch, g["layer"], g["kind"])

@@ -10,11 +10,12 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from ..errors import UserError
+from ..spec import PRESETS
 from .config import ModelConfig
 from .distributed import DistContext
 
@@ -60,10 +61,21 @@ def _check_named(devices: list[str], cuda_count: int) -> tuple[str, ...]:
     return tuple(named)
 
 
+def _one_tower_grouped(model: ModelConfig) -> ModelConfig:
+    """A one-tower preset (paper-half, original-half) runs grouped on one device: 'auto' becomes grouped."""
+    if model.preset not in PRESETS or PRESETS[model.preset].towers == 2:
+        return model
+    if model.mode == "two-tower":
+        raise UserError(f"model.preset {model.preset} is a one-tower network for one device; "
+                        "use model.mode=grouped or auto")
+    return replace(model, mode="grouped")
+
+
 def resolve(model: ModelConfig, ctx: DistContext = DistContext(), cuda_count: int | None = None) -> Placement:
     """The placement for ``model`` in process ``ctx``; UserError when the request cannot be met."""
     if cuda_count is None:
         cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    model = _one_tower_grouped(model)
     if model.devices:
         if ctx.enabled:
             raise UserError("model.devices must stay empty under torchrun (each process takes its own GPUs "

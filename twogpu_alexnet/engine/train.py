@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..model import build_model
-from ..model.load import load_into, to_layout
+from ..model.load import canonical_layout, load_into, to_layout
 from ..spec import get_spec
 from . import checkpoint as ckpt
 from . import distributed
@@ -143,9 +143,9 @@ def make_data_loader(config: Config, split, batch_size: int, ctx: DistContext, t
 
 
 def canonical_state(model) -> dict:
-    """The model's weights in the two-tower layout, contiguous cpu copies."""
+    """The model's weights in the canonical layout (two-tower; a one-tower preset's own), contiguous cpu copies."""
     return to_layout({k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()},
-                     "two-tower")
+                     canonical_layout(model.spec.name))
 
 
 def forward_loss(forward, images, labels, amp_dtype, device_type: str):
@@ -309,6 +309,7 @@ class _Run:
         self.optimizer = make_optimizer(self.model, tc.lr, tc.momentum, tc.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=c.speed.amp == "fp16")
         torch.manual_seed(tc.seed * 1000 + self.ctx.rank)  # dropout differs across ranks; init is the same on all
+        self.model.seed_dropout(tc.seed, self.ctx.rank)  # each tower's own dropout generator
         if payload:
             self.restore(payload)
         net = distributed.wrap(self.model, self.ctx)
@@ -336,6 +337,11 @@ class _Run:
         rngs = payload["rng"]
         if len(rngs) == self.ctx.world_size:
             ckpt.set_rng_state(rngs[self.ctx.rank])
+            try:  # the towers' dropout generators (absent in older checkpoints: they keep their seed)
+                self.model.set_dropout_rng_state(payload.get("dropout_rng", [])[self.ctx.rank])
+            except (IndexError, ValueError):
+                self.reporter.message("the checkpoint's dropout generator states do not fit this placement "
+                                      "(another tower count or device type): dropout masks will differ")
         else:
             self.reporter.message(f"the checkpoint has random states for {len(rngs)} processes, this run has "
                                   f"{self.ctx.world_size}: augmentation order is kept, dropout masks will differ")
@@ -483,6 +489,7 @@ class _Run:
              weights: dict | None = None) -> Path:
         """Write the run's state (rank 0; every rank contributes its generator states)."""
         rngs = distributed.gather(ckpt.rng_state(), self.ctx)  # taken last: nothing random happens after
+        dropout_rngs = distributed.gather(self.model.dropout_rng_state(), self.ctx)
         path = self.run_dir / "checkpoints" / "last.pt"
         if self.main:
             c = self.config
@@ -492,6 +499,7 @@ class _Run:
                 "epoch": epochs_completed, "batch": batch, "step": self.step,
                 "optimizer": optimizer_state(self.optimizer, self.model), "scheduler": self.schedule.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}, "rng": rngs,
+                "dropout_rng": dropout_rngs,
                 "data": {"seed": c.train.seed, "epoch": epochs_completed + 1, "batch": batch},
                 "progress": dict(self.progress), "best_val_top1_error": self.best, "config": to_dict(c),
                 "mode": self.placement.mode, "world_size": self.ctx.world_size,
