@@ -152,3 +152,21 @@ def test_resume_in_mid_epoch_with_another_batch_size_goes_on_from_the_images_see
     training = fed[: len(fed) - 1]  # the last batch prepared is validation's (16 images at batch 16)
     assert len(training) == 1 and torch.equal(training[0], torch.cat(straight[2:4]))
     assert load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["step"] == 3
+
+
+def test_the_run_state_is_set_up_in_one_place():
+    """Every attribute of the trainer's run object is first set in its __init__ (methods only advance it)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(train_module._Run))
+    assigned: dict[str, set] = {}
+    for method in tree.body[0].body:
+        if isinstance(method, ast.FunctionDef):
+            for node in ast.walk(method):
+                if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and \
+                        isinstance(node.value, ast.Name) and node.value.id == "self":
+                    assigned.setdefault(method.name, set()).add(node.attr)
+    elsewhere = set().union(*(names for name, names in assigned.items() if name != "__init__"))
+    assert elsewhere - assigned["__init__"] == set()
+    assert {"model", "optimizer", "train_loader", "window", "pace", "board"} <= assigned["__init__"]
