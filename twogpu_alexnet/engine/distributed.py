@@ -118,5 +118,5 @@ def gather(obj, ctx: DistContext) -> list:
     if not ctx.enabled:
         return [obj]
     out = [None] * ctx.world_size
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=ctx.host_group)
     return out
