@@ -97,6 +97,11 @@ class AnalysisConfig:
 
 
 @dataclass
+class LogConfig:
+    tensorboard: bool = False  # also write RUN/tensorboard/ (needs the [tensorboard] extra)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -105,6 +110,7 @@ class Config:
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 # The demo that `twogpu-alexnet train` runs with no arguments (configs/demo.toml holds the same text).
