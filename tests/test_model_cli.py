@@ -47,10 +47,20 @@ def test_bench_model_json_has_the_contract_keys_and_rows(capsys):
     (["--batch", "0"], "--batch must be an integer of at least 1, got 0"),
     (["--amp", "fp16"], "--amp fp16 needs a GPU"),
     (["--peak-tflops", "0"], "--peak-tflops must be a positive number"),
-    (["--preset", "cifar"], "choose paper, original or paper-onetower"),
+    (["--preset", "nope"], "unknown preset 'nope'"),
     (["--device", "cuda:7"], "device cuda:7 does not exist"),
 ])
 def test_bench_model_refuses_bad_input_in_one_sentence(capsys, extra, words):
     assert main(["bench", "model", "--device", "cpu", *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and words in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_bench_model_on_a_small_preset_leaves_torchvision_out(capsys):
+    args = ["bench", "model", "--preset", "cifar", "--batch", "2", "--repeats", "1", "--steps", "1", "--warmup", "0"]
+    assert main(args + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in out["rows"]] == ["grouped", "two_tower", "grouped_stock_lrn"]
+    assert out["torchvision_img_s"] is None and out["grouped_vs_torchvision"] is None and out["grouped_img_s"] > 0
+    assert main(args) == 0
+    assert "grouped, stock LRN per tower" in capsys.readouterr().out

@@ -31,8 +31,9 @@ def add_parser(subparsers) -> None:
         description="Training-step rows (224 input; batch 32 on CPU, 128 on GPU; interleaved repeats; medians): "
         "images/s, ms/step, peak GPU memory per device, achieved TFLOP/s (FLOPs from the layer table) and the "
         "percentage of --peak-tflops, for the grouped and two-tower executors, torchvision's alexnet and a "
-        "grouped model with the stock LRN per tower, all in the same settings. On a GPU cudnn.benchmark and TF32 "
-        "are on. Example: twogpu-alexnet bench model --device cuda:0 --amp bf16 --channels-last --batch 256",
+        "grouped model with the stock LRN per tower, all in the same settings (torchvision only at 224 inputs). "
+        "On a GPU cudnn.benchmark and TF32 are on. "
+        "Example: twogpu-alexnet bench model --device cuda:0 --amp bf16 --channels-last --batch 256",
     )
     m.add_argument("--device", default="cpu", help="device for grouped and torchvision (default: cpu)")
     m.add_argument("--devices", nargs=2, metavar=("TOWER0", "TOWER1"), default=None,
@@ -103,7 +104,7 @@ def run_model(args) -> int:
         label = LABELS[row["model"]]
         if row["model"] == "two_tower":
             label += " " + "/".join(result["two_tower_devices"])
-        cells = [label, f"{row['img_s']:,.1f}", f"{row['ms_step']:,.1f}", f"{row['img_s'] / tv:.2f}x",
+        cells = [label, f"{row['img_s']:,.1f}", f"{row['ms_step']:,.1f}", f"{row['img_s'] / tv:.2f}x" if tv else "-",
                  f"{row['tflops']:.3g}"] + ([f"{row['percent_of_peak']:.1f}%"] if peak else [])
         table.add_row(*cells, _memory(row["peak_memory_mib"]))
     console.print(table)
