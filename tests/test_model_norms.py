@@ -125,3 +125,13 @@ def test_lrn_under_bf16_autocast_sums_in_fp32_and_returns_bf16():
     (grad,) = torch.autograd.grad(out, x, grad_out)
     assert grad.dtype == torch.bfloat16
     torch.testing.assert_close(grad.double(), ref_grad, rtol=BF16_ROUNDING * 1.01, atol=1e-6)
+
+
+def test_same_map_norm_under_bf16_autocast_sums_in_fp32_and_returns_bf16():
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(2, 8, 9, 9, generator=g) * 30).bfloat16()
+    ref = same_map_norm(x.double(), 5, 0.001 / 25, 0.75, 1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = same_map_norm(x, 5, 0.001 / 25, 0.75, 1.0)
+    assert out.dtype == torch.bfloat16
+    assert ((out.double() - ref).abs() / ref.abs().clamp_min(1e-3)).max() <= BF16_ROUNDING * 1.01

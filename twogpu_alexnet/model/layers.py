@@ -132,8 +132,11 @@ def same_map_norm(x: Tensor, size: int, alpha: float, beta: float, k: float) -> 
     """The original code's ``rnorm``: b = a / (k + alpha * sum over a size x size window of a^2)^beta.
 
     The window is centred on each pixel and clipped at the border (zero padding adds nothing to the
-    sum). Each channel is normalized on its own, so it never mixes towers.
+    sum). Each channel is normalized on its own, so it never mixes towers. Sums in at least float32;
+    returns ``x``'s dtype.
     """
     pad = size // 2
-    window_mean = F.avg_pool2d(x * x, size, stride=1, padding=pad, count_include_pad=True)
-    return x * _inverse_power(window_mean.mul_(alpha * size * size).add_(k), beta)
+    xw = _wide(x)  # float32 sums for 16-bit inputs, as in the LRN
+    with torch.autocast(x.device.type, enabled=False):
+        window_mean = F.avg_pool2d(xw * xw, size, stride=1, padding=pad, count_include_pad=True)
+        return (xw * _inverse_power(window_mean.mul_(alpha * size * size).add_(k), beta)).to(x.dtype)
