@@ -98,5 +98,6 @@ def test_gpu_lrn_forward_and_backward_are_one_kernel_each():
         torch.autograd.grad(out, x, torch.ones_like(out))
         torch.cuda.synchronize()
     names = [e.name for e in prof.events() if e.device_type.name == "CUDA"]
-    lrn = [n for n in names if "_forward_kernel" in n or "_backward_kernel" in n]
-    assert sorted(lrn) == ["_backward_kernel", "_forward_kernel"], names
+    assert sum("_forward_kernel" in n for n in names) == 1, names
+    assert sum("_backward_kernel" in n for n in names) == 1, names
+    assert len(names) <= 4, names  # besides the two: at most ones_like's fill and a layout copy
