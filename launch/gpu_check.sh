@@ -195,7 +195,7 @@ stage() {  # stage NAME LIMIT_S WHAT: run one stage body under min(LIMIT_S, budg
 
 stage env "${LIMIT_ENV:-30}" "GPU names and link, torch / CUDA / cuDNN, /dev/shm"
 stage pytest "${LIMIT_PYTEST:-150}" "pytest -m gpu"
-stage train "${LIMIT_TRAIN:-150}" "trainer, paper preset: two-tower bf16 + channels_last, resumed grouped, then flipped"
+stage train "${LIMIT_TRAIN:-150}" "trainer, $PRESET preset: two-tower bf16 + channels_last, resumed grouped, then flipped"
 stage bench "${LIMIT_BENCH:-75}" "bench model rows (bf16 + channels_last, batch $BATCH)"
 stage dropout "${LIMIT_DROPOUT:-40}" "dropout masks independent across towers"
 stage compile "${LIMIT_COMPILE:-$BUDGET}" "torch.compile with the time left (bench options)"
