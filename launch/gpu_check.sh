@@ -26,8 +26,8 @@ export PYTHON="${PYTHON:-python3}"
 export DRY="${DRY:-0}"
 export OUT="${OUT:-gpu-check-$(date +%Y%m%d-%H%M%S)}"
 BUDGET="${BUDGET:-480}"
-export TRAIN_STEPS="${TRAIN_STEPS:-150}"   # training steps per epoch (three epochs: two-tower, grouped, flipped)
-export TRAIN_BATCH="${TRAIN_BATCH:-128}"    # the trainer's batch
+export TRAIN_STEPS="${TRAIN_STEPS:-100}"   # training steps per epoch (three epochs: two-tower, grouped, flipped)
+export TRAIN_BATCH="${TRAIN_BATCH:-64}"     # the trainer's batch (synthetic 224 images cost ~15-40 ms of CPU each)
 export BATCH="${BATCH:-256}"                # bench model batch
 if [ "$DRY" = 1 ]; then
   export CUDA_VISIBLE_DEVICES="" TORCH_COMPILE_DISABLE=1 TRAIN_STEPS=2 TRAIN_BATCH=4 BATCH=2
@@ -76,7 +76,7 @@ train_cli() {  # train_cli LABEL ARGS...: one trainer run through the CLI, its J
 }
 
 stage_train() {
-  local run="$OUT/train-run" workers=8 val=512 t0 t1
+  local run="$OUT/train-run" workers=$(($(nproc) > 16 ? 15 : $(nproc) - 1)) val=512 t0 t1
   [ "$DRY" = 1 ] && workers=0 val=4
   read -r t0 t1 <<<"$TOWERS"
   rm -rf "$run"
