@@ -78,14 +78,14 @@ def run(args) -> int:
     console.print(verdict(result))
     if result["control"]:
         console.print(
-            f"[dim]{result['preset']} has no towers: its two conv1 halves are an arbitrary split (the control).[/dim]"
+            f"{result['preset']} has no towers: its two conv1 halves are an arbitrary split (the control).", style="dim"
         )
     console.print(
         f"wrote {result['files']['kernels']}"
         + (f" and {result['files']['scores']}" if result["files"]["scores"] else "")
     )
     if not result["files"]["scores"]:
-        console.print(f"[dim]no score plot: {PLOTS_HINT}[/dim]")
+        console.print(f"no score plot: {PLOTS_HINT}", style="dim")
     return 0
 
 

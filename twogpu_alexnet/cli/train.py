@@ -6,7 +6,6 @@ import math
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from ..errors import UserError
@@ -54,7 +53,7 @@ def run(args) -> int:
     from ..engine.train import train
 
     console = console_for(args)  # the summary: stdout (stderr with --json)
-    progress = Console(stderr=True, highlight=False)  # progress lines and notes: always stderr
+    progress = console_for(args, stderr=True)  # progress lines and notes: always stderr
     ctx = context_from_env()
     if args.resume:
         if args.config or args.out:
