@@ -1,85 +1,205 @@
 #!/usr/bin/env bash
-# Run the GPU tests and the GPU benchmarks on whatever GPUs this machine has; print one table.
+# Time-boxed device check: what one GPU for ten minutes (or two GPUs) can prove about this code.
 #
-#   launch/gpu_check.sh
-#   CUDA_VISIBLE_DEVICES=0 launch/gpu_check.sh           # as a one-GPU machine
-#   PRESET=cifar BATCH=256 launch/gpu_check.sh           # benchmarks on the small net
+#   OUT=gpu-check launch/gpu_check.sh                 # every GPU this machine shows; 480 s in all
+#   BUDGET=900 OUT=gpu-check launch/gpu_check.sh      # more time (stages keep their own limits)
+#   CUDA_VISIBLE_DEVICES=0 OUT=gpu-check launch/gpu_check.sh    # as a one-GPU machine
+#   DRY=1 OUT=/tmp/dry launch/gpu_check.sh            # rehearsal: every stage on the CPU in tiny sizes
 #
-# Rows: pytest -m gpu (tests marked gpu: two-tower / grouped training steps on CUDA, AMP, compile, ...),
-# `twogpu-alexnet bench model` (forward+backward images/s: grouped, two-tower, torchvision), and the
-# speed options of a full training step (launch/speed_options.py), one device and, with two GPUs,
-# the two-tower model. Exit status: that of the tests (0 when they pass).
-set -euo pipefail
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$HERE"
-PYTHON="${PYTHON:-python3}"
-PRESET="${PRESET:-paper}"
-BATCH="${BATCH:-128}"
-NGPU="$("$PYTHON" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)')"
-if [ "$NGPU" -eq 0 ]; then
-  echo "error: no CUDA GPU is visible; gpu_check.sh needs at least one (check nvidia-smi and CUDA_VISIBLE_DEVICES)" >&2
+# Works from a plain checkout (PYTHONPATH, no pip install). Stages run in order of value, each under
+# its own time limit and never past the overall budget; each writes OUT/<stage>.log, and OUT/summary.md
+# grows by one line per stage as it finishes (printed at the end):
+#   env       GPU names and link, torch / CUDA / cuDNN versions, /dev/shm size
+#   pytest    pytest -m gpu: the gpu-marked tests (LRN kernels, executors, trainer options, resume)
+#   train     the trainer on the paper preset, synthetic 224 images: two-tower on the available GPUs
+#             (cuda:0,cuda:0 on one) in bf16 + channels_last, resumed as grouped, resumed again with
+#             channels_last off; checks the three epochs and the checkpoint
+#   bench     bench model: grouped, two-tower, torchvision alexnet, stock LRN; bf16 + channels_last
+#   dropout   the towers' dropout masks are independent draws (two GPUs; skipped on one)
+#   compile   bench options: float32 against bf16 + channels_last + torch.compile, with the time left
+# Exit status: 0 when every stage passed (or was skipped as not applicable), 1 otherwise.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SELF="$ROOT/launch/gpu_check.sh"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHON="${PYTHON:-python3}"
+export DRY="${DRY:-0}"
+export OUT="${OUT:-gpu-check-$(date +%Y%m%d-%H%M%S)}"
+BUDGET="${BUDGET:-480}"
+export TRAIN_STEPS="${TRAIN_STEPS:-100}"   # training steps per epoch (three epochs: two-tower, grouped, flipped)
+export TRAIN_BATCH="${TRAIN_BATCH:-64}"     # the trainer's batch (synthetic 224 images cost ~15-40 ms of CPU each)
+export BATCH="${BATCH:-256}"                # bench model batch
+if [ "$DRY" = 1 ]; then
+  export CUDA_VISIBLE_DEVICES="" TORCH_COMPILE_DISABLE=1 TRAIN_STEPS=2 TRAIN_BATCH=4 BATCH=2
+  export NGPU=0 DEV=cpu TOWERS="cpu cpu" PRESET=cifar
+else
+  export NGPU="${NGPU:-$("$PYTHON" -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)")}"
+  export DEV=cuda:0 PRESET=paper
+  if [ "${NGPU:-0}" -ge 2 ]; then TOWERS="cuda:0 cuda:1"; else TOWERS="cuda:0 cuda:0"; fi
+  export TOWERS
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Stage bodies: `gpu_check.sh __stage NAME` runs one of them (under `timeout`, with its log as output).
+# The last line a body prints on stdout is its one-line result in the summary.
+
+stage_env() {
+  nvidia-smi -L 2>/dev/null || echo "nvidia-smi: not available"
+  nvidia-smi topo -m 2>/dev/null || true
+  df -h /dev/shm 2>/dev/null || true
+  echo "cpus: $(nproc)"
+  "$PYTHON" - <<'PY'
+import shutil, torch
+gpus = [f"{torch.cuda.get_device_name(i)} ({torch.cuda.get_device_properties(i).total_memory / 2**30:.0f} GiB)"
+        for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+shm = shutil.disk_usage("/dev/shm").total / 2**30 if __import__("os").path.isdir("/dev/shm") else 0
+cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {cudnn}; GPUs: {', '.join(gpus) or 'none'}; "
+      f"/dev/shm {shm:.1f} GiB")
+PY
+}
+
+stage_pytest() {
+  local files=(tests)
+  [ "$DRY" = 1 ] && files=(tests/test_model_gpu.py tests/test_model_lrn_triton.py)  # collection only: all skip
+  "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider -rs "${files[@]}"
+  local rc=$?
+  [ $rc -eq 5 ] && rc=0  # no gpu-marked test collected is not a failure
+  return $rc
+}
+
+train_cli() {  # train_cli LABEL ARGS...: one trainer run through the CLI, its JSON result kept
+  local label=$1; shift
+  echo "== $label: twogpu-alexnet train $*"
+  "$PYTHON" -m twogpu_alexnet train "$@" --json >"$OUT/train-$label.json" || return 1
+  cat "$OUT/train-$label.json"
+}
+
+stage_train() {
+  local run="$OUT/train-run" workers=$(($(nproc) > 16 ? 15 : $(nproc) - 1)) val=512 t0 t1
+  [ "$DRY" = 1 ] && workers=0 val=4
+  read -r t0 t1 <<<"$TOWERS"
+  rm -rf "$run"
+  train_cli two-tower --out "$run" --set "model.preset=\"$PRESET\"" --set 'data.source="synthetic"' \
+    --set "data.synthetic_images=$((TRAIN_STEPS * $TRAIN_BATCH))" --set "data.synthetic_val_images=$val" \
+    --set "data.workers=$workers" --set "train.batch_size=$TRAIN_BATCH" --set train.epochs=1 \
+    --set "train.max_steps_per_epoch=$TRAIN_STEPS" --set train.log_every=50 --set 'model.mode="two-tower"' \
+    --set "model.devices=[\"$t0\", \"$t1\"]" --set 'speed.amp="bf16"' --set speed.channels_last=true \
+    --set 'analysis.kernel_grid_epochs=[]' || return 1
+  train_cli grouped --resume "$run" --set train.epochs=2 --set 'model.mode="grouped"' \
+    --set "model.devices=[\"$DEV\"]" || return 1
+  train_cli flipped --resume "$run" --set train.epochs=3 --set speed.channels_last=false || return 1
+  "$PYTHON" - "$run" "$OUT" <<'PY'
+import json, math, sys
+from pathlib import Path
+import torch
+run, out = Path(sys.argv[1]), Path(sys.argv[2])
+epochs = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_top1_error" in r]
+assert [r["epoch"] for r in epochs] == [1, 2, 3], f"epoch lines {[r['epoch'] for r in epochs]}, expected 1, 2, 3"
+assert all(math.isfinite(r["train_loss"]) for r in epochs), "a non-finite training loss"
+saved = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+assert saved["epoch"] == 3 and saved.get("mode", "grouped") == "grouped", (saved["epoch"], saved.get("mode"))
+rates = [json.loads((out / f"train-{k}.json").read_text())["images_per_s"] for k in ("two-tower", "grouped", "flipped")]
+print("3 epochs (two-tower bf16+channels_last, resumed grouped, resumed channels_last off); losses "
+      + ", ".join(f"{r['train_loss']:.3f}" for r in epochs) + "; training images/s " + ", ".join(f"{v:.0f}" for v in rates))
+PY
+}
+
+stage_bench() {
+  local args=(--device "$DEV" --devices $TOWERS --amp bf16 --channels-last --batch "$BATCH")
+  [ "$DRY" = 1 ] && args+=(--preset cifar --repeats 1 --steps 1 --warmup 0) || args+=(--repeats 5 --steps 10 --warmup 3)
+  COLUMNS=200 "$PYTHON" -m twogpu_alexnet bench model "${args[@]}" || return 1
+  echo "see bench.log for the rows"
+}
+
+stage_dropout() {
+  if [ "$DRY" != 1 ] && [ "$NGPU" -lt 2 ]; then
+    echo "SKIP: one GPU (the towers share its generator)"
+    return 0
+  fi
+  local marks=(-m gpu)
+  [ "$DRY" = 1 ] && marks=()
+  "$PYTHON" -m pytest -q -p no:cacheprovider -rs "${marks[@]}" tests/test_model_dropout_towers.py || return 1
+}
+
+stage_compile() {
+  local args=(--preset "$PRESET" --devices "$DEV" --batch "$BATCH" --only "all (bf16, channels_last, compile)")
+  [ "$DRY" = 1 ] && args+=(--repeats 1 --steps 1 --warmup 1) || args+=(--repeats 3 --steps 10 --warmup 3)
+  COLUMNS=200 "$PYTHON" -m twogpu_alexnet bench options "${args[@]}" || return 1
+  [ "$DRY" = 1 ] && echo "DRY: TORCH_COMPILE_DISABLE=1 (the stage's plumbing only, no compilation)"
+  echo "see compile.log for the rows"
+}
+
+if [ "${1:-}" = __stage ]; then
+  cd "$ROOT" || exit 2
+  "stage_$2"
+  exit $?
+fi
+
+# ---------------------------------------------------------------------------------------------
+# The driver: budget, per-stage limits, summary.md.
+
+if [ "$DRY" != 1 ] && [ "${NGPU:-0}" -eq 0 ]; then
+  echo "error: no CUDA GPU is visible; check nvidia-smi and CUDA_VISIBLE_DEVICES, or rehearse with DRY=1" >&2
   exit 2
 fi
-TMP="$(mktemp -d)"
-trap 'rm -rf "$TMP"' EXIT
-echo "GPUs: $NGPU; running pytest -m gpu ..." >&2
-set +e
-"$PYTHON" -m pytest -m gpu -q -p no:cacheprovider >"$TMP/pytest.txt" 2>&1
-echo $? >"$TMP/pytest.rc"
-echo "bench model ..." >&2
-"$PYTHON" -m twogpu_alexnet bench model --device cuda:0 --json >"$TMP/bench.json" 2>"$TMP/bench.err"
-echo "speed options on cuda:0 ..." >&2
-"$PYTHON" launch/speed_options.py --device cuda:0 --preset "$PRESET" --batch-size "$BATCH" --json \
-  >"$TMP/speed1.json" 2>"$TMP/speed1.err"
-if [ "$NGPU" -ge 2 ]; then
-  echo "speed options, two-tower on cuda:0 + cuda:1 ..." >&2
-  "$PYTHON" launch/speed_options.py --two-tower --devices cuda:0 cuda:1 --preset "$PRESET" --batch-size "$BATCH" \
-    --only "baseline (fp32)" "channels_last" "bf16 autocast" "cudnn benchmark" --json >"$TMP/speed2.json" 2>"$TMP/speed2.err"
-fi
-set -e
-"$PYTHON" - "$TMP" "$NGPU" <<'PY'
-import json, sys
-from pathlib import Path
-from rich.console import Console
-from rich.table import Table
-import torch
+mkdir -p "$OUT" 2>/dev/null && [ -w "$OUT" ] || { echo "error: cannot write to OUT=$OUT; choose a writable folder" >&2; exit 2; }
+OUT="$(cd "$OUT" && pwd)"  # the stages run in the checkout
+export OUT
+SUMMARY="$OUT/summary.md"
+START=$SECONDS
+FAILED=0
+{
+  echo "# gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo
+  echo "$([ "$DRY" = 1 ] && echo "DRY rehearsal on the CPU (tiny sizes)" || echo "$NGPU GPU(s)"); towers: $TOWERS;" \
+    "budget ${BUDGET} s; commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo
+} >"$SUMMARY"
 
-tmp, ngpu = Path(sys.argv[1]), int(sys.argv[2])
-names = ", ".join(torch.cuda.get_device_name(i) for i in range(ngpu))
-table = Table(title=f"gpu_check: {ngpu} GPU(s): {names}")
-for col in ("check", "result"):
-    table.add_column(col)
-lines = [l for l in (tmp / "pytest.txt").read_text().splitlines() if l.strip()]
-rc = int((tmp / "pytest.rc").read_text())
-table.add_row("pytest -m gpu", (lines[-1] if lines else "no output") + ("" if rc in (0, 5) else "  FAILED"))
+stage() {  # stage NAME LIMIT_S WHAT: run one stage body under min(LIMIT_S, budget left)
+  local name=$1 limit=$2 what=$3 log="$OUT/$1.log"
+  local left=$((BUDGET - (SECONDS - START)))
+  if [ "$left" -lt 5 ]; then
+    echo "- FAIL \`$name\` (not run: the ${BUDGET} s budget is spent) — $what" >>"$SUMMARY"
+    FAILED=1
+    return
+  fi
+  [ "$DRY" = 1 ] && limit=$left  # a rehearsal on a shared CPU: only the overall budget counts
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "[$((SECONDS - START)) s] $name (limit $limit s) ..." >&2
+  local t0=$SECONDS
+  timeout --kill-after=10 "$limit" bash "$SELF" __stage "$name" >"$log" 2>&1
+  local rc=$? took=$((SECONDS - t0))
+  local last
+  last="$(grep -v '^[[:space:]]*$' "$log" | tail -n 1 | cut -c1-300)"
+  if [ $rc -eq 0 ]; then
+    local word=PASS
+    case "$last" in SKIP:*) word=SKIP ;; esac
+    echo "- $word \`$name\` (${took} s) — $what: $last" >>"$SUMMARY"
+  else
+    FAILED=1
+    local why="exit $rc"
+    [ $rc -eq 124 ] || [ $rc -eq 137 ] && why="timed out after $limit s"
+    {
+      echo "- FAIL \`$name\` ($why, ${took} s) — $what; the end of $name.log:"
+      echo
+      tail -n 25 "$log" | sed 's/^/      /'
+      echo
+    } >>"$SUMMARY"
+  fi
+  if [ $rc -eq 0 ] && { [ "$name" = bench ] || [ "$name" = compile ]; }; then  # the rows themselves
+    { echo; grep -v -e '^see ' -e '^W[0-9]' "$log" | sed 's/^/      /'; echo; } >>"$SUMMARY"
+  fi
+}
 
-def load(name):
-    try:
-        return json.loads((tmp / name).read_text())
-    except (OSError, ValueError):
-        err = tmp / name.replace(".json", ".err")
-        text = err.read_text().strip().splitlines() if err.exists() else []
-        return {"error": text[-1] if text else "no output"}
+stage env "${LIMIT_ENV:-30}" "GPU names and link, torch / CUDA / cuDNN, /dev/shm"
+stage pytest "${LIMIT_PYTEST:-150}" "pytest -m gpu"
+stage train "${LIMIT_TRAIN:-150}" "trainer, $PRESET preset: two-tower bf16 + channels_last, resumed grouped, then flipped"
+stage bench "${LIMIT_BENCH:-75}" "bench model rows (bf16 + channels_last, batch $BATCH)"
+stage dropout "${LIMIT_DROPOUT:-40}" "dropout masks independent across towers"
+stage compile "${LIMIT_COMPILE:-$BUDGET}" "torch.compile with the time left (bench options)"
 
-bench = load("bench.json")
-if "error" in bench:
-    table.add_row("bench model", f"failed: {bench['error']}")
-else:
-    for key in ("grouped_img_s", "two_tower_img_s", "torchvision_img_s"):
-        if bench.get(key) is not None:
-            table.add_row(f"bench model: {key}", f"{bench[key]:.0f} images/s")
-for name, label in (("speed1.json", "cuda:0"), ("speed2.json", "two-tower cuda:0+1")):
-    if not (tmp / name).exists():
-        continue
-    speed = load(name)
-    if "error" in speed:
-        table.add_row(f"train step ({label})", f"failed: {speed['error']}")
-        continue
-    for row in speed["options"]:
-        table.add_row(f"train step {speed['preset']} b{speed['batch_size']} ({label}): {row['option']}",
-                      f"{row['img_s']:.0f} images/s ({row['ratio']:.2f}x; best step {row['img_s_best']:.0f}, {row['ratio_best']:.2f}x)")
-Console().print(table)
-PY
-rc="$(cat "$TMP/pytest.rc")"
-[ "$rc" -eq 5 ] && rc=0   # no tests collected is not a failure
-exit "$rc"
+echo "finished in $((SECONDS - START)) s of ${BUDGET} s" >>"$SUMMARY"
+cat "$SUMMARY"
+exit $FAILED

@@ -71,3 +71,28 @@ def test_gpu_resume_is_bit_identical_with_deterministic_algorithms(tmp_path):
     b = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["model"]
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("sets", [["model.mode=grouped", "model.devices=['cuda:0']"],
+                                  ["model.mode=two-tower", "model.devices=['cuda:0', 'cuda:0']"]])
+def test_a_training_step_between_log_points_never_waits_for_the_gpu(tmp_path, monkeypatch, sets):
+    """Batch 2 of 3 (not a log point: log_every 3) runs under torch.cuda.set_sync_debug_mode("error"):
+    the pinned batch's copies, forward, loss, backward and the update queue without a host sync."""
+    from twogpu_alexnet.engine import train as train_module
+
+    real_iter, calls = train_module.rng_neutral_iter, []
+
+    def strict_second_step(loader):
+        first_loop = not calls  # the first loop is epoch 1's training; validation comes after
+        calls.append(loader)
+        for i, item in enumerate(real_iter(loader)):
+            torch.cuda.set_sync_debug_mode("error" if first_loop and i == 1 else "default")
+            try:
+                yield item
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(train_module, "rng_neutral_iter", strict_second_step)
+    _run(tmp_path, *sets, "train.max_steps_per_epoch=3", "train.log_every=3")
+    assert len(calls) == 2  # the training loop and validation
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 3

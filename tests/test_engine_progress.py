@@ -26,3 +26,21 @@ def test_not_a_terminal_gives_plain_lines_every_n_steps_and_each_epoch():
 
 def test_a_terminal_gets_the_rich_bars():
     assert isinstance(reporter_for(Console(file=io.StringIO(), force_terminal=True)), RichReporter)
+
+
+def test_pace_sets_the_log_points_and_averages_images_per_second(monkeypatch):
+    from twogpu_alexnet.engine import progress
+
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    pace = progress.Pace(every=2, steps_per_epoch=5, images_per_step=20)
+    assert [pace.due(batch) for batch in range(1, 6)] == [False, True, False, True, True]  # and the epoch's last
+    pace.begin_epoch()
+    rates = []
+    for seconds in (1.0, 1.0, 2.0):  # three steps of 20 images (10 in this process, 2 processes)
+        now[0] += seconds
+        rates.append(pace.tick(10))
+    assert rates == [20.0, 20.0, 0.9 * 20.0 + 0.1 * 10.0]  # moving average for the bar
+    assert pace.window_rate(world_size=2) == 60 / 4.0  # step lines: all images since the last log point
+    now[0] += 1.0
+    assert pace.window_rate(world_size=2) == 0.0

@@ -138,6 +138,37 @@ def test_sigterm_saves_exits_143_and_resume_completes(tmp_path, to_group):
     assert (done["epoch"], done["step"]) == (1, saved["batch"] + 2)
 
 
+def test_sigterm_during_validation_saves_at_once_and_the_resumed_run_validates(tmp_path):
+    """SIGTERM after the epoch's last step, while 1,500 validation images are being scored: exit 143
+    with the training state saved, well before the validation could end; the resumed run validates."""
+    run = tmp_path / "run"
+    sets = ["data.synthetic_images=64", "train.batch_size=32", "train.epochs=1", "train.log_every=1",
+            "data.synthetic_val_images=1500", "train.lr=0.001", "data.workers=0"]
+    cmd = [sys.executable, "-m", "twogpu_alexnet", "train", "--out", str(run)] + [a for s in sets for a in ("--set", s)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # the last step's line: validation starts next
+        metrics = run / "metrics.jsonl"
+        if metrics.exists() and '"step": 2,' in metrics.read_text():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.time()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert time.time() - t0 < 20, "the stop waited for the validation"
+    assert "SIGTERM received: saved" in err and "before its validation" in err
+    saved = _weights(run)
+    assert (saved["epoch"], saved["batch"], saved["step"]) == (0, 2, 2)
+    assert not [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert main(["train", "--resume", str(run)]) == 0
+    done = _weights(run)
+    assert (done["epoch"], done["batch"], done["step"]) == (1, 0, 2)
+    assert [r["epoch"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch"] == [1]
+
+
 def test_nonfinite_loss_stops_naming_the_step_and_the_last_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
     train(tiny("train.epochs=1", "train.max_steps_per_epoch=2"), run)

@@ -87,3 +87,51 @@ def test_same_map_norm_matches_the_formula_with_clipped_border():
     torch.testing.assert_close(
         torch.autograd.grad(ours, a, g)[0], torch.autograd.grad(ref, a, g)[0], rtol=0, atol=1e-12
     )
+
+
+def test_lrn_formula_used_under_compile_matches_the_autograd_function():
+    from twogpu_alexnet.model.layers import _lrn_formula
+
+    a = _loud((2, 12, 3, 4))
+    g = torch.randn(2, 12, 3, 4, dtype=torch.float64)
+    per_tower = torch.cat([lrn_loop(h, 5, 1e-4, 0.75, 2.0) for h in a.chunk(2, 1)], 1)
+    torch.testing.assert_close(_lrn_formula(a, 5, 1e-4, 0.75, 2.0, 2), per_tower, rtol=0, atol=1e-12)
+    for size, groups in ((5, 1), (5, 2), (4, 2)):  # an even size: window i-2..i+1
+        ours = _lrn_formula(a, size, 1e-3, 0.75, 2.0, groups)
+        fused = local_response_norm(a, size, 1e-3, 0.75, 2.0, groups=groups)
+        torch.testing.assert_close(ours, fused, rtol=0, atol=1e-12)
+        torch.testing.assert_close(torch.autograd.grad(ours, a, g)[0], torch.autograd.grad(fused, a, g)[0],
+                                   rtol=0, atol=1e-12)
+
+
+BF16_ROUNDING = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits)
+
+
+def test_lrn_under_bf16_autocast_sums_in_fp32_and_returns_bf16():
+    """A bf16 activation is normalized with fp32 sums: the output is the exact result rounded once to bf16.
+
+    Accumulating k + alpha * sum(a^2) in bf16 (ulp 0.0156 at 2) puts ~2% errors in the output."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(4, 96, 13, 13, generator=g) * 30).bfloat16().requires_grad_()
+    grad_out = torch.randn(4, 96, 13, 13, generator=g).bfloat16()
+    x64 = x.detach().double().requires_grad_()
+    ref = local_response_norm(x64, 5, 1e-4, 0.75, 2.0, groups=2)
+    (ref_grad,) = torch.autograd.grad(ref, x64, grad_out.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = local_response_norm(x, 5, 1e-4, 0.75, 2.0, groups=2)
+    assert out.dtype == torch.bfloat16
+    rel = (out.double() - ref).abs() / ref.abs().clamp_min(1e-3)
+    assert rel.max() <= BF16_ROUNDING * 1.01
+    (grad,) = torch.autograd.grad(out, x, grad_out)
+    assert grad.dtype == torch.bfloat16
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=BF16_ROUNDING * 1.01, atol=1e-6)
+
+
+def test_same_map_norm_under_bf16_autocast_sums_in_fp32_and_returns_bf16():
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(2, 8, 9, 9, generator=g) * 30).bfloat16()
+    ref = same_map_norm(x.double(), 5, 0.001 / 25, 0.75, 1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = same_map_norm(x, 5, 0.001 / 25, 0.75, 1.0)
+    assert out.dtype == torch.bfloat16
+    assert ((out.double() - ref).abs() / ref.abs().clamp_min(1e-3)).max() <= BF16_ROUNDING * 1.01

@@ -6,12 +6,16 @@ one in grouped mode, and wraps its model in ``DistributedDataParallel`` with ``d
 (the multi-device form: model parallel inside a process, data parallel across processes). The
 backend is NCCL on GPUs and gloo on the CPU, where the same code runs for testing. Gradients are
 averaged across ranks, so each rank takes ``batch_size / world_size`` images of the global batch.
+
+Host values (stop flags, losses already read, counts) are combined over a gloo group on the CPU
+(the default group under gloo, a second group beside NCCL), so agreeing on them never waits for a
+GPU.
 """
 from __future__ import annotations
 
 import datetime
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.distributed as dist
@@ -26,6 +30,7 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     local_world_size: int = 1
+    host_group: object = field(default=None, compare=False, repr=False)  # gloo group for host values (init)
 
     @property
     def enabled(self) -> bool:
@@ -57,11 +62,19 @@ def per_rank_batch(batch_size: int, ctx: DistContext) -> int:
     return batch_size // ctx.world_size
 
 
-def init(ctx: DistContext, use_cuda: bool, timeout_s: int = 1800) -> None:
-    """Join the process group (NCCL on GPUs, gloo on the CPU); a no-op for a single process."""
-    if ctx.enabled and not dist.is_initialized():
+def init(ctx: DistContext, use_cuda: bool, timeout_s: int = 1800) -> DistContext:
+    """Join the process group (NCCL on GPUs, gloo on the CPU); a no-op for a single process.
+
+    Returns ``ctx`` with its ``host_group``: the group that combines host values (gloo).
+    """
+    if not ctx.enabled:
+        return ctx
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", rank=ctx.rank, world_size=ctx.world_size,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+                                timeout=timeout)
+    group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo", timeout=timeout)
+    return replace(ctx, host_group=group)
 
 
 def shutdown(ctx: DistContext) -> None:
@@ -77,12 +90,19 @@ def wrap(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
 
 
 def sum_across(values: list[float], ctx: DistContext) -> list[float]:
-    """Element-wise sum of ``values`` over all ranks (float64); ``values`` itself for one process."""
+    """Element-wise sum of ``values`` over all ranks (float64); ``values`` itself for one process.
+
+    Host values travel over ``ctx.host_group`` (gloo, CPU) when :func:`init` set one, so the call never
+    waits for a GPU.
+    """
     if not ctx.enabled:
         return list(values)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    if ctx.host_group is not None or dist.get_backend() == "gloo":
+        device = "cpu"
+    else:
+        device = torch.device("cuda", torch.cuda.current_device())
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=ctx.host_group)
     return t.tolist()
 
 
@@ -98,5 +118,5 @@ def gather(obj, ctx: DistContext) -> list:
     if not ctx.enabled:
         return [obj]
     out = [None] * ctx.world_size
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=ctx.host_group)
     return out

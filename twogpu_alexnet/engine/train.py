@@ -21,16 +21,17 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..model import build_model
-from ..model.load import load_into, to_layout
+from ..model.load import canonical_layout, load_into, to_layout
 from ..spec import get_spec
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, tensorboard
 from .config import Config, to_dict, to_toml, validate
 from .distributed import DistContext
 from .metrics import MetricsLog, topk_correct
 from .optim import load_optimizer_state, make_optimizer, optimizer_state
 from .placement import Placement, resolve
-from .progress import Reporter
+from .progress import Pace, Reporter
+from .rundir import RunFolder
 from .schedule import Schedule
 from .signals import StopRequest
 
@@ -62,17 +63,6 @@ class RunResult:
 # ---------------------------------------------------------------------------------------------
 # Checks that run before any data is read or any GPU memory is taken.
 
-def check_run_dir(run_dir: Path, resume: bool) -> None:
-    if resume:
-        if not (run_dir / "config.toml").is_file():
-            raise UserError(f"{run_dir} is not a run folder (no config.toml); --resume takes a folder written by "
-                            "`twogpu-alexnet train`")
-    elif any((run_dir / "checkpoints").glob("*.pt")):
-        raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
-    elif run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {run_dir} is a file; choose a folder")
-
-
 def check_data(config: Config) -> None:
     d = config.data
     if d.source in ("imagefolder", "store", "cifar10"):
@@ -82,7 +72,26 @@ def check_data(config: Config) -> None:
                             "(--set data.root=DIR)")
 
 
+def check_classes(train_classes, val_classes, requested: int | None) -> int:
+    """The number of classes the model gets; UserError when the data cannot train a classifier."""
+    n = len(train_classes)
+    if n < 2:
+        raise UserError(f"the training data has {n} class{'es' * (n != 1)} ({', '.join(map(str, train_classes))}); "
+                        "a classifier needs at least 2 class folders in train/ and val/")
+    if requested and requested != n:
+        raise UserError(f"model.num_classes is {requested} but the training data has {n} "
+                        "classes; set model.num_classes=0 to follow the data")
+    if list(val_classes) != list(train_classes):
+        raise UserError("the validation classes differ from the training classes; "
+                        "train/ and val/ must hold the same class folders")
+    return n
+
+
 def check_speed(config: Config, placement: Placement) -> None:
+    kinds = {torch.device(d).type for d in placement.devices}
+    if config.speed.amp != "none" and len(kinds) > 1:
+        raise UserError(f"speed.amp={config.speed.amp} needs both towers on one kind of device, but model.devices "
+                        f"is {list(placement.devices)}; use speed.amp=none or put both towers on GPUs")
     if config.speed.amp == "fp16" and not placement.use_cuda:
         raise UserError("speed.amp=fp16 needs a GPU; use speed.amp=bf16 on the CPU or none")
 
@@ -145,23 +154,28 @@ def make_data_loader(config: Config, split, batch_size: int, ctx: DistContext, t
 
 
 def canonical_state(model) -> dict:
-    """The model's weights in the two-tower layout, contiguous cpu copies."""
+    """The model's weights in the canonical layout (two-tower; a one-tower preset's own), contiguous cpu copies."""
     return to_layout({k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()},
-                     "two-tower")
+                     canonical_layout(model.spec.name))
 
 
 def forward_loss(forward, images, labels, amp_dtype, device_type: str):
     """Cross-entropy of the logits (on the head device) in float32."""
     with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         logits = forward(images)
-    return F.cross_entropy(logits.float(), labels.to(logits.device))
+    return F.cross_entropy(logits.float(), labels.to(logits.device, non_blocking=True))
 
 
-def sgd_step(loss, optimizer, scaler) -> None:
+def sgd_step(loss, optimizer, scaler, keep=None) -> bool:
+    """Backward and the update; ``keep(loss)``, when given, may veto the update after the backward is
+    queued (train.nonfinite=skip). Returns whether the update was made."""
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    if keep is not None and not keep(loss):
+        return False
     scaler.step(optimizer)
     scaler.update()
+    return True
 
 
 def prepare_batch(images, split, device: torch.device, channels_last: bool):
@@ -171,25 +185,34 @@ def prepare_batch(images, split, device: torch.device, channels_last: bool):
 
 
 @torch.no_grad()
-def validate_model(forward, loader, split, device, amp_dtype, channels_last,
-                   ctx: DistContext) -> tuple[float, float, int]:
-    """(top-1 error, top-5 error, images) of one centre view per image, summed over ranks."""
+def validate_model(forward, loader, split, device, amp_dtype, channels_last, ctx: DistContext,
+                   stopping=None, on_batch=None) -> tuple[float, float, int] | None:
+    """(top-1 error, top-5 error, images) of one centre view per image, summed over ranks.
+
+    ``stopping()`` is asked before each batch (every rank gets the same answer); when it says so the
+    pass ends at once and returns None. ``on_batch(done, batches)`` follows each batch.
+    """
     forward.eval()
-    # each rank sees every world_size-th image; the sampler pads the last ones with repeats: drop those
-    limit = len(range(ctx.rank, len(split.dataset), ctx.world_size))
-    seen, counts = 0, [0.0, 0.0, 0.0]
-    for images, labels, skipped in rng_neutral_iter(loader):
-        keep = max(0, min(len(labels), limit - seen))
-        seen += len(labels) + skipped
-        if keep == 0:
-            continue
-        x = prepare_batch(images[:keep], split, device, channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = forward(x)
-        top1, top5 = topk_correct(logits.float(), labels[:keep].to(logits.device))
-        counts = [counts[0] + top1, counts[1] + top5, counts[2] + keep]
+    try:
+        # each rank sees every world_size-th image; the sampler pads the last ones with repeats: drop those
+        limit = len(range(ctx.rank, len(split.dataset), ctx.world_size))
+        seen, counts = 0, [0.0, 0.0, 0.0]
+        for i, (images, labels, skipped) in enumerate(rng_neutral_iter(loader)):
+            if stopping is not None and stopping():
+                return None
+            keep = max(0, min(len(labels), limit - seen))
+            seen += len(labels) + skipped
+            if keep > 0:
+                x = prepare_batch(images[:keep], split, device, channels_last)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    logits = forward(x)
+                top1, top5 = topk_correct(logits.float(), labels[:keep].to(logits.device, non_blocking=True))
+                counts = [counts[0] + top1, counts[1] + top5, counts[2] + keep]
+            if on_batch is not None:
+                on_batch(i + 1, len(loader))
+    finally:
+        forward.train()
     top1, top5, n = distributed.sum_across(counts, ctx)
-    forward.train()
     if n == 0:
         return math.nan, math.nan, 0
     return 1 - top1 / n, 1 - top5 / n, int(n)
@@ -245,68 +268,66 @@ def train(config: Config, run_dir: "str | os.PathLike", *, resume: bool = False,
     placement = resolve(config.model, ctx)
     check_speed(config, placement)
     check_data(config)
-    check_run_dir(run_dir, resume)
-    payload, notes = None, []
-    if resume:
-        payload, resumed_from, notes = ckpt.load_latest(run_dir)
-        for note in notes:
-            reporter.message(f"{note}; resuming from {resumed_from.name}")
-    reporter.message(f"run folder: {run_dir}" + (" (resuming)" if resume else ""))
-    reporter.message(placement.note)
+    tensorboard.check_available(config.log.tensorboard)
+    with RunFolder(run_dir, resume=resume, owner=ctx.is_main) as folder:  # checked, made and locked for the run
+        for note in folder.notes:
+            reporter.message(note)
+        payload, notes = None, []
+        if resume:
+            payload, resumed_from, notes = ckpt.load_latest(run_dir)
+            for note in notes:
+                reporter.message(f"{note}; resuming from {resumed_from.name}")
+        reporter.message(f"run folder: {run_dir}" + (" (resuming)" if resume else ""))
+        reporter.message(placement.note)
 
-    if placement.use_cuda:
-        torch.cuda.set_device(placement.first_device)
-    distributed.init(ctx, placement.use_cuda)
-    try:
-        with torch_settings(tc.deterministic, config.speed.cudnn_benchmark):
-            run = _Run(config, run_dir, placement, ctx, rank_batch, reporter, stop)
-            run.open(payload)
-            run.start_files()
-            result = run.run()
-    finally:
-        reporter.close()
-        distributed.shutdown(ctx)
+        if placement.cuda_device is not None:
+            torch.cuda.set_device(placement.cuda_device)
+        ctx = distributed.init(ctx, placement.use_cuda)
+        try:
+            with torch_settings(tc.deterministic, config.speed.cudnn_benchmark):
+                run = _Run(config, run_dir, placement, ctx, rank_batch, reporter, stop, payload)
+                try:
+                    result = run.run()
+                finally:
+                    run.board.close()
+        finally:
+            reporter.close()
+            distributed.shutdown(ctx)
     result.wall_s = time.perf_counter() - t_start
     return result
 
 
 class _Run:
-    """One process's training state (model, optimizer, schedule, data, counters) and its steps."""
+    """One process's training state (model, optimizer, schedule, data, counters) and its steps.
+
+    Everything the run holds is set up here, in ``__init__``; the methods below only advance it.
+    """
 
     def __init__(self, config: Config, run_dir: Path, placement: Placement, ctx: DistContext, rank_batch: int,
-                 reporter: Reporter, stop: StopRequest):
+                 reporter: Reporter, stop: StopRequest, payload: dict | None):
+        c, tc = config, config.train
         self.config, self.run_dir, self.placement, self.ctx = config, run_dir, placement, ctx
         self.rank_batch, self.reporter, self.stop = rank_batch, reporter, stop
         self.main = ctx.is_main
         self.device = placement.first_device
-        self.amp_dtype = AMP_DTYPES[config.speed.amp]
-        self.input_size = get_spec(config.model.preset).input_size
-        self.schedule = Schedule(config.schedule)
-        self.step, self.best = 0, math.inf
-        self.images_total, self.time_total = 0, 0.0  # training images and seconds in this invocation
-        self.progress = _empty_progress()  # sums over the epoch in progress (saved by a mid-epoch stop)
+        self.amp_dtype = AMP_DTYPES[c.speed.amp]
+        self.input_size = get_spec(c.model.preset).input_size
+        self.schedule = Schedule(c.schedule)
         self.result = RunResult(run_dir, "done", EXIT_DONE, placement)
-        self.color_on = config.analysis.color_stats and tower_summary is not None
-
-    # ----- setup ---------------------------------------------------------------------------------
-    def open(self, payload: dict | None) -> None:
-        """Data, model, optimizer; then the checkpoint's state when resuming."""
-        c, tc = self.config, self.config.train
-        seed_everything(tc.seed)
+        self.color_on = c.analysis.color_stats and tower_summary is not None
+        # where the run stands: epochs done, the next batch of the epoch in progress, SGD steps taken
         self.epochs_done = payload["epoch"] if payload else 0
-        self.start_batch = payload["batch"] if payload else 0
-        requested = c.model.num_classes or None
+        self.start_batch = resume_batch(payload, tc.batch_size, reporter) if payload else 0
+        self.step, self.best = 0, math.inf
+        self.progress = _empty_progress()  # sums over the epoch in progress (saved by a mid-epoch stop)
+        self.window: list[tuple[torch.Tensor, int, int, int]] = []  # (loss, images, step, batch) not yet read
+        self.last_loss = math.nan  # the loss last read (shown on the progress bar)
+        self.t_epoch = 0.0  # when this invocation's part of the epoch in progress began
+        self.images_total, self.time_total = 0, 0.0  # training images and seconds in this invocation
+
+        seed_everything(tc.seed)
         self.noise = None if self.schedule.color_noise_on(self.epochs_done + 1) else "none"
-        self.train_split = open_data(c, "train", input_size=self.input_size, num_classes=requested,
-                                     color_noise=self.noise)
-        self.val_split = open_data(c, "val", input_size=self.input_size, num_classes=requested)
-        self.num_classes = len(self.train_split.classes)
-        if requested and requested != self.num_classes:
-            raise UserError(f"model.num_classes is {requested} but the training data has {self.num_classes} "
-                            "classes; set model.num_classes=0 to follow the data")
-        if list(self.val_split.classes) != list(self.train_split.classes):
-            raise UserError("the validation classes differ from the training classes; "
-                            "train/ and val/ must hold the same class folders")
+        self.train_split, self.val_split, self.num_classes = self._open_splits()
         p = self.placement
         self.model = build_model(c.model.preset, mode=p.mode, num_classes=self.num_classes,
                                  devices=p.devices if p.mode == "two-tower" else None,
@@ -316,6 +337,7 @@ class _Run:
         self.optimizer = make_optimizer(self.model, tc.lr, tc.momentum, tc.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=c.speed.amp == "fp16")
         torch.manual_seed(tc.seed * 1000 + self.ctx.rank)  # dropout differs across ranks; init is the same on all
+        self.model.seed_dropout(tc.seed, self.ctx.rank)  # each tower's own dropout generator
         if payload:
             self.restore(payload)
         net = distributed.wrap(self.model, self.ctx)
@@ -328,6 +350,20 @@ class _Run:
         if self.steps_per_epoch == 0:
             raise UserError(f"the training split has fewer images than one batch ({self.rank_batch} per process); "
                             "lower train.batch_size or add images")
+        self.pace = Pace(tc.log_every, self.steps_per_epoch, self.rank_batch * self.ctx.world_size)
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.main)
+        self.write_config()
+        self.log.truncate_after(self.epochs_done, self.step)
+        self.board = tensorboard.open_board(self.run_dir, c.log.tensorboard and self.main,
+                                            purge_step=self.step + 1 if payload else None)
+
+    def _open_splits(self):
+        """The training and validation splits and the number of classes (checked against the config)."""
+        c = self.config
+        requested = c.model.num_classes or None
+        train_split = open_data(c, "train", input_size=self.input_size, num_classes=requested, color_noise=self.noise)
+        val_split = open_data(c, "val", input_size=self.input_size, num_classes=requested)
+        return train_split, val_split, check_classes(train_split.classes, val_split.classes, requested)
 
     def restore(self, payload: dict) -> None:
         load_into(self.model, payload["model"])
@@ -338,25 +374,28 @@ class _Run:
         self.step, self.best = int(payload["step"]), float(payload["best_val_top1_error"])
         self.result.best_val_top1_error = self.best
         self.result.checkpoint = self.run_dir / "checkpoints" / "last.pt"
-        if self.start_batch:
+        if payload["batch"]:
             self.progress = dict(payload["progress"])
         rngs = payload["rng"]
         if len(rngs) == self.ctx.world_size:
             ckpt.set_rng_state(rngs[self.ctx.rank])
+            try:  # the towers' dropout generators (absent in older checkpoints: they keep their seed)
+                self.model.set_dropout_rng_state(payload.get("dropout_rng", [])[self.ctx.rank])
+            except (IndexError, ValueError):
+                self.reporter.message("the checkpoint's dropout generator states do not fit this placement "
+                                      "(another tower count or device type): dropout masks will differ")
         else:
             self.reporter.message(f"the checkpoint has random states for {len(rngs)} processes, this run has "
                                   f"{self.ctx.world_size}: augmentation order is kept, dropout masks will differ")
 
-    def start_files(self) -> None:
-        """config.toml (the resolved config) and metrics.jsonl (cut back to the checkpoint when resuming)."""
-        self.log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.main)
+    def write_config(self) -> None:
+        """config.toml: the resolved config (what --resume reads)."""
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             path = self.run_dir / "config.toml"
             tmp = path.with_name(".config.toml.tmp")
             tmp.write_text(to_toml(self.config))
             os.replace(tmp, path)
-        self.log.truncate_after(self.epochs_done, self.step)
 
     # ----- the loop ------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -367,16 +406,58 @@ class _Run:
         self.reporter.start(epochs, self.epochs_done + 1, self.steps_per_epoch)
         self.forward.train()
         for epoch in range(self.epochs_done + 1, epochs + 1):
-            stopped = self.train_epoch(epoch)
-            if stopped:
-                return stopped
-            self.end_epoch(epoch)
+            ended = self.train_epoch(epoch) or self.end_epoch(epoch)
+            if ended:
+                return ended
         return self.finish("done", EXIT_DONE,
                            f"done: {epochs} epochs, best validation top-1 error {100 * self.best:.2f}%")
 
+    def train_step(self, images, labels) -> torch.Tensor | None:
+        """batch -> forward/loss -> SGD step, all queued on the device: nothing here waits for it.
+
+        Returns the loss (read later, at a log point). With train.nonfinite=skip the loss is checked
+        before the update instead (one read per step) and None means the batch was skipped.
+        """
+        x = prepare_batch(images, self.train_split, self.device, self.config.speed.channels_last)
+        loss = forward_loss(self.forward, x, labels, self.amp_dtype, self.device.type)
+        skip = self.config.train.nonfinite == "skip"
+        if not sgd_step(loss, self.optimizer, self.scaler, keep=self.finite_everywhere if skip else None):
+            return None
+        self.step += 1
+        return loss.detach()
+
     def train_epoch(self, epoch: int) -> RunResult | None:
         """The epoch's training steps; a RunResult when the run must end here (signal, non-finite loss)."""
-        c, tc = self.config, self.config.train
+        self.begin_epoch(epoch)
+        batch, self.start_batch = self.start_batch, 0
+        self.train_loader.set_epoch(epoch, start_batch=batch)
+        self.reporter.begin_epoch(epoch, batch)
+        for images, labels, skipped in rng_neutral_iter(self.train_loader):
+            if batch >= self.steps_per_epoch:
+                break
+            batch += 1
+            self.progress["skipped"] += int(skipped)
+            stopping = self.stopping()  # asked before the step: the step in flight finishes first
+            if len(labels):  # else every image of this batch was unreadable (counted in skipped)
+                loss = self.train_step(images, labels)
+                if loss is not None:
+                    self.window.append((loss, len(labels), self.step, batch))
+                else:
+                    self.progress["nonfinite"] += 1
+                    self.reporter.message(f"step {self.step + 1} (epoch {epoch}, batch {batch}): non-finite loss, "
+                                          f"batch skipped ({self.progress['nonfinite']} so far)")
+                self.pace.tick(len(labels))
+            if (self.pace.due(batch) or stopping) and (ended := self.read_window(epoch)):
+                return ended
+            self.reporter.step(epoch, batch - 1, self.last_loss, _lr_of(self.optimizer), self.pace.img_s)
+            if stopping:
+                self.progress["time_s"] += time.perf_counter() - self.t_epoch
+                return self.interrupt(epoch, batch)
+        return None
+
+    def begin_epoch(self, epoch: int) -> None:
+        """The schedule's lr (and, in the original schedule, the colour noise) for ``epoch``."""
+        c = self.config
         self.schedule.apply(self.optimizer, epoch)
         if not self.schedule.color_noise_on(epoch) and self.noise != "none":  # the original schedule, epoch 67
             self.noise = "none"
@@ -385,73 +466,70 @@ class _Run:
             self.train_loader = make_data_loader(c, self.train_split, self.rank_batch, self.ctx, True,
                                                  self.placement.use_cuda)
             self.reporter.message(f"epoch {epoch}: colour noise switched off (original schedule)")
-        batch, self.start_batch = self.start_batch, 0
-        self.train_loader.set_epoch(epoch, start_batch=batch)
-        self.reporter.begin_epoch(epoch, batch)
         self.t_epoch = time.perf_counter()
-        self.loss_sum = 0.0  # sum of loss x images over this invocation's steps of the epoch
-        t_log = t_prev = time.perf_counter()
-        images_log, img_s = 0, 0.0
-        images_per_step = self.rank_batch * self.ctx.world_size
-        for images, labels, skipped in rng_neutral_iter(self.train_loader):
-            if batch >= self.steps_per_epoch:
-                break
-            batch += 1
-            self.progress["skipped"] += int(skipped)
-            if len(labels) == 0:  # every image of this batch was unreadable (counted in skipped)
-                continue
-            x = prepare_batch(images, self.train_split, self.device, c.speed.channels_last)
-            loss = forward_loss(self.forward, x, labels, self.amp_dtype, self.device.type)
-            # the step's one host sync: the loss must be known finite before the update; the same value
-            # feeds the epoch sum, the progress bar and the log. Every rank takes the same decision (one
-            # small all-reduce per step with several processes).
-            loss_value = float(loss.detach())
-            nonfinite, stopping = distributed.any_across([not math.isfinite(loss_value), self.stop.requested],
-                                                         self.ctx)
-            if nonfinite:
-                where = f"step {self.step + 1} (epoch {epoch}, batch {batch})"
-                if tc.nonfinite == "stop":
-                    last = self.result.checkpoint
-                    return self.finish("nonfinite", EXIT_NONFINITE,
-                                       f"the loss became non-finite at {where}; training stopped; last good "
-                                       f"checkpoint: {last if last else 'none yet'} (lower train.lr, or set "
-                                       "train.nonfinite=skip to skip such batches)")
-                self.progress["nonfinite"] += 1
-                self.reporter.message(f"{where}: non-finite loss, batch skipped ({self.progress['nonfinite']} so far)")
-            else:
-                sgd_step(loss, self.optimizer, self.scaler)
-                self.step += 1
-                self.loss_sum += loss_value * len(labels)
-                self.progress["images"] += len(labels)
-                images_log += len(labels)
-                now = time.perf_counter()
-                rate = images_per_step / max(now - t_prev, 1e-9)  # a moving average for the bar
-                img_s = rate if img_s == 0 else 0.9 * img_s + 0.1 * rate
-                self.reporter.step(epoch, batch - 1, loss_value, _lr_of(self.optimizer), img_s)
-                if self.step % tc.log_every == 0 or batch == self.steps_per_epoch:
-                    mean_loss = distributed.sum_across([loss_value], self.ctx)[0] / self.ctx.world_size
-                    self.log.write({"kind": "step", "epoch": epoch, "step": self.step, "loss": mean_loss,
-                                    "lr": _lr_of(self.optimizer),
-                                    "img_s": images_log * self.ctx.world_size / max(now - t_log, 1e-9)})
-                    t_log, images_log = now, 0
-            t_prev = time.perf_counter()
-            if stopping:
-                self.progress["loss_sum"] += self.loss_sum
-                self.progress["time_s"] += time.perf_counter() - self.t_epoch
-                path = self.save(epochs_completed=epoch - 1, batch=batch)
-                return self.finish("interrupted", self.stop.exit_code,
-                                   f"{self.stop.name or 'stop'} received: saved {path} after step {self.step} "
-                                   f"(epoch {epoch}, batch {batch}); continue with --resume {self.run_dir}")
+        self.pace.begin_epoch()
+
+    def stopping(self) -> bool:
+        """Whether a stop was asked (SIGINT/SIGTERM) in any process; host values only."""
+        return distributed.any_across([self.stop.requested], self.ctx)[0]
+
+    def finite_everywhere(self, loss: torch.Tensor) -> bool:
+        """train.nonfinite=skip: the loss of this step is finite in every process (reads it now)."""
+        return not distributed.any_across([not math.isfinite(float(loss.detach()))], self.ctx)[0]
+
+    def read_window(self, epoch: int) -> RunResult | None:
+        """The log point: read the losses of the steps since the last one (one transfer), check them,
+        add them to the epoch's sums and write the step line. A RunResult when one was not finite."""
+        losses, self.window = self.window, []
+        values = torch.stack([loss for loss, *_ in losses]).tolist() if losses else []  # the one host read
+        bad = next(((step, batch) for v, (_, _, step, batch) in zip(values, losses) if not math.isfinite(v)), None)
+        loss_sum, any_bad = distributed.sum_across([values[-1] if values else math.nan, float(bad is not None)],
+                                                   self.ctx)
+        if any_bad:
+            where = f"step {bad[0]} (epoch {epoch}, batch {bad[1]})" if bad else f"step {self.step} (epoch {epoch})"
+            last = self.result.checkpoint
+            return self.finish("nonfinite", EXIT_NONFINITE,
+                               f"the loss became non-finite at {where}; training stopped; last good "
+                               f"checkpoint: {last if last else 'none yet'} (lower train.lr, or set "
+                               "train.nonfinite=skip to skip such batches)")
+        if not values:
+            return None
+        for v, (_, n, _, _) in zip(values, losses):
+            self.progress["loss_sum"] += v * n
+            self.progress["images"] += n
+        self.last_loss = values[-1]
+        record = {"kind": "step", "epoch": epoch, "step": self.step, "loss": loss_sum / self.ctx.world_size,
+                  "lr": _lr_of(self.optimizer), "img_s": self.pace.window_rate(self.ctx.world_size)}
+        self.log.write(record)
+        self.board.record(record, self.step)
         return None
 
-    def end_epoch(self, epoch: int) -> None:
-        """Validation, the schedule, the towers' colour statistics, the epoch record and the checkpoint."""
+    def interrupt(self, epoch: int, batch: int) -> RunResult:
+        """Save the training state after ``batch`` of ``epoch`` (batch = the last one: validation is left
+        to the resumed run) and end with the signal's exit code."""
+        path = self.save(epochs_completed=epoch - 1, batch=batch)
+        where = f"epoch {epoch}, batch {batch}" + (", before its validation" if batch == self.steps_per_epoch else "")
+        return self.finish("interrupted", self.stop.exit_code,
+                           f"{self.stop.name or 'stop'} received: saved {path} after step {self.step} ({where}); "
+                           f"continue with --resume {self.run_dir}")
+
+    def end_epoch(self, epoch: int) -> RunResult | None:
+        """Validation, the schedule, the towers' colour statistics, the epoch record and the checkpoint.
+
+        A stop during validation ends the run here (the training state saved; the resumed run
+        validates again)."""
         c, ctx, p = self.config, self.ctx, self.progress
-        train_time = p["time_s"] + time.perf_counter() - self.t_epoch
+        t_val = time.perf_counter()
+        p["time_s"] += t_val - self.t_epoch  # the epoch's training time, complete
+        val = validate_model(self.forward, self.val_loader, self.val_split, self.device, self.amp_dtype,
+                             c.speed.channels_last, ctx, stopping=self.stopping,
+                             on_batch=lambda done, total: self.reporter.validating(epoch, done, total))
+        if val is None:
+            return self.interrupt(epoch, self.steps_per_epoch)
+        top1, top5, _ = val
+        train_time = p["time_s"]
         loss_total, images, skipped, nonfinite = distributed.sum_across(
-            [p["loss_sum"] + self.loss_sum, p["images"], p["skipped"], p["nonfinite"]], ctx)
-        top1, top5, _ = validate_model(self.forward, self.val_loader, self.val_split, self.device, self.amp_dtype,
-                                       c.speed.channels_last, ctx)
+            [p["loss_sum"], p["images"], p["skipped"], p["nonfinite"]], ctx)
         lr_used = _lr_of(self.optimizer)
         dropped = self.schedule.end_epoch(epoch, top1)
         is_best = top1 < self.best
@@ -459,7 +537,7 @@ class _Run:
         weights = canonical_state(self.model) if self.main else None
         record = {"kind": "epoch", "epoch": epoch, "train_loss": loss_total / max(images, 1),
                   "val_top1_error": top1, "val_top5_error": top5, "lr": lr_used,
-                  "time_s": p["time_s"] + time.perf_counter() - self.t_epoch, "img_s": images / max(train_time, 1e-9),
+                  "time_s": train_time + time.perf_counter() - t_val, "img_s": images / max(train_time, 1e-9),
                   "skipped": int(skipped), "nonfinite_skipped": int(nonfinite),
                   "color_score_tower0": None, "color_score_tower1": None}
         if self.color_on and self.main:
@@ -470,7 +548,9 @@ class _Run:
             if epoch in set(c.analysis.kernel_grid_epochs) | {c.train.epochs}:
                 (self.run_dir / "kernels").mkdir(exist_ok=True)
                 save_kernel_grid(weights, self.run_dir / "kernels" / f"epoch_{epoch:03d}.png")
+                self.board.kernel_grid(weights, self.step)
         self.log.write(record)
+        self.board.record(record, self.step)
         self.reporter.epoch(record)
         if dropped:
             self.reporter.message(f"epoch {epoch}: validation error stopped improving; lr divided by "
@@ -484,12 +564,14 @@ class _Run:
         self.progress = _empty_progress()
         epoch_file = epoch % c.checkpoint.every == 0 or epoch == c.train.epochs
         self.save(epochs_completed=epoch, batch=0, epoch_file=epoch_file, is_best=is_best, weights=weights)
+        return None
 
     # ----- checkpoints and the result ---------------------------------------------------------------
     def save(self, epochs_completed: int, batch: int, epoch_file: bool = False, is_best: bool = False,
              weights: dict | None = None) -> Path:
         """Write the run's state (rank 0; every rank contributes its generator states)."""
         rngs = distributed.gather(ckpt.rng_state(), self.ctx)  # taken last: nothing random happens after
+        dropout_rngs = distributed.gather(self.model.dropout_rng_state(), self.ctx)
         path = self.run_dir / "checkpoints" / "last.pt"
         if self.main:
             c = self.config
@@ -499,6 +581,7 @@ class _Run:
                 "epoch": epochs_completed, "batch": batch, "step": self.step,
                 "optimizer": optimizer_state(self.optimizer, self.model), "scheduler": self.schedule.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}, "rng": rngs,
+                "dropout_rng": dropout_rngs,
                 "data": {"seed": c.train.seed, "epoch": epochs_completed + 1, "batch": batch},
                 "progress": dict(self.progress), "best_val_top1_error": self.best, "config": to_dict(c),
                 "mode": self.placement.mode, "world_size": self.ctx.world_size,
@@ -519,3 +602,25 @@ class _Run:
 
 def _empty_progress() -> dict:
     return {"loss_sum": 0.0, "images": 0, "skipped": 0, "nonfinite": 0, "time_s": 0.0}
+
+
+def resume_batch(payload: dict, batch_size: int, reporter: Reporter) -> int:
+    """The batch to resume the checkpoint's epoch at, with ``batch_size`` (train.batch_size now).
+
+    A mid-epoch checkpoint records the batches done at the batch size it was trained with; the loader's
+    order does not depend on the batch size, so a new size resumes at the same image when it divides
+    the images seen, and is refused with a sentence when it does not.
+    """
+    batch = int(payload["batch"])
+    before = int(payload["config"]["train"]["batch_size"])
+    if batch == 0 or before == batch_size:
+        return batch
+    seen = batch * before
+    epoch = payload["epoch"] + 1
+    if seen % batch_size:
+        raise UserError(f"the checkpoint stopped in epoch {epoch} after {seen} images ({batch} batches of {before}); "
+                        f"train.batch_size={batch_size} does not divide that: resume with train.batch_size={before} "
+                        "and change it after the epoch ends")
+    reporter.message(f"train.batch_size changed from {before} to {batch_size} in mid-epoch: epoch {epoch} goes on "
+                     f"after the {seen} images already seen (batch {seen // batch_size + 1})")
+    return seen // batch_size

@@ -1,0 +1,79 @@
+"""Optional TensorBoard logging (``log.tensorboard = true``) into ``RUN/tensorboard/``.
+
+The records that go to ``metrics.jsonl`` go here too, as scalars at the global step: per log point
+``train/loss``, ``train/lr``, ``train/img_s``; per epoch ``epoch/train_loss``, ``epoch/val_top1_error``,
+``epoch/val_top5_error``, ``epoch/lr``, ``epoch/img_s`` and ``epoch/color_score_tower0/1``; at the
+analysis epochs the Figure-3 kernel grid as the image ``kernels/conv1``. Off, nothing is imported
+and nothing is written. ``tensorboard --logdir RUN`` shows a run (or ``--logdir runs`` all of them).
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from ..errors import UserError
+
+INSTALL = "pip install 'twogpu-alexnet[tensorboard]'"
+_STEP_KEYS = ("loss", "lr", "img_s")
+_EPOCH_KEYS = ("train_loss", "val_top1_error", "val_top5_error", "lr", "img_s",
+               "color_score_tower0", "color_score_tower1")
+
+
+def summary_writer_class():
+    """torch's ``SummaryWriter``, or a UserError naming the extra to install."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError(f"log.tensorboard = true needs the tensorboard package; install it with {INSTALL} "
+                        "or set log.tensorboard=false") from None
+    return SummaryWriter
+
+
+def check_available(enabled: bool) -> None:
+    """Fail before any data is read when TensorBoard is asked for and missing."""
+    if enabled:
+        summary_writer_class()
+
+
+class Board:
+    """Writes run records to a TensorBoard writer; without one (logging off) every call does nothing."""
+
+    def __init__(self, writer=None):
+        self.writer = writer
+
+    def record(self, record: dict, step: int) -> None:
+        """A ``metrics.jsonl`` record (``kind`` step or epoch) as scalars at the global ``step``."""
+        if self.writer is None:
+            return
+        prefix, keys = ("train", _STEP_KEYS) if record["kind"] == "step" else ("epoch", _EPOCH_KEYS)
+        for key in keys:
+            value = record.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+        self.writer.flush()
+
+    def kernel_grid(self, weights: dict, step: int) -> None:
+        """The Figure-3 picture of a two-tower state dict's conv1 kernels."""
+        if self.writer is None:
+            return
+        from ..analysis.kernels import kernel_grid
+
+        self.writer.add_image("kernels/conv1", kernel_grid(weights), step)  # 3 x H x W in [0, 1]
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def open_board(run_dir: "str | os.PathLike", enabled: bool, purge_step: int | None = None, writer_class=None) -> Board:
+    """A :class:`Board` writing to ``run_dir/tensorboard`` (``enabled``), else one that does nothing.
+
+    ``purge_step``: a resumed run's first step; TensorBoard hides what an earlier invocation logged
+    from there on (the resumed run logs it again). ``writer_class`` replaces ``SummaryWriter``.
+    """
+    if not enabled:
+        return Board()
+    writer_class = writer_class or summary_writer_class()
+    return Board(writer_class(log_dir=str(Path(run_dir) / "tensorboard"), purge_step=purge_step))
