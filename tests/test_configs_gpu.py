@@ -14,6 +14,6 @@ def test_gpu_configs_use_bf16_and_channels_last(path, tmp_path):
     assert (speed.amp, speed.channels_last, speed.cudnn_benchmark, speed.compile) == ("bf16", True, True, False)
 
 
-def test_there_are_three_gpu_configs():
+def test_every_gpu_config_is_checked():
     assert sorted(p.name for p in CONFIGS.glob("*gpu.toml")) == ["original-2gpu.toml", "paper-1gpu.toml",
-                                                                  "paper-2gpu.toml"]
+                                                                  "paper-2gpu.toml", "paper-half-1gpu.toml"]
