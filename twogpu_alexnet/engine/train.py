@@ -38,9 +38,9 @@ EXIT_DONE, EXIT_NONFINITE = 0, 3  # user errors exit 2 (the CLI), signals 130 / 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 try:  # the towers' colour statistics each epoch (optional: the trainer works without them)
-    from ..analysis.kernels import save_kernel_grid, tower_summary
+    from ..analysis.kernels import epoch_color_fields, save_kernel_grid, specialization
 except ImportError:  # pragma: no cover - the analysis package is part of the normal build
-    save_kernel_grid = tower_summary = None
+    epoch_color_fields = save_kernel_grid = specialization = None
 
 
 @dataclass
@@ -137,6 +137,13 @@ def canonical_state(model) -> dict:
     """The model's weights in the two-tower layout, contiguous cpu copies."""
     return to_layout({k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()},
                      "two-tower")
+
+
+def conv1_state(model) -> dict:
+    """The model's conv1 weights in the two-tower layout (cpu copies), for the colour statistics."""
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
+             if k.endswith("conv1.weight")}
+    return to_layout(state, "two-tower")
 
 
 def forward_loss(forward, images, labels, amp_dtype, device_type: str):
@@ -274,7 +281,7 @@ class _Run:
         self.images_total, self.time_total = 0, 0.0  # training images and seconds in this invocation
         self.progress = _empty_progress()  # sums over the epoch in progress (saved by a mid-epoch stop)
         self.result = RunResult(run_dir, "done", EXIT_DONE, placement)
-        self.color_on = config.analysis.color_stats and tower_summary is not None
+        self.color_on = config.analysis.color_stats and specialization is not None
 
     # ----- setup ---------------------------------------------------------------------------------
     def open(self, payload: dict | None) -> None:
@@ -301,6 +308,8 @@ class _Run:
                                  device=p.devices[0] if p.mode == "grouped" else None)
         if c.speed.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # conv1 at step 0, kept in every checkpoint: the colour statistics score what training added to it
+        self.conv1_init = payload.get("conv1_init") if payload else conv1_state(self.model)
         self.optimizer = make_optimizer(self.model, tc.lr, tc.momentum, tc.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=c.speed.amp == "fp16")
         torch.manual_seed(tc.seed * 1000 + self.ctx.rank)  # dropout differs across ranks; init is the same on all
@@ -451,9 +460,10 @@ class _Run:
                   "skipped": int(skipped), "nonfinite_skipped": int(nonfinite),
                   "color_score_tower0": None, "color_score_tower1": None}
         if self.color_on and self.main:
-            summary = tower_summary(weights)
-            record["color_score_tower0"] = summary["towers"][0]["mean"]
-            record["color_score_tower1"] = summary["towers"][1]["mean"]
+            summary = specialization(weights, self.conv1_init)
+            record["color_score_tower0"] = summary["weights"]["towers"][0]["mean"]
+            record["color_score_tower1"] = summary["weights"]["towers"][1]["mean"]
+            record.update(epoch_color_fields(summary))
             self.result.color = summary
             if epoch in set(c.analysis.kernel_grid_epochs) | {c.train.epochs}:
                 (self.run_dir / "kernels").mkdir(exist_ok=True)
@@ -491,6 +501,7 @@ class _Run:
                 "progress": dict(self.progress), "best_val_top1_error": self.best, "config": to_dict(c),
                 "mode": self.placement.mode, "world_size": self.ctx.world_size,
                 "data_stats": self.train_split.stats.to_dict(),  # the training mean and RGB PCA, for evaluation
+                "conv1_init": self.conv1_init,  # conv1 at step 0 (None for runs begun before it was kept)
             }
             path = ckpt.save_run_checkpoint(self.run_dir, state, epoch_done=epochs_completed if epoch_file else None,
                                             is_best=is_best, keep_last=c.checkpoint.keep_last)
