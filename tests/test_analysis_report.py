@@ -200,7 +200,12 @@ def test_report_builds_from_a_real_short_training_run(tmp_path, capsys):
     assert result["kernel_grids"] == [str(run / "kernels" / "epoch_001.png")]
     assert result["towers"] is not None and len(result["towers"]["towers"]) == 2
     steps, epochs, _ = read_metrics(run)
-    assert epochs[0]["color_score_tower0"] == pytest.approx(result["towers"]["towers"][0]["mean"])
+    towers = result["towers"]  # the trainer kept conv1 at step 0: the headline is the learned part W - W0
+    assert towers["measured"] == "learned"
+    assert epochs[0]["color_score_tower0"] == pytest.approx(towers["weights"]["towers"][0]["mean"])
+    assert epochs[0]["learned_color_score_tower0"] == pytest.approx(towers["towers"][0]["mean"])
+    assert epochs[0]["learned_color_score_tower1"] == pytest.approx(towers["learned"]["towers"][1]["mean"])
+    assert epochs[0]["color_kernels"] == towers["gate"]["color_kernels"]
     page = (run / "report" / "report.html").read_text()
     assert "Do the towers specialize?" in page and len(_embedded_pngs(page)) >= 1
 

@@ -431,7 +431,8 @@ def analyze_weights(path, out_dir, *, key: str | None = None, groups: int = 2, *
     from .weights import read_conv1
 
     if groups != 2:
-        raise UserError(f"--groups {groups} is not supported: the between-tower test compares two groups; use --groups 2")
+        raise UserError(f"--groups {groups} is not supported: the between-tower test compares two groups; "
+                        "use --groups 2")
     w, found = read_conv1(path, key)
     if w.shape[0] % groups:
         raise UserError(f"{path}: {found} has {w.shape[0]} output channels, which do not split into {groups} equal "

@@ -132,13 +132,15 @@ def save_training_curves(steps: list[dict], epochs: list[dict], out_dir) -> dict
             ax.set_yscale("log")
         finish(fig, ax, "lr", "learning rate")
 
-    c0 = series(epochs, "color_score_tower0")
-    c1 = series(epochs, "color_score_tower1")
-    if c0[1] or c1[1]:
+    # colour: W per tower (solid), the learned part W - W0 (dashed) and the random-kernel baseline 2/3
+    curves = [(series(epochs, f"{prefix}color_score_tower{tower}"), tower, style, f"tower {tower}{what}")
+              for prefix, style, what in (("", "o-", " (W)"), ("learned_", "s--", " (W - W0)")) for tower in (0, 1)]
+    if any(y for (_, y), *_ in curves):
         fig, ax = plt.subplots(figsize=(6, 3.6))
-        for tower, (x, y) in enumerate((c0, c1)):
+        for (x, y), tower, style, label in curves:
             if y:
-                ax.plot(x, y, "o-", color=TOWER_COLORS[tower], label=f"tower {tower}")
+                ax.plot(x, y, style, color=TOWER_COLORS[tower], label=label)
+        ax.axhline(2 / 3, color="gray", ls=":", lw=1, label="random kernels (2/3)")
         ax.set_ylim(0, 1)
         finish(fig, ax, "color_score", "mean conv1 colour score")
     return written
