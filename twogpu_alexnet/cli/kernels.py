@@ -171,18 +171,20 @@ def verdict(result: dict) -> str:
 
 
 def compare_table(result: dict) -> Table:
-    table = Table(title="conv1 colour specialization across runs (scores of W - W0 where the run kept W0)")
-    for name in ("run", "preset", "epoch", "steps", "measured", "colour kernels", "tower 0 mean", "tower 1 mean",
-                 "effect", "p perm.", "p Fisher", "tower"):
-        table.add_column(name, justify="left" if name in ("run", "preset", "measured") else "right")
+    table = Table(title="conv1 colour specialization across runs",
+                  caption="of: W-W0 = the learned part (the run kept conv1 at step 0), W = the weights; colour: "
+                  "kernels above the threshold, both towers (few = too few to test); * = control (no towers)")
+    for name in ("run", "preset", "epoch", "steps", "of", "colour", "t0 mean", "t1 mean", "effect", "p perm.",
+                 "p Fisher", "tower"):
+        table.add_column(name, justify="left" if name in ("run", "preset", "of") else "right", no_wrap=True)
     for r in result["runs"]:
         tower = r["color_specific_tower"]
         table.add_row(
-            escape(Path(r["run"]).name), escape(r["preset"]) + (" (control)" if r["control"] else ""),
-            str(r["epoch"]), str(r["steps"]), r["measured"] + ("" if r["measurable"] else " (too few)"),
-            f"{r['color_kernels']} of {r['kernels']}", f"{r['tower0_mean']:.3f}", f"{r['tower1_mean']:.3f}",
-            f"{r['effect_size']:+.2f}", f"{r['p_value']:.3g}", f"{r['fisher_p_value']:.3g}",
-            "-" if tower is None else str(tower),
+            escape(Path(r["run"]).name), escape(r["preset"]) + (" *" if r["control"] else ""),
+            str(r["epoch"]), str(r["steps"]), "W-W0" if r["measured"] == "learned" else "W",
+            f"{r['color_kernels']}/{r['kernels']}" + ("" if r["measurable"] else " few"),
+            f"{r['tower0_mean']:.3f}", f"{r['tower1_mean']:.3f}", f"{r['effect_size']:+.2f}", f"{r['p_value']:.2g}",
+            f"{r['fisher_p_value']:.2g}", "-" if tower is None else str(tower),
         )
     return table
 
