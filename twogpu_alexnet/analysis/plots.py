@@ -45,13 +45,16 @@ def save_score_plot(summary: dict, path, title: str | None = None) -> Path | Non
         left.scatter(s, y, s=14, alpha=0.8, color=TOWER_COLORS[tower], zorder=3)
     left.axvline(summary["threshold"], color="gray", ls="--", lw=1)
     left.axvline(2 / 3, color="gray", ls=":", lw=1)  # the expected score of an i.i.d. random kernel
-    left.text(2 / 3, 2.45, " random init", fontsize=7, color="gray", va="top")
+    left.text(2 / 3, 2.45, " random kernels (2/3)", fontsize=7, color="gray", va="top")
     left.set_yticks([1, 2], ["tower 0", "tower 1"])
     left.set_xlim(-0.02, 1.02)
     left.set_xlabel("colour-specificity score (share of energy outside gray)")
     tower = summary["color_specific_tower"]
-    verdict = "no significant difference" if tower is None else f"tower {tower} is colour-specific"
-    left.set_title(f"p = {summary['p_value']:.4f}, effect {summary['effect_size']:+.2f}: {verdict}", fontsize=9)
+    verdict = summary.get("verdict") or ("no significant difference" if tower is None else
+                                         f"tower {tower} is colour-specific")
+    what = "W - W0" if summary.get("measured") == "learned" else "W"
+    left.set_title(f"{what}: p = {summary['p_value']:.4f}, effect {summary['effect_size']:+.2f}: {verdict}",
+                   fontsize=8)
 
     shares = [(1 - t["red_green"] - t["blue_yellow"], t["red_green"], t["blue_yellow"]) for t in summary["towers"]]
     bottom = np.zeros(2)
