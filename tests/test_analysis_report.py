@@ -231,3 +231,25 @@ def test_unwritable_output_folders_are_one_line_errors(analysis_run_folder, tmp_
     assert main(["report", "--run", str(analysis_run_folder), "--out", str(blocker / "r")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot write to folder") and "--out" in err
+
+
+@pytest.mark.parametrize("line", [
+    '{"kind": "epoch", "epoch": "2", "train_loss": 1.0}',  # crashed sorting str against int epochs
+    '{"kind": "epoch", "epoch": [1]}',  # crashed: unhashable epoch
+    '{"kind": "epoch", "epoch": null}',
+    '{"kind": "epoch", "epoch": 1e400}',
+    '{"kind": "epoch", "epoch": 2, "train_loss": "low", "time_s": "x"}',
+    '{"kind": "step", "epoch": 1, "step": "x", "loss": "y"}',
+    '[1, 2]',
+])
+def test_report_skips_a_malformed_metrics_line_with_a_note(line, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    good = {"kind": "epoch", "epoch": 1, "train_loss": 2.0, "val_top1_error": 0.5, "val_top5_error": 0.2}
+    (run / "metrics.jsonl").write_text(json.dumps(good) + "\n" + line + "\n")
+    assert main(["report", "--run", str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 1 unreadable line(s) of metrics.jsonl" in printed
+    steps, epochs, bad = read_metrics(run)
+    assert bad == 1 and steps == [] and [e["epoch"] for e in epochs] == [1]
+    assert "1 unreadable line(s) in metrics.jsonl were skipped" in (run / "report" / "report.html").read_text()
