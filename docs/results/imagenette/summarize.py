@@ -6,8 +6,9 @@ The runs were started before the trainer kept conv1 at step 0, so W0 is rebuilt 
 seed the way the trainer builds it (torch.manual_seed(train.seed), then build_model in the run's
 mode on the CPU; the data sources draw nothing from torch's generator before that), written into
 checkpoints/last.pt as ``conv1_init`` (atomically) so that `twogpu-alexnet kernels --compare` scores
-W - W0, and used here for every epoch checkpoint. Writes epochs.json (one row per run and epoch)
-and learned_share.png (colour-specific kernels of W - W0 per tower over steps).
+W - W0, and used here for every epoch checkpoint. Writes epochs.json: one row per run and epoch
+(conv1 moved = ||W - W0|| / ||W0|| per tower, the learned part's mean score and colour-specific
+kernels per tower, the weights' mean score, both p-values, the effect size and the verdict).
 """
 import argparse
 import json
@@ -19,7 +20,6 @@ import torch
 
 from twogpu_alexnet import build_model
 from twogpu_alexnet.analysis.kernels import specialization
-from twogpu_alexnet.analysis.plots import load_pyplot
 from twogpu_alexnet.model.load import load_weights, to_layout
 
 
@@ -69,24 +69,6 @@ def main():
         keep_init(run / "checkpoints" / "last.pt", init)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "epochs.json").write_text(json.dumps(rows, indent=1) + "\n")
-    plt = load_pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for i, run in enumerate(sorted({r["run"] for r in rows})):
-        mine = [r for r in rows if r["run"] == run]
-        for tower, style in ((0, "o-"), (1, "s--")):
-            left.plot([r["step"] for r in mine], [r["learned_above"][tower] for r in mine], style, color=f"C{i}",
-                      label=f"{run} t{tower}")
-            right.plot([r["step"] for r in mine], [r["learned_mean"][tower] for r in mine], style, color=f"C{i}")
-    right.axhline(2 / 3, color="gray", ls=":", lw=1)
-    left.set_ylabel("colour-specific kernels of W - W0 (of 48)")
-    right.set_ylabel("mean score of W - W0")
-    right.set_ylim(0, 1)
-    for ax in (left, right):
-        ax.set_xlabel("SGD steps (64 images)")
-        ax.grid(alpha=0.3)
-    left.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(args.out / "learned_share.png", dpi=80)
 
 
 if __name__ == "__main__":
