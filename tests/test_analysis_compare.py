@@ -84,3 +84,18 @@ def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert "has no checkpoints/last.pt" in err and len(err.strip().splitlines()) == 1
     assert main(["kernels", "--compare", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_kernels_on_a_one_tower_checkpoint_is_a_control(tmp_path, capsys):
+    """paper-half has one tower of 48 conv1 kernels (its only layout is grouped): halves of 24, a control."""
+    model = build_model("paper-half", mode="grouped", device="cpu", num_classes=10)
+    state = model.state_dict()
+    init = {"conv1.weight": state["conv1.weight"].clone()}
+    state["conv1.weight"] = state["conv1.weight"] + 0.01 * torch.randn_like(state["conv1.weight"])
+    path = tmp_path / "half.pt"
+    torch.save({"model": state, "preset": "paper-half", "num_classes": 10, "conv1_init": init}, path)
+    assert main(["kernels", "--checkpoint", str(path), "--out", str(tmp_path / "k"), "--permutations", "99",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["control"] is True and result["measured"] == "learned"
+    assert [t["n"] for t in result["towers"]] == [24, 24]

@@ -160,7 +160,7 @@ def test_kernels_command_control_and_preset_mismatch(tmp_path, capsys):
     assert "cifar-onetower" in printed and "arbitrary split" in printed
     assert "median" in printed and "no significant difference" in printed  # the table and the verdict
     assert main(["kernels", "--checkpoint", str(path), "--preset", "paper", "--out", str(tmp_path / "b")]) == 2
-    assert "expects (48, 3, 11, 11)" in capsys.readouterr().err
+    assert "expects (96, 3, 11, 11)" in capsys.readouterr().err
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     assert main(["kernels", "--checkpoint", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "c")]) == 2
 

@@ -1,4 +1,6 @@
 """prepare + stats on generated class folders give exactly the expected mean image, channel means and RGB PCA."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -84,6 +86,20 @@ def test_folder_stats_are_exact_and_cached(tmp_path, data_write_images):
     fresh = folder_stats(list_split(src).images(), SIZE, workers=1)
     _check(fresh, {**images, **extra})
 
+
+
+def test_replaced_image_under_the_same_name_makes_the_cache_stale(tmp_path, data_write_images):
+    images = _images(seed=3, count=4)
+    src = data_write_images(tmp_path / "train", images)
+    first = folder_stats(list_split(src).images(), SIZE, workers=1)
+    _check(first, images)
+    name = "a/img0.png"
+    stamp = (src / name).stat()
+    replaced = {name: np.full((SIZE, SIZE, 3), 9, np.uint8)}
+    data_write_images(src, replaced)
+    os.utime(src / name, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))   # a later time, whatever the clock
+    again = folder_stats(list_split(src).images(), SIZE, workers=1)
+    _check(again, {**images, **replaced})
 
 def test_parallel_chunks_give_the_same_exact_sums(tmp_path, data_write_images):
     images = _images(seed=2, count=7)

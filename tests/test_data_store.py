@@ -198,3 +198,54 @@ def test_killed_prepare_leaves_no_worker_behind_and_resumes(tmp_path, data_write
     result = prepare_store(tmp_path / "src", tmp_path / "store", size=20, workers=1)
     assert result["complete"] and result["written"] == 24 and result["reused"] == done
     assert sorted(StoreSource(tmp_path / "store").ids.tolist()) == list(range(24))
+
+
+def test_16_bit_images_are_stored_as_8_bit_in_both_formats(tmp_path, data_write_images):
+    values = (np.arange(16 * 16).reshape(16, 16) * 256).astype(np.uint16)     # high byte = 0..255
+    data_write_images(tmp_path / "src", {"a/deep.png": Image.fromarray(values), "b/plain.png": _smooth(16, 16)})
+    expected = torch.from_numpy((values >> 8).astype(np.uint8))[None].expand(3, -1, -1)
+    raw = prepare_store(tmp_path / "src", tmp_path / "raw", size=16, fmt="raw", workers=1)
+    assert raw["written"] == 2 and raw["skipped"] == []
+    reader = StoreSource(tmp_path / "raw")
+    assert torch.equal(reader.image(reader.source_paths().index("a/deep.png")), expected)
+    assert 0 < raw["stats"]["channel_mean"][0] < 255
+    for _ in range(2):                                                   # a rerun finds the finished store
+        jpeg = prepare_store(tmp_path / "src", tmp_path / "jpeg", size=16, fmt="jpeg", quality=95, workers=1)
+        assert jpeg["written"] == 2
+
+
+def test_odd_file_names_round_trip_and_line_breaks_are_refused(tmp_path, data_write_images):
+    names = ["a/next\x85line.png", "a/sep\u2028.png", "b/[/x] [red]bold.png", "b/two\nlines.png"]
+    data_write_images(tmp_path / "src", {n: _smooth(8, 8, i) for i, n in enumerate(names)})
+    result = prepare_store(tmp_path / "src", tmp_path / "store", size=8, fmt="raw", workers=1)
+    reader = StoreSource(tmp_path / "store")
+    assert reader.source_paths() == names[:3] and len(reader) == 3
+    assert [(Path(s["path"]).name, s["reason"]) for s in result["skipped"]] == [
+        ("two\nlines.png", "the name contains a line break; rename it")]
+
+
+def test_what_the_walk_skips_is_in_skipped_json(tmp_path, data_write_images):
+    data_write_images(tmp_path / "src", {"a/x.png": _smooth(8, 8), "b/y.png": _smooth(8, 8, 1)})
+    os.symlink("..", tmp_path / "src" / "a" / "loop")
+    result = prepare_store(tmp_path / "src", tmp_path / "store", size=8, workers=1)
+    assert result["written"] == 2
+    saved = json.loads((tmp_path / "store" / "skipped.json").read_text())
+    assert saved == result["skipped"] and len(saved) == 1 and saved[0]["path"].endswith("a/loop")
+
+
+def test_images_above_the_pixel_limit_are_skipped(tmp_path, data_write_images, monkeypatch):
+    data_write_images(tmp_path / "src", {"a/small.png": _smooth(8, 8), "a/big.png": _smooth(40, 40)})
+    monkeypatch.setenv("TWOGPU_ALEXNET_MAX_PIXELS", "1000")
+    result = prepare_store(tmp_path / "src", tmp_path / "store", size=8, workers=1)
+    assert result["written"] == 1
+    assert [s["reason"] for s in result["skipped"]] == [
+        "40 x 40 = 1,600 pixels is above the limit of 1,000 (a decompression bomb?); if the image is real, raise "
+        "the limit with TWOGPU_ALEXNET_MAX_PIXELS"]
+
+
+def test_absurd_sizes_are_one_sentence(tmp_path, data_write_images):
+    data_write_images(tmp_path / "src", {"a/x.png": _smooth(8, 8)})
+    for size in (0, 7, 100_000, 8.5, True):
+        with pytest.raises(UserError, match=rf"--size {size!r} is outside 8..4096"):
+            prepare_store(tmp_path / "src", tmp_path / "other", size=size, workers=1)
+    assert not (tmp_path / "other").exists()

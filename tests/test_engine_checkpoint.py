@@ -108,3 +108,49 @@ def test_atomic_save_leaves_no_temp_files(tmp_path):
     ckpt.atomic_save({"a": torch.zeros(2)}, tmp_path / "x.pt")
     assert os.listdir(tmp_path) == ["x.pt"]
     assert torch.equal(torch.load(tmp_path / "x.pt", weights_only=True)["a"], torch.zeros(2))
+
+
+def _full_disk(monkeypatch, after_calls: int = 0):
+    """torch.save writes part of the file, then the disk is full (as on a real ENOSPC)."""
+    import errno
+
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) <= after_calls:
+            return real_save(obj, f, *args, **kwargs)
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+@pytest.mark.parametrize("epoch_done", [None, 2], ids=["mid-epoch", "end-of-epoch"])
+def test_a_full_disk_while_writing_is_one_sentence_and_loses_nothing(tmp_path, monkeypatch, epoch_done):
+    ckpt.save_run_checkpoint(tmp_path, _payload(1.0), epoch_done=1, is_best=True, keep_last=3)
+    folder = tmp_path / "checkpoints"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    _full_disk(monkeypatch)
+    with pytest.raises(UserError) as err:
+        ckpt.save_run_checkpoint(tmp_path, _payload(2.0), epoch_done=epoch_done, is_best=True, keep_last=3)
+    assert str(err.value) == (f"could not write a checkpoint in {folder} (the disk is full); the previous checkpoints "
+                              f"are unchanged: free space and continue with --resume {tmp_path}")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no temporary file left, nothing replaced
+
+
+def test_a_training_run_that_fills_the_disk_exits_2_and_resumes(tmp_path, monkeypatch, capsys):
+    from twogpu_alexnet.cli import main
+
+    run = tmp_path / "run"
+    sets = ["data.synthetic_images=16", "data.synthetic_val_images=8", "train.batch_size=8", "train.epochs=2",
+            "train.max_steps_per_epoch=1", "analysis.color_stats=false"]
+    _full_disk(monkeypatch, after_calls=1)  # epoch 1's checkpoint fits, epoch 2's does not
+    assert main(["train", "--out", str(run)] + [a for s in sets for a in ("--set", s)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: could not write a checkpoint in {run / 'checkpoints'} (the disk is full)" in err, err
+    assert "Traceback" not in err
+    assert ckpt.load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
+    monkeypatch.undo()  # space freed
+    assert main(["train", "--resume", str(run)]) == 0
+    assert ckpt.load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2

@@ -1,4 +1,9 @@
 """Config files, --set overrides and the errors a user sees for bad keys and values."""
+import ast
+import configparser
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -149,3 +154,96 @@ def test_cli_batch_not_divisible_across_torchrun_processes(tmp_path, capsys, mon
     assert "error: train.batch_size 64 does not divide across 3 processes; set it to a multiple of 3" in err, err
     assert "Traceback" not in err
     assert not (tmp_path / "run").exists()  # refused before the run folder was made
+
+
+def test_strings_with_control_and_non_ascii_characters_round_trip(tmp_path):
+    """A data.root with a carriage return (or any control or non-ASCII character) is written as TOML
+    that reads back to the same config, whatever the locale."""
+    root = "".join(chr(i) for i in range(32)) + "\x7f quote\" back\\slash é 東京 🙂 \u2028"
+    c = load_config(None, ["model.mode=grouped", "model.devices=['cpu']"])
+    c.data.root = root
+    text = to_toml(c)
+    assert text.isascii()
+    (tmp_path / "config.toml").write_bytes(text.encode("ascii"))
+    assert load_config(tmp_path / "config.toml") == c
+    assert load_config(tmp_path / "config.toml").data.root == root
+
+
+def test_a_root_that_is_not_utf8_is_one_sentence():
+    with pytest.raises(UserError, match="data.root holds bytes that are not UTF-8 text"):
+        load_config(None, ["data.source=imagefolder", "data.root=/data/caf\udce9"])  # a Latin-1 name from argv
+
+
+@pytest.mark.parametrize("content", [b"[train]\nepochs = 2\n# caf\xe9\n", b"\xff\xfe[\x00t\x00"])
+def test_a_config_file_that_is_not_utf8_is_one_sentence(tmp_path, content, capsys):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=r"latin1.toml is not UTF-8 text \(byte 0x[0-9a-f]{2} at offset \d+\); "
+                                        "save it as UTF-8"):
+        load_config(path)
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "is not UTF-8 text" in err and "Traceback" not in err
+    (tmp_path / "run").mkdir()
+    path.rename(tmp_path / "run" / "config.toml")  # a run's config.toml, edited in another encoding
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "config.toml is not UTF-8 text" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("override, words", [
+    ("schedule.factor=5", "schedule.factor must be between 0 and 1 (the lr is multiplied by it at each drop), got 5"),
+    ("schedule.factor=1", "schedule.factor must be between 0 and 1"),
+    ("schedule.factor=0", "schedule.factor must be between 0 and 1"),
+    ("model.num_classes=1", "model.num_classes must be 0 (follow the data) or at least 2, got 1"),
+])
+def test_values_that_would_train_silently_wrong_are_refused(override, words):
+    with pytest.raises(UserError) as err:
+        load_config(None, [override])
+    assert words in str(err.value)
+    load_config(None, ["schedule.factor=0.5", "model.num_classes=2"])
+
+
+def test_a_config_path_that_is_a_folder(tmp_path):
+    with pytest.raises(UserError, match="is a folder; pass --config"):
+        load_config(tmp_path)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_python_310_is_supported_as_setup_cfg_says():
+    """setup.cfg promises Python 3.10 with tomli there: every module parses as 3.10 syntax, and the
+    config loader works where the standard library has no tomllib (tomli stands in for it here)."""
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    assert setup["options"]["python_requires"] == ">=3.10"
+    assert 'tomli>=2; python_version < "3.11"' in setup["options"]["install_requires"]
+    for path in sorted((REPO / "twogpu_alexnet").rglob("*.py")):
+        ast.parse(path.read_text(encoding="utf-8"), str(path), feature_version=(3, 10))
+    script = (
+        "import sys, tomllib\n"
+        "sys.modules['tomli'] = tomllib  # the tomli package, as pip installs it on 3.10 (the same API)\n"
+        "sys.modules['tomllib'] = None  # Python 3.10: `import tomllib` fails\n"
+        "from twogpu_alexnet.engine import config\n"
+        "assert config.tomllib is sys.modules['tomli']\n"
+        "c = config.load_config(None, ['train.lr=0.5'])\n"
+        "assert c.train.lr == 0.5 and config.from_dict(config.parse_toml(config.to_toml(c), 'x')) == c\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_dataset_with_one_class_is_refused_before_training(tmp_path, data_write_images, capsys):
+    """One class trains to "0.00% error"; the trainer refuses it in one sentence instead."""
+    import numpy as np
+
+    images = {f"{split}/only/{i}.png": np.full((32, 32, 3), 40 * i) for split in ("train", "val") for i in range(4)}
+    data_write_images(tmp_path / "data", images)
+    code = main(["train", "--out", str(tmp_path / "run"), "--set", "data.source=imagefolder", "--set",
+                 f"data.root='{tmp_path / 'data'}'", "--set", "data.workers=0", "--set", "train.batch_size=2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error: the training data has 1 class (only); a classifier needs at least 2 class folders" in err, err
+    assert not (tmp_path / "run").exists()

@@ -104,3 +104,87 @@ def test_plateau_divides_by_ten_at_most_three_times():
     assert s.color_noise_on(90)  # only the original schedule switches colour noise off
     none = Schedule(ScheduleConfig(kind="none"))
     assert none.factor(50, "conv1") == 1.0 and not none.end_epoch(1, 1.0)
+
+
+
+def _step_with_fixed_grads(model, opt, seed):
+    """One SGD step with gradients that are the same numbers whatever the parameters' memory layout."""
+    gen = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        p.grad = torch.empty_like(p).copy_(torch.randn(p.shape, generator=gen))
+    opt.step()
+
+
+def _canonical(model):
+    return to_layout({k: v.detach().contiguous() for k, v in model.state_dict().items()}, "two-tower")
+
+
+@pytest.mark.parametrize("saved_mode", ["grouped", "two-tower"])
+@pytest.mark.parametrize("saved_cl, resumed_cl", [(False, True), (True, False)], ids=["to-channels-last", "to-nchw"])
+def test_momentum_restores_into_each_parameters_layout(saved_mode, saved_cl, resumed_cl):
+    """Momentum saved in one memory layout (and mode) continues exactly in a model of the other layout:
+    the next update equals the one of a model that kept the saved layout."""
+    source, _ = _groups("cifar", saved_mode)
+    if saved_cl:
+        source = source.to(memory_format=torch.channels_last)
+    opt = make_optimizer(source, 0.05, 0.9, 5e-4)
+    _step_with_fixed_grads(source, opt, seed=1)
+    saved, weights = optimizer_state(opt, source), _canonical(source)
+
+    def resumed(channels_last):
+        model = build_model("cifar", mode="grouped", device="cpu", num_classes=10)
+        model.load_state_dict(to_layout(weights, "grouped"))
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        opt = make_optimizer(model, 0.05, 0.9, 5e-4)
+        load_optimizer_state(opt, model, saved)
+        for p in model.parameters():
+            assert opt.state[p]["momentum_buffer"].stride() == p.stride()
+        _step_with_fixed_grads(model, opt, seed=2)
+        return _canonical(model)
+
+    reference, flipped = resumed(saved_cl), resumed(resumed_cl)
+    for k, v in reference.items():
+        assert torch.equal(flipped[k], v), k
+
+
+def test_resume_with_channels_last_flipped_follows_the_straight_run(tmp_path):
+    """A run resumed with speed.channels_last switched ends where the uninterrupted run ends, up to
+    the rounding of the two convolution layouts (a mixed-up momentum moves it by most of an epoch)."""
+    from twogpu_alexnet.engine.checkpoint import load_checkpoint
+    from twogpu_alexnet.engine.config import load_config
+    from twogpu_alexnet.engine.train import train
+
+    first, then = "false", "true"  # the other direction and the change of mode: the exact test above
+    sets = ["data.synthetic_images=32", "data.synthetic_val_images=8", "train.batch_size=8", "train.lr=0.001",
+            "train.max_steps_per_epoch=3", "train.deterministic=true", "analysis.color_stats=false"]
+    train(load_config(None, sets + ["train.epochs=2", f"speed.channels_last={first}"]), tmp_path / "straight")
+    train(load_config(None, sets + ["train.epochs=1", f"speed.channels_last={first}"]), tmp_path / "flipped")
+    train(load_config(tmp_path / "flipped" / "config.toml", ["train.epochs=2", f"speed.channels_last={then}"]),
+          tmp_path / "flipped", resume=True)
+    folder = tmp_path / "straight" / "checkpoints"
+    one, two = load_checkpoint(folder / "epoch_001.pt")["model"], load_checkpoint(folder / "epoch_002.pt")["model"]
+    flipped = load_checkpoint(tmp_path / "flipped" / "checkpoints" / "epoch_002.pt")["model"]
+    for k in two:
+        update = (two[k] - one[k]).norm()
+        assert (flipped[k] - two[k]).norm() <= 1e-3 * update, (k, float((flipped[k] - two[k]).norm() / update))
+
+def test_original_schedule_changes_weight_rates_only_and_conv1_bias_with_conv1():
+    """layer-params-145.cfg: the log changes only epsW; conv2..fc8 biases keep 0.02, conv1's ends at 0."""
+    from types import SimpleNamespace
+
+    model = build_model("original", mode="grouped", device="meta", num_classes=10)
+    opt = SimpleNamespace(param_groups=param_groups(model, lr=0.01, weight_decay=5e-4))
+    assert len(opt.param_groups) == 16
+    s = Schedule(ScheduleConfig(kind="original"))
+    #        epoch: (conv1 weight, conv1 bias, other weights, other biases)
+    want = {1: (0.01, 0.02, 0.01, 0.02), 24: (0.01, 0.02, 0.01, 0.02), 25: (1e-3, 0.02, 1e-3, 0.02),
+            50: (1e-3, 0.02, 1e-3, 0.02), 51: (1e-4, 0.02, 1e-4, 0.02), 66: (1e-4, 0.02, 1e-4, 0.02),
+            67: (1e-5, 2e-3, 1e-4, 0.02), 71: (1e-5, 2e-3, 1e-4, 0.02), 72: (0.0, 0.0, 1e-4, 0.02),
+            78: (0.0, 0.0, 1e-4, 0.02), 79: (0.0, 0.0, 1e-5, 0.02), 90: (0.0, 0.0, 1e-5, 0.02)}
+    for epoch, (conv1_w, conv1_b, rest_w, rest_b) in want.items():
+        s.apply(opt, epoch)
+        for g in opt.param_groups:
+            expected = {("conv1", "weight"): conv1_w, ("conv1", "bias"): conv1_b}.get(
+                (g["layer"], g["kind"]), rest_w if g["kind"] == "weight" else rest_b)
+            assert g["lr"] == pytest.approx(expected, rel=1e-12, abs=0), (epoch, g["layer"], g["kind"])

@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from twogpu_alexnet import build_model, to_grouped_state, to_two_tower_state
-from twogpu_alexnet.model.layers import local_response_norm
+from twogpu_alexnet.model.ops import CrossMapNorm
+
+
+def _lrn_window_groups(monkeypatch, model, groups):
+    """Make every LRN of ``model`` normalize over ``groups`` blocks of channels (1: across both towers)."""
+    norms = [m for m in model.modules() if isinstance(m, CrossMapNorm)]
+    assert norms
+    for m in norms:
+        monkeypatch.setattr(m, "groups", groups)
 
 
 def _loud_init(model, seed=0):
@@ -56,7 +64,7 @@ def test_the_comparison_can_fail_lrn_across_all_channels_is_another_network(monk
     towers, grouped = _pair("cifar")
     x = _images("cifar")
     expected = towers(x)
-    monkeypatch.setattr(grouped, "lrn", lambda t, *a, groups=1: local_response_norm(t, *a, groups=1))
+    _lrn_window_groups(monkeypatch, grouped, 1)
     assert (grouped(x) - expected).abs().max() > 1e-6
 
 
@@ -117,7 +125,7 @@ def test_grouped_tower_isolation_below_conv3(monkeypatch, lrn_groups, isolated):
     """In one tensor too: tower 1's half of pool2 (what conv3 reads) has zero gradient wrt tower 0's
     conv1/conv2 rows. The control, an LRN across all channels, leaks and makes the check fail."""
     _, grouped = _pair("cifar")
-    monkeypatch.setattr(grouped, "lrn", lambda t, *a, groups=1: local_response_norm(t, *a, groups=lrn_groups))
+    _lrn_window_groups(monkeypatch, grouped, lrn_groups)
     seen = {}
     grouped.conv3.register_forward_pre_hook(lambda m, args: seen.setdefault("pool2", args[0]))
     grouped(_images("cifar"))

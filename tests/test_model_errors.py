@@ -18,7 +18,7 @@ def test_wrong_input_shape_names_the_expected_shape(model_cifar, shape):
 
 
 def test_unknown_preset_lists_the_presets():
-    with pytest.raises(UserError, match="paper, original, paper-onetower, cifar"):
+    with pytest.raises(UserError, match="paper, original, paper-onetower, paper-half, original-half, cifar"):
         build_model("alexnet-v9", mode="grouped", device="cpu")
 
 

@@ -11,13 +11,14 @@ PAPER_LAYER_PARAMS = {
     "fc6": 37_752_832, "fc7": 16_781_312, "fc8": 4_097_000,
 }
 TOTALS = {"paper": 60_965_224, "original": 60_965_224, "paper-onetower": 62_378_344,
-          "cifar": 2_899_722, "cifar-onetower": 3_329_802}
+          "paper-half": 59_798_312, "original-half": 59_798_312, "cifar": 2_899_722, "cifar-onetower": 3_329_802}
 
 
 @pytest.mark.parametrize("preset", list(TOTALS))
 def test_total_params_of_the_built_model(preset):
-    model = build_model(preset, mode="two-tower", devices=("meta", "meta"))
-    assert sum(p.numel() for p in model.parameters()) == TOTALS[preset]
+    if PRESETS[preset].towers == 2:
+        model = build_model(preset, mode="two-tower", devices=("meta", "meta"))
+        assert sum(p.numel() for p in model.parameters()) == TOTALS[preset]
     grouped = build_model(preset, mode="grouped", device="meta")
     assert sum(p.numel() for p in grouped.parameters()) == TOTALS[preset]
     assert total_params(PRESETS[preset]) == TOTALS[preset]
@@ -57,6 +58,8 @@ def test_per_tower_output_shapes_match_reference_table(preset):
     seen = {}
     for t, tower in enumerate(model.towers):
         for name, module in tower.named_children():
+            if not isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                continue  # the parameter-free steps between the layers (relu, lrn, pool, ...)
             module.register_forward_hook(
                 lambda m, i, o, key=(t, name): seen.__setitem__(key, (tuple(i[0].shape), tuple(o.shape)))
             )
@@ -109,6 +112,13 @@ def test_init_follows_the_reference(preset):
     biases = {n.split(".")[0]: p for n, p in model.named_parameters() if n.endswith("bias")}
     for name, want in want_bias.items():
         assert torch.all(biases[name] == want), name
+
+
+def test_bias_rates_per_layer():
+    original, half = PRESETS["original"], PRESETS["original-half"]
+    assert [original.bias_lr_mult_of(n) for n in original.layer_names] == [2.0] * 8
+    assert [half.bias_lr_mult_of(n) for n in half.layer_names] == [0.2, 0.2] + [2.0] * 6  # epsB 0.002, then 0.02
+    assert PRESETS["paper-half"].bias_lr_mult_of("conv1") == 1.0
 
 
 def test_num_classes_is_configurable_and_checked():

@@ -67,6 +67,7 @@ class Conv:
     ops: tuple[str, ...] = ("relu",)
     weight_std: float = 0.01
     bias: float = 0.0
+    bias_lr_mult: float | None = None  # this layer's bias lr / the base lr; None = spec.bias_lr_mult
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class FC:
     dropout: float = 0.5  # applied to this layer's output (after the ReLU) while training
     weight_std: float = 0.01
     bias: float = 0.0
+    bias_lr_mult: float | None = None  # None = spec.bias_lr_mult
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class Head:
     name: str = "fc8"
     weight_std: float = 0.01
     bias: float = 0.0
+    bias_lr_mult: float | None = None  # None = spec.bias_lr_mult
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,9 @@ class NetSpec:
     pool: Pool
     num_classes: int = 1000
     in_channels: int = 3
+    # 2: the two-GPU net (tower 0, tower 1). 1: one column on one device (the paper's one-GPU control,
+    # layers-145-half), every connection dense; its only state layout is conv1.weight ... fc8.bias.
+    towers: int = 2
     # Optimizer settings the preset asks for (the original code: biases at 2x lr, no weight decay).
     bias_lr_mult: float = 1.0
     bias_weight_decay: bool = True
@@ -122,6 +128,11 @@ class NetSpec:
     def tower_layer_names(self) -> tuple[str, ...]:
         """Layers that have one half per tower (all but the head)."""
         return self.layer_names[:-1]
+
+    def bias_lr_mult_of(self, name: str) -> float:
+        """The bias lr multiplier of layer ``name``: its own when the table sets one, else the spec's."""
+        own = self.layer(name).bias_lr_mult
+        return self.bias_lr_mult if own is None else own
 
     def layer(self, name: str) -> Conv | FC | Head:
         for layer in (*self.convs, *self.hidden, self.head):
@@ -167,9 +178,9 @@ def pool_output_size(size: int, pool: Pool) -> int:
 def layer_shapes(spec: NetSpec) -> list[LayerShape]:
     """Walk the table once: per-tower input/output channels, spatial sizes and parameter counts."""
     shapes: list[LayerShape] = []
-    size, prev = spec.input_size, spec.in_channels
+    size, prev, towers = spec.input_size, spec.in_channels, spec.towers
     for layer in spec.convs:
-        cin = {"image": spec.in_channels, "own": prev, "both": 2 * prev}[layer.reads]
+        cin = {"image": spec.in_channels, "own": prev, "both": towers * prev}[layer.reads]
         conv = conv_output_size(size, layer)
         out = pool_output_size(conv, spec.pool) if "pool" in layer.ops else conv
         params = layer.per_tower * (cin * layer.kernel * layer.kernel + 1)
@@ -177,17 +188,17 @@ def layer_shapes(spec: NetSpec) -> list[LayerShape]:
         size, prev = out, layer.per_tower
     features = prev * size * size
     for layer in spec.hidden:
-        cin = 2 * features if layer.reads == "both" else features
+        cin = towers * features if layer.reads == "both" else features
         shapes.append(LayerShape(layer.name, layer.reads, cin, layer.per_tower, 0, 0, 0, layer.per_tower * (cin + 1)))
         features = layer.per_tower
-    cin = 2 * features
+    cin = towers * features
     shapes.append(LayerShape(spec.head.name, "both", cin, spec.num_classes, 0, 0, 0, spec.num_classes * (cin + 1)))
     return shapes
 
 
 def total_params(spec: NetSpec) -> int:
     shapes = layer_shapes(spec)
-    return sum(2 * s.params for s in shapes[:-1]) + shapes[-1].params
+    return sum(spec.towers * s.params for s in shapes[:-1]) + shapes[-1].params
 
 
 def validate(spec: NetSpec) -> NetSpec:
@@ -201,6 +212,8 @@ def validate(spec: NetSpec) -> NetSpec:
         assert "samemap" not in layer.ops or spec.same_map is not None, f"{layer.name} needs spec.same_map"
     assert all(f.reads == "both" for f in spec.hidden), "fc layers read both towers"
     assert spec.dropout_form in DROPOUT_FORMS, f"dropout_form must be one of {DROPOUT_FORMS}"
+    assert spec.towers in (1, 2), "a net has one tower or two"
+    assert spec.towers == 2 or all(c.reads != "own" for c in spec.convs), "one tower: every layer reads 'both'"
     layer_shapes(spec)  # raises if a size goes below a kernel
     return spec
 
@@ -252,6 +265,43 @@ _ONETOWER = replace(
     convs=tuple(replace(c, reads="both") if c.reads == "own" else c for c in _PAPER.convs),
 )
 
+# The paper's one-GPU comparison net (sec. 3.2; the 2012 code's layers-145-half.cfg): one column with half
+# the kernels in conv1-conv4, conv5 and the fc layers as wide as both towers together, every connection
+# dense, 59,798,312 parameters. `paper-half` uses the paper's layer recipe, `original-half` the file's.
+_PAPER_HALF = replace(
+    _PAPER,
+    name="paper-half",
+    description="The paper's one-GPU control (sec. 3.2): one tower, half the kernels in conv1-conv4, "
+    "conv5 256 and fc 4096 wide, every connection dense; the paper's layer recipe.",
+    towers=1,
+    convs=(
+        Conv("conv1", 48, 11, stride=4, cover=True, reads="image", ops=("relu", "lrn", "pool")),
+        Conv("conv2", 128, 5, padding=2, reads="both", ops=("relu", "lrn", "pool"), bias=1.0),
+        Conv("conv3", 192, 3, padding=1, reads="both", ops=("relu",)),
+        Conv("conv4", 192, 3, padding=1, reads="both", ops=("relu",), bias=1.0),
+        Conv("conv5", 256, 3, padding=1, reads="both", ops=("relu", "pool"), bias=1.0),
+    ),
+    hidden=(FC("fc6", 4096, bias=1.0), FC("fc7", 4096, bias=1.0)),
+)
+
+_ORIGINAL_HALF = replace(
+    _ORIGINAL,
+    name="original-half",
+    description="The one-GPU control as layers-145-half ran: the original recipe (LRN alpha/n, "
+    "conv->LRN->pool->ReLU in layer 1, same-map norm, conv3-5 std 0.03) on one tower; conv1/conv2 "
+    "biases at 0.2x lr, the others at 2x.",
+    towers=1,
+    convs=(
+        Conv("conv1", 48, 11, stride=4, cover=True, reads="image", ops=("lrn", "pool", "relu"), bias_lr_mult=0.2),
+        Conv("conv2", 128, 5, padding=2, reads="both", ops=("relu", "lrn", "samemap", "pool"), bias=1.0,
+             bias_lr_mult=0.2),
+        Conv("conv3", 192, 3, padding=1, reads="both", ops=("relu",), weight_std=0.03),
+        Conv("conv4", 192, 3, padding=1, reads="both", ops=("relu",), weight_std=0.03, bias=1.0),
+        Conv("conv5", 256, 3, padding=1, reads="both", ops=("pool", "relu"), weight_std=0.03, bias=1.0),
+    ),
+    hidden=(FC("fc6", 4096, bias=1.0), FC("fc7", 4096, bias=1.0)),
+)
+
 # 32x32 inputs (CIFAR-10, the synthetic demo). Same topology and ops as `paper`; widths and kernels
 # scaled down so a training step runs at >= 100 images/s on a 2-core CPU. Weight std follows
 # sqrt(2 / fan_in) (rounded) so this small net trains in a few epochs from scratch.
@@ -282,7 +332,8 @@ _CIFAR_ONETOWER = replace(
 )
 
 PRESETS: dict[str, NetSpec] = {
-    s.name: validate(s) for s in (_PAPER, _ORIGINAL, _ONETOWER, _CIFAR, _CIFAR_ONETOWER)
+    s.name: validate(s)
+    for s in (_PAPER, _ORIGINAL, _ONETOWER, _PAPER_HALF, _ORIGINAL_HALF, _CIFAR, _CIFAR_ONETOWER)
 }
 
 

@@ -444,9 +444,10 @@ def analyze_weights(path, out_dir, *, key: str | None = None, groups: int = 2, *
 
 
 def check_conv1(state: dict, spec) -> None:
+    """UserError unless conv1 (both halves together) has the shape of ``spec``'s conv1 (all towers)."""
     conv1 = spec.convs[0]
-    expected = (conv1.per_tower, spec.in_channels, conv1.kernel, conv1.kernel)
-    for tower, w in enumerate(conv1_weights(state)):
-        if tuple(w.shape) != expected:
-            raise UserError(f"tower {tower} conv1 has shape {tuple(w.shape)} but preset {spec.name!r} expects "
-                            f"{expected}; pass the preset the checkpoint was trained with")
+    expected = (conv1.per_tower * spec.towers, spec.in_channels, conv1.kernel, conv1.kernel)
+    found = tuple(torch.cat(conv1_weights(state)).shape)
+    if found != expected:
+        raise UserError(f"conv1 has shape {found} but preset {spec.name!r} expects {expected}; pass the preset "
+                        "the checkpoint was trained with")

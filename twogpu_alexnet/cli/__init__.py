@@ -43,8 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        from ..data.decode import pixel_limit
+
+        pixel_limit()                     # a bad TWOGPU_ALEXNET_MAX_PIXELS is one sentence before any work
         return int(args.run(args) or 0)
-    except UserError as exc:
+    except UserError as exc:       # plain print, not rich: paths in the sentence are printed as they are
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

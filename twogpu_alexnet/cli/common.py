@@ -9,9 +9,17 @@ from rich.console import Console
 from rich.progress import Progress
 
 
-def console_for(args) -> Console:
-    """Rich console for human output; with ``--json`` it writes to stderr so stdout holds only JSON."""
-    console = Console(stderr=bool(getattr(args, "json", False)), highlight=False)
+def console_for(args, stderr: bool | None = None) -> Console:
+    """The rich console every command prints with; with ``--json`` (or ``stderr=True``) it writes to stderr
+    so stdout holds only JSON.
+
+    Markup and emoji codes are off: paths, file and class names print exactly as they are (with markup
+    on, a path holding ``[/x]`` raises MarkupError and a colour name in square brackets vanishes). Give
+    styles with ``style=`` or :class:`rich.text.Text`, never as markup tags inside a printed string.
+    """
+    if stderr is None:
+        stderr = bool(getattr(args, "json", False))
+    console = Console(stderr=stderr, highlight=False, markup=False, emoji=False)
     if not console.is_terminal:  # pipes and logs: wide enough for the tables, no wrapping
         console.width = max(console.width, 130)
     return console

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from rich.table import Table
+from rich.text import Text
 
 from ..model.summary import summarize
 from ..spec import PRESETS
@@ -47,6 +48,6 @@ def run(args) -> int:
         table.add_row(row["name"], tower, row["device"], row["reads"], kernels, _shape(row["input"]),
                       _shape(row["output"]), then, f"{row['params']:,}")
     console.print(table)
-    console.print(f"total parameters: [bold]{summary['total_params']:,}[/bold]   "
-                  f"input: {_shape(summary['input'])}   classes: {summary['num_classes']}")
+    console.print(Text.assemble("total parameters: ", (f"{summary['total_params']:,}", "bold"),
+                                f"   input: {_shape(summary['input'])}   classes: {summary['num_classes']}"))
     return 0

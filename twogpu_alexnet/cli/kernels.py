@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich.markup import escape
 from rich.table import Table
 
 from .common import add_json_flag, console_for, print_json
@@ -104,24 +103,24 @@ def run(args) -> int:
             print_json(result)
         else:
             console.print(compare_table(result))
-            console.print(escape(compare_counts(result)), soft_wrap=True)
+            console.print(compare_counts(result), soft_wrap=True)
         return 0
     result = analyze_weights(args, options) if args.weights else analyze_checkpoint(args, options)
     if args.json:
         print_json(result)
         return 0
     console.print(summary_table(result))
-    console.print(escape(verdict(result)), soft_wrap=True)
+    console.print(verdict(result), soft_wrap=True)
     if result["control"]:
         console.print(
-            f"[dim]{result['preset']} has no towers: its two conv1 halves are an arbitrary split (the control).[/dim]"
+            f"{result['preset']} has no towers: its two conv1 halves are an arbitrary split (the control).", style="dim"
         )
     console.print(
-        f"wrote {escape(result['files']['kernels'])}"
-        + (f" and {escape(result['files']['scores'])}" if result["files"]["scores"] else "")
+        f"wrote {result['files']['kernels']}"
+        + (f" and {result['files']['scores']}" if result["files"]["scores"] else "")
     )
     if not result["files"]["scores"]:
-        console.print(f"[dim]no score plot: {escape(PLOTS_HINT)}[/dim]", soft_wrap=True)
+        console.print(f"no score plot: {PLOTS_HINT}", style="dim", soft_wrap=True)
     return 0
 
 
@@ -147,7 +146,7 @@ def _source(result: dict) -> str:
 def summary_table(result: dict) -> Table:
     learned = result.get("measured") == "learned"
     title = f"conv1 colour score per tower, {'learned part W - W0' if learned else 'weights W'}: {_source(result)}"
-    table = Table(title=escape(title))
+    table = Table(title=title)
     for name in ("tower", "n", "mean", "baseline", "median", "q1", "q3", f">{result['threshold']:g}", "red-green",
                  "blue-yell."):
         table.add_column(name, justify="right")
@@ -180,7 +179,7 @@ def compare_table(result: dict) -> Table:
     for r in result["runs"]:
         tower = r["color_specific_tower"]
         table.add_row(
-            escape(Path(r["run"]).name), escape(r["preset"]) + (" *" if r["control"] else ""),
+            Path(r["run"]).name, r["preset"] + (" *" if r["control"] else ""),
             str(r["epoch"]), str(r["steps"]), "W-W0" if r["measured"] == "learned" else "W",
             f"{r['color_kernels']}/{r['kernels']}" + ("" if r["measurable"] else " few"),
             f"{r['tower0_mean']:.3f}", f"{r['tower1_mean']:.3f}", f"{r['effect_size']:+.2f}", f"{r['p_value']:.2g}",

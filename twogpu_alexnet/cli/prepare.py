@@ -6,6 +6,7 @@ import os
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..errors import UserError
 from .common import add_json_flag, console_for, late_progress_bar, print_json
 
 
@@ -24,7 +25,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data", required=True, help="split folder whose subfolders are the classes")
     p.add_argument("--out", required=True, help="store folder to create (or to resume)")
     p.add_argument(
-        "--size", type=int, default=256, help="stored image side: 256 for 224 inputs (default), 32 for cifar"
+        "--size", type=int, default=256, help="stored image side: 256 for 224 inputs (default), 32 for cifar (8..4096)"
     )
     p.add_argument("--format", dest="fmt", choices=("jpeg", "raw"), default="jpeg",
                    help="jpeg: ~20 KB/image at 256 (default); raw: 196,608 B/image at 256, no decoding")
@@ -47,11 +48,18 @@ def run(args) -> int:
     except KeyboardInterrupt:
         console.print(f"stopped; run the same command again to resume {args.out}")
         raise
+    if result["complete"] and not result["written"] and result["skipped"]:
+        first = result["skipped"][0]
+        raise UserError(
+            f"none of the {len(result['skipped'])} files under {args.data} could be stored (first: {first['path']}: "
+            f"{first['reason']}); every reason is in {result['store']}/skipped.json. Point --data at readable images."
+        )
     if args.json:
         print_json({k: result[k] for k in ("store", "written", "skipped", "files", "reused", "bytes",
                                            "bytes_per_image", "seconds", "settings", "stats")})
         return 0
-    table = Table(title=f"store {result['store']}", title_justify="left", show_header=False)
+    console.print(f"store {result['store']}", soft_wrap=True)      # not a table title: those are cut to its width
+    table = Table(show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
     s = result["settings"]
@@ -70,7 +78,7 @@ def run(args) -> int:
         table.add_row("RGB eigenvalues", ", ".join(f"{v:.2f}" for v in st["eigenvalues"]))
     console.print(table)
     for item in result["skipped"][:20]:
-        console.print(f"  skipped {item['path']}: {item['reason']}")
+        console.print(f"  skipped {item['path']}: {item['reason']}", soft_wrap=True)
     if len(result["skipped"]) > 20:
         console.print(f"  ... and {len(result['skipped']) - 20} more, all listed in {result['store']}/skipped.json")
     return 0

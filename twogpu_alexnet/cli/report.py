@@ -43,10 +43,10 @@ def run(args) -> int:
         + (f"; best val top-1 error {top1:.2%} (epoch {result['best_top1_epoch']})" if top1 is not None else "")
     )
     if result["plots_missing"]:
-        console.print(f"[yellow]no curves: {result['plots_missing']}[/yellow]")
+        console.print(f"no curves: {result['plots_missing']}", style="yellow")
     else:
         console.print(f"curves: {', '.join(result['plots'].values()) or 'none (no values yet)'}")
     if result["unreadable_lines"]:
-        console.print(f"[yellow]skipped {result['unreadable_lines']} unreadable line(s) of metrics.jsonl[/yellow]")
+        console.print(f"skipped {result['unreadable_lines']} unreadable line(s) of metrics.jsonl", style="yellow")
     console.print(f"wrote {result['html']}")
     return 0

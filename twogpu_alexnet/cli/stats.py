@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
         "--size",
         type=int,
         default=256,
-        help="image side the statistics are for: 256 (default) or 32 (class folders only)",
+        help="image side the statistics are for: 256 (default) or 32 (class folders only; 8..4096)",
     )
     p.add_argument("--workers", type=int, default=None, help="processes for class folders (default: all cores)")
     p.add_argument("--force", action="store_true", help="recompute even if saved statistics are up to date")
@@ -34,7 +34,9 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ..data.split import compute_split_stats
+    from ..data.stats import check_side
 
+    check_side(args.size)
     console = console_for(args)
     columns = (TextColumn("[bold]stats[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with late_progress_bar(console, *columns, transient=True) as progress:
@@ -44,10 +46,9 @@ def run(args) -> int:
     if args.json:
         print_json(summary)
         return 0
-    table = Table(
-        title=f"training statistics of {Path(args.data)} ({stats.images:,} images, {stats.size}x{stats.size})",
-        title_justify="left",
-    )
+    console.print(f"training statistics of {Path(args.data)} ({stats.images:,} images, {stats.size}x{stats.size})",
+                  soft_wrap=True)                                  # not a table title: those are cut to its width
+    table = Table()
     for col in ("", "R", "G", "B"):
         table.add_column(col, justify="right")
     table.add_row("channel mean", *(f"{v:.3f}" for v in stats.channel_mean.tolist()))
@@ -55,5 +56,5 @@ def run(args) -> int:
         table.add_row(f"eigenvector {i + 1} (lambda {stats.eigenvalues[i].item():.2f})",
                       *(f"{v:+.4f}" for v in stats.eigenvectors[:, i].tolist()))
     console.print(table)
-    console.print(f"saved to {path}")
+    console.print(f"saved to {path}", soft_wrap=True)
     return 0

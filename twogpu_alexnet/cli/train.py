@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from ..errors import UserError
@@ -31,39 +29,30 @@ def add_parser(subparsers) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config (configs/*.toml); default: the built-in demo")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
                    help="override one config key, e.g. train.epochs=10 (repeatable; values in TOML syntax)")
-    p.add_argument("--out", metavar="DIR", help="run folder to create (default: runs/<date>-<time>)")
+    p.add_argument("--out", metavar="DIR", help="run folder: a new or empty folder, or a run without checkpoints "
+                   "(default: runs/<date>-<time>-<pid>)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR with its saved config")
     add_json_flag(p)
     p.set_defaults(run=run)
-
-
-def default_run_dir(base: Path = Path("runs")) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path, n = base / stamp, 1
-    while path.exists():
-        n += 1
-        path = base / f"{stamp}-{n}"
-    return path
 
 
 def run(args) -> int:
     from ..engine.config import load_config
     from ..engine.distributed import context_from_env
     from ..engine.progress import reporter_for
+    from ..engine.rundir import check, default_run_dir
     from ..engine.signals import StopRequest
     from ..engine.train import train
 
     console = console_for(args)  # the summary: stdout (stderr with --json)
-    progress = Console(stderr=True, highlight=False)  # progress lines and notes: always stderr
+    progress = console_for(args, stderr=True)  # progress lines and notes: always stderr
     ctx = context_from_env()
     if args.resume:
         if args.config or args.out:
             raise UserError("--resume continues a run in its own folder with its saved config; drop --config and "
                             "--out (use --set to change keys)")
         run_dir = Path(args.resume)
-        if not (run_dir / "config.toml").is_file():
-            raise UserError(f"{run_dir} is not a run folder (no config.toml); --resume takes a folder written by "
-                            "`twogpu-alexnet train`")
+        check(run_dir, resume=True)
         config = load_config(run_dir / "config.toml", args.overrides)
     else:
         config = load_config(args.config, args.overrides)

@@ -16,17 +16,23 @@ from ..errors import UserError
 
 @dataclass(frozen=True)
 class FolderListing:
-    """Every regular file under the class folders of one split, in class then file-name order."""
+    """Every regular file under the class folders of one split, in class then file-name order.
+
+    ``skipped``: what the walk left out, as ``{"path", "reason"}`` (a folder reached again through a
+    symbolic link, an unreadable folder, a broken link, a FIFO or device, a name with a line break).
+    """
 
     root: Path
     classes: list[str]
     files: list[str]          # paths relative to root, "class/name"
     labels: list[int]
+    skipped: tuple = ()
 
     def images(self) -> "FolderListing":
         """Only the files whose extension torchvision's ImageFolder accepts (case-insensitive)."""
         keep = [i for i, f in enumerate(self.files) if f.lower().endswith(IMG_EXTENSIONS)]
-        return FolderListing(self.root, self.classes, [self.files[i] for i in keep], [self.labels[i] for i in keep])
+        return FolderListing(self.root, self.classes, [self.files[i] for i in keep], [self.labels[i] for i in keep],
+                             self.skipped)
 
 
 def check_folder(path, what: str = "data folder") -> Path:
@@ -43,7 +49,12 @@ def check_folder(path, what: str = "data folder") -> Path:
 
 
 def list_split(path, what: str = "data folder") -> FolderListing:
-    """List a class-folder split; an empty or class-less folder is a UserError."""
+    """List a class-folder split; an empty or class-less folder is a UserError.
+
+    Symbolic links are followed, but each real folder (device, inode) is walked once: a link to a
+    folder already walked (a loop, a link to ``.`` or to a parent, a second link to one folder) is
+    skipped and listed in ``skipped``, as is everything else the walk cannot use.
+    """
     root = check_folder(path, what)
     try:
         classes, _ = find_classes(str(root))
@@ -52,19 +63,80 @@ def list_split(path, what: str = "data folder") -> FolderListing:
             f"{what} {root} has no class subfolders; put each class's images in its own subfolder "
             f"({root}/<class>/<image>.JPEG)."
         ) from None
-    files, labels = [], []
+    except OSError as exc:
+        raise UserError(f"{what} {root} cannot be read ({exc.strerror or exc}); check its permissions.") from None
+    walked = {_folder_id(root)}          # (device, inode) of every folder walked or about to be
+    tops, files, labels, skipped = [], [], [], []
     for label, name in enumerate(classes):
-        class_files = []
-        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
-            dirnames.sort()
-            rel = os.path.relpath(dirpath, root)
-            class_files.extend(os.path.join(rel, f) for f in filenames)
-        class_files.sort()
+        if "\n" in name or "\r" in name:
+            skipped.append({"path": str(root / name), "reason": "the name contains a line break; rename it"})
+            continue
+        try:
+            key = _folder_id(root / name)
+        except OSError as exc:
+            skipped.append(_unreadable(root / name, exc))
+            continue
+        if key in walked:
+            skipped.append({"path": str(root / name), "reason": "the same folder as another class folder (a "
+                            "symbolic link); its files are listed once, under the first class"})
+            continue
+        walked.add(key)
+        tops.append((label, name))
+    for label, name in tops:
+        class_files = _walk(root, name, walked, skipped)
         files.extend(class_files)
         labels.extend([label] * len(class_files))
     if not files:
-        raise UserError(f"{what} {root} has class folders but no files in them; put the images in {root}/<class>/.")
-    return FolderListing(root, classes, files, labels)
+        detail = f" ({len(skipped)} skipped, first: {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
+        raise UserError(
+            f"{what} {root} has class folders but no files in them{detail}; put the images in {root}/<class>/."
+        )
+    return FolderListing(root, classes, files, labels, tuple(skipped))
+
+
+def _folder_id(path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _unreadable(path, exc: OSError) -> dict:
+    return {"path": str(path), "reason": f"unreadable folder ({exc.strerror or exc}); its files are not used"}
+
+
+def _walk(root: Path, top: str, walked: set, skipped: list) -> list[str]:
+    """Files under ``root/top`` (paths relative to root, sorted); a subfolder whose (device, inode) is
+    in ``walked`` is skipped, every other one is added to it and walked."""
+    found, todo = [], [top]
+    while todo:
+        rel = todo.pop()
+        try:
+            with os.scandir(root / rel) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            skipped.append(_unreadable(root / rel, exc))
+            continue
+        subfolders = []
+        for entry in entries:
+            path = os.path.join(rel, entry.name)
+            if "\n" in entry.name or "\r" in entry.name:
+                skipped.append({"path": str(root / path), "reason": "the name contains a line break; rename it"})
+            elif entry.is_dir():
+                key = (entry.stat().st_dev, entry.stat().st_ino)
+                if key in walked:
+                    skipped.append({"path": str(root / path), "reason": "a folder already listed (a symbolic link "
+                                    "loop, or a second link to one folder); its files are listed once"})
+                else:
+                    walked.add(key)
+                    subfolders.append(path)
+            elif entry.is_file():
+                found.append(path)
+            elif entry.is_symlink() and not os.path.exists(entry.path):
+                skipped.append({"path": str(root / path), "reason": "a symbolic link to nothing (broken link)"})
+            else:
+                skipped.append({"path": str(root / path), "reason": "not a regular file or folder"})
+        todo.extend(reversed(subfolders))              # walk subfolders in name order
+    found.sort()
+    return found
 
 
 def check_same_classes(train_classes, val_classes, train_path, val_path) -> None:

@@ -345,7 +345,7 @@ def folder_stats(
     listing: FolderListing, size: int, *, workers: int | None = None, force: bool = False, progress=None
 ) -> Stats:
     """Stats of a class-folder training split, cached (see ``cache_path_for``) and recomputed when its files change."""
-    fingerprint = fingerprint_files(listing.files, listing.labels)
+    fingerprint = fingerprint_files(listing.files, listing.labels, listing.root)
     path = cache_path_for(listing.root, size)
     if path.exists() and not force:
         stats, payload = load_stats(path)

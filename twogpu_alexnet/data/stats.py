@@ -22,6 +22,7 @@ import torch
 from ..errors import UserError
 
 STATS_FORMAT = 1
+MIN_SIDE, MAX_SIDE = 8, 4096     # image sides a user may ask for (prepare/stats --size)
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,16 @@ class StatsAccumulator:
         return Stats(mean_image, channel_mean, covariance, eigenvalues, eigenvectors, self.images, pixels)
 
 
+def check_side(size, option: str = "--size") -> int:
+    """An image side between MIN_SIDE and MAX_SIDE, or a UserError (checked before any work is done)."""
+    if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIDE <= size <= MAX_SIDE:
+        raise UserError(
+            f"{option} {size!r} is outside {MIN_SIDE}..{MAX_SIDE}; use 256 for the paper (224 crops) or 32 for "
+            "CIFAR-style inputs."
+        )
+    return size
+
+
 def save_stats(stats: Stats, path, extra: dict | None = None) -> Path:
     """Write stats (plus ``extra`` identification keys) atomically to ``path``."""
     path = Path(path)
@@ -179,9 +190,20 @@ def cache_path_for(split_dir, size: int) -> Path:
     return cache / f"stats-{key}-{size}.pt"
 
 
-def fingerprint_files(files, labels) -> str:
-    """A short hash of a split's file list, so cached stats go stale when the files change."""
+def fingerprint_files(files, labels, root=None) -> str:
+    """A short hash of a split's file list, so cached stats go stale when the files change.
+
+    With ``root`` (the folder ``files`` are relative to) each file's size and modification time are
+    part of it too, so an image replaced under the same name is noticed.
+    """
     h = hashlib.sha1()
     for f, y in zip(files, labels):
-        h.update(f"{y}\t{f}\n".encode())
+        stamp = ""
+        if root is not None:
+            try:
+                st = os.stat(os.path.join(root, f))
+                stamp = f"\t{st.st_size}\t{st.st_mtime_ns}"
+            except OSError:
+                stamp = "\t?"
+        h.update(f"{y}\t{f}{stamp}\n".encode())
     return h.hexdigest()

@@ -37,7 +37,7 @@ from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 from ..errors import UserError
 from .decode import CorruptImage, decode_rgb, read_bytes, resize_center_crop
 from .folders import FolderListing, list_split
-from .stats import Stats, StatsAccumulator, fingerprint_files, load_stats, save_stats
+from .stats import Stats, StatsAccumulator, check_side, fingerprint_files, load_stats, save_stats
 
 STORE_VERSION = 1
 FORMATS = ("jpeg", "raw")
@@ -67,7 +67,7 @@ def _check_output(out: Path) -> None:
 def _load_or_start(out: Path, listing: FolderListing, settings: dict, chunk_size: int) -> dict:
     """store.json for this run: the existing one when resuming (after checking it matches), else a new one."""
     meta_path = out / "store.json"
-    fingerprint = fingerprint_files(listing.files, listing.labels)
+    fingerprint = fingerprint_files(listing.files, listing.labels, listing.root)
     if meta_path.exists():
         try:
             meta = json.loads(meta_path.read_text())
@@ -82,7 +82,8 @@ def _load_or_start(out: Path, listing: FolderListing, settings: dict, chunk_size
             )
         if meta.get("fingerprint") != fingerprint:
             raise UserError(
-                f"store {out} was started from a different file list than {listing.root} has now; "
+                f"store {out} was started from different files than {listing.root} has now (files added, removed "
+                "or changed); "
                 "delete the store folder or choose a new --out folder."
             )
         return meta
@@ -236,10 +237,7 @@ def prepare_store(data, out, *, size: int = 256, fmt: str = "jpeg", quality: int
     """
     if fmt not in FORMATS:
         raise UserError(f"store format {fmt!r} is not one of {', '.join(FORMATS)}; use --format jpeg or --format raw.")
-    if not isinstance(size, int) or size < 8:
-        raise UserError(
-            f"--size {size!r} is too small; use 256 for the paper (224 crops) or 32 for CIFAR-style inputs."
-        )
+    check_side(size)
     if fmt == "jpeg" and not 1 <= quality <= 100:
         raise UserError(f"--quality {quality} is outside 1..100; use 90-95 for the store.")
     listing = list_split(data, "--data folder")
@@ -290,12 +288,13 @@ def prepare_store(data, out, *, size: int = 256, fmt: str = "jpeg", quality: int
     if not complete:
         result.update({"written": None, "skipped": None, "bytes": None, "bytes_per_image": None})
         return result
-    result.update(_finalize(out, meta))
+    result.update(_finalize(out, meta, list(listing.skipped)))
     return result
 
 
-def _finalize(out: Path, meta: dict) -> dict:
-    """Join the chunk indexes, statistics and skipped lists; mark the store complete."""
+def _finalize(out: Path, meta: dict, walk_skipped: list) -> dict:
+    """Join the chunk indexes, statistics and skipped lists (``walk_skipped``: what listing the folder left
+    out); mark the store complete."""
     parts = [torch.load(out / "shards" / f"{c:05d}.pt", weights_only=True) for c in range(meta["chunks"])]
     index = {
         "shard": torch.cat([torch.full((len(p["labels"]),), p["chunk"], dtype=torch.int32) for p in parts]),
@@ -306,8 +305,9 @@ def _finalize(out: Path, meta: dict) -> dict:
     }
     torch.save(index, out / "index.pt.tmp")
     os.replace(out / "index.pt.tmp", out / "index.pt")
-    (out / "paths.txt").write_text("".join(rel + "\n" for part in parts for rel in part["paths"]))
-    skipped = [s for p in parts for s in p["skipped"]]
+    (out / "paths.txt").write_text("".join(rel + "\n" for part in parts for rel in part["paths"]),
+                                      encoding="utf-8", errors="surrogateescape")
+    skipped = walk_skipped + [s for p in parts for s in p["skipped"]]
     _write_json(out / "skipped.json", skipped)
     written = int(index["label"].numel())
     if written:
@@ -427,5 +427,9 @@ class StoreReader:
         return load_stats(path)[0]
 
     def source_paths(self) -> list[str]:
-        """Source path (relative to the prepared folder) of every stored image, in store order."""
-        return (self.path / "paths.txt").read_text().splitlines()
+        """Source path (relative to the prepared folder) of every stored image, in store order.
+
+        One path a line, split on "\\n" only (names with a line break are never stored: the folder walk
+        skips them); ``splitlines`` would also split names holding \\x85 or \\u2028.
+        """
+        return (self.path / "paths.txt").read_text(encoding="utf-8", errors="surrogateescape").split("\n")[:-1]

@@ -13,10 +13,12 @@ loader's order and augmentation are functions of these), ``progress`` (the runni
 
 Writing: a temporary file in the same folder, flushed and fsynced, then ``os.replace`` over the name
 and an fsync of the folder. ``last.pt`` and ``best.pt`` are hard links to (or copies of) the epoch
-file, replaced the same way.
+file, replaced the same way. A write that fails (a full disk) removes its temporary file and raises a
+UserError; the files written before stay as they were.
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
@@ -135,7 +137,17 @@ def save_run_checkpoint(run_dir: "str | os.PathLike", payload: dict, *, epoch_do
     ``keep_last`` of them), or None for a mid-epoch save (``last.pt`` only). ``is_best`` also points
     ``best.pt`` at it. Returns the path of ``last.pt``.
     """
-    folder = Path(run_dir) / "checkpoints"
+    try:
+        return _save_run_checkpoint(Path(run_dir), payload, epoch_done, is_best, keep_last)
+    except OSError as exc:  # a full disk, a quota, a file system gone read-only: the older files are intact
+        why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
+        raise UserError(f"could not write a checkpoint in {Path(run_dir) / 'checkpoints'} ({why}); the previous "
+                        f"checkpoints are unchanged: free space and continue with --resume {run_dir}") from None
+
+
+def _save_run_checkpoint(run_dir: Path, payload: dict, epoch_done: int | None, is_best: bool,
+                         keep_last: int) -> Path:
+    folder = run_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     payload = {**payload, "format": FORMAT}
     last = folder / "last.pt"

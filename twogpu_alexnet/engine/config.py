@@ -12,7 +12,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli (a dependency there)
+    import tomli as tomllib
 
 from ..errors import UserError
 from ..spec import PRESETS
@@ -224,6 +227,12 @@ def validate(config: Config) -> Config:
         if value not in choices:
             raise UserError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
     m, d, t, s, c = config.model, config.data, config.train, config.schedule, config.checkpoint
+    for key, text in [("data.root", d.root), ("model.preset", m.preset)] + [("model.devices", x) for x in m.devices]:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a path argument with bytes that are not UTF-8 (surrogate escapes)
+            raise UserError(f"{key} holds bytes that are not UTF-8 text, which config.toml cannot store: {text!r}; "
+                            "rename the file or folder") from None
     if m.preset not in PRESETS:
         raise UserError(f"model.preset must be one of {', '.join(PRESETS)}; got {m.preset!r}")
     want = {"two-tower": 2, "grouped": 1}.get(m.mode)
@@ -233,6 +242,9 @@ def validate(config: Config) -> Config:
         raise UserError("model.devices needs model.mode two-tower (2 devices) or grouped (1 device), not auto")
     positive = {"train.epochs": t.epochs, "train.batch_size": t.batch_size, "train.log_every": t.log_every,
                 "checkpoint.every": c.every}
+    if m.num_classes == 1:
+        raise UserError("model.num_classes must be 0 (follow the data) or at least 2, got 1; "
+                        "a classifier needs two classes or more")
     non_negative = {"model.num_classes": m.num_classes, "data.workers": d.workers,
                     "data.synthetic_images": d.synthetic_images, "data.synthetic_val_images": d.synthetic_val_images,
                     "train.max_steps_per_epoch": t.max_steps_per_epoch, "schedule.patience": s.patience,
@@ -250,6 +262,9 @@ def validate(config: Config) -> Config:
             raise UserError(f"{key} must be a finite number >= 0, got {value}")
     if t.lr == 0:
         raise UserError("train.lr must be greater than 0")
+    if not 0 < s.factor < 1:
+        raise UserError(f"schedule.factor must be between 0 and 1 (the lr is multiplied by it at each drop), "
+                        f"got {s.factor:g}; the paper's is 0.1")
     for key, values in {"schedule.milestones": s.milestones, "schedule.conv1_milestones": s.conv1_milestones}.items():
         if values != sorted(values) or any(v < 1 for v in values):
             raise UserError(f"{key} must list epochs (from 1) in increasing order, got {values}")
@@ -299,6 +314,17 @@ def parse_toml(text: str, origin: str) -> dict:
         raise UserError(f"{origin} is not valid TOML ({exc}); fix the file and run again") from None
 
 
+def read_text(path: Path) -> str:
+    """The UTF-8 text of a config file (TOML files are UTF-8); UserError when it cannot be read as such."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                        "save it as UTF-8 and run again") from None
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path} ({exc.strerror or exc}); check its permissions") from None
+
+
 def load_config(path: "str | os.PathLike | None" = None, overrides: list[str] = ()) -> Config:
     """The config in TOML file ``path`` (None: the built-in demo) with ``overrides`` applied."""
     if path is None:
@@ -306,8 +332,9 @@ def load_config(path: "str | os.PathLike | None" = None, overrides: list[str] = 
     else:
         path = Path(path)
         if not path.is_file():
-            raise UserError(f"config file {path} does not exist; pass --config with one of the files in configs/")
-        config = _merge(parse_toml(path.read_text(), str(path)), None, str(path))
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise UserError(f"config file {path} {what}; pass --config with one of the files in configs/")
+        config = _merge(parse_toml(read_text(path), str(path)), None, str(path))
     return validate(apply_overrides(config, list(overrides)))
 
 
@@ -328,10 +355,24 @@ def _toml_value(value) -> str:
         text = repr(value)
         return text if any(ch in text for ch in ".en") else text + ".0"
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+        return '"' + "".join(_toml_char(ch) for ch in value) + '"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")
+
+
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_char(ch: str) -> str:
+    """One character of a TOML basic string: escapes for quotes, backslashes and control characters
+    (TOML allows only the tab raw), and for non-ASCII, so the file reads back the same in any locale."""
+    if ch in _TOML_ESCAPES:
+        return _TOML_ESCAPES[ch]
+    code = ord(ch)
+    if code < 0x20 or code >= 0x7F:
+        return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+    return ch
 
 
 def to_toml(config: Config) -> str:

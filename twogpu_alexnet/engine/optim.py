@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..model.load import to_layout
+from ..model.load import canonical_layout, to_layout
 
 
 def param_groups(model, lr: float, weight_decay: float) -> list[dict]:
@@ -30,7 +30,7 @@ def param_groups(model, lr: float, weight_decay: float) -> list[dict]:
     for layer in spec.layer_names:
         for kind in ("weight", "bias"):
             is_bias = kind == "bias"
-            group_lr = lr * (spec.bias_lr_mult if is_bias else 1.0)
+            group_lr = lr * (spec.bias_lr_mult_of(layer) if is_bias else 1.0)
             decay = 0.0 if is_bias and not spec.bias_weight_decay else weight_decay
             groups[layer, kind] = {"params": [], "lr": group_lr, "initial_lr": group_lr,
                                    "weight_decay": decay, "layer": layer, "kind": kind}
@@ -67,7 +67,7 @@ def optimizer_state(optimizer: torch.optim.SGD, model) -> dict:
     if momentum and len(momentum) != len(names):
         raise RuntimeError("some parameters have a momentum buffer and others not")
     if momentum:
-        momentum = to_layout(momentum, "two-tower")
+        momentum = to_layout(momentum, canonical_layout(model.spec.name))
     groups = [{k: g[k] for k in _GROUP_KEYS if k in g} for g in optimizer.param_groups]
     return {"groups": groups, "momentum": momentum}
 
@@ -84,4 +84,6 @@ def load_optimizer_state(optimizer: torch.optim.SGD, model, state: dict) -> None
         return
     momentum = to_layout(state["momentum"], model.mode)
     for name, p in model.named_parameters():
-        optimizer.state[p]["momentum_buffer"] = momentum[name].to(device=p.device, dtype=p.dtype, copy=True)
+        # in the parameter's own layout (channels_last or not, as this run has it), whatever the saved
+        # strides: the fused update pairs buffer and parameter elements by memory position
+        optimizer.state[p]["momentum_buffer"] = torch.empty_like(p).copy_(momentum[name])

@@ -1,19 +1,21 @@
 """Which executor and which devices a training process uses, decided before anything is allocated.
 
 - ``two-tower``: tower 0 and tower 1 on two GPUs; under torchrun process ``LOCAL_RANK`` r owns
-  cuda:2r and cuda:2r+1. ``model.devices`` may name any pair (``["cpu", "cpu"]`` runs the two-tower
-  executor on the CPU).
+  cuda:2r and cuda:2r+1. ``model.devices`` may name any pair the model takes: ``["cpu", "cpu"]`` runs
+  the two-tower executor on the CPU, ``["cuda:0", "cuda:0"]`` both towers on one GPU, and a pair may
+  mix the CPU and a GPU (without ``speed.amp``: autocast covers one kind of device).
 - ``grouped``: both towers on one device (groups=2): cuda:LOCAL_RANK, or the CPU without GPUs.
 - ``auto``: two-tower when every local process can have two GPUs, grouped otherwise; the returned
   note says which and why.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from ..errors import UserError
+from ..spec import PRESETS
 from .config import ModelConfig
 from .distributed import DistContext
 
@@ -32,12 +34,19 @@ class Placement:
     def first_device(self) -> torch.device:
         return torch.device(self.devices[0])
 
+    @property
+    def cuda_device(self) -> torch.device | None:
+        """The GPU to make current (the first one named; a pair may mix the CPU and a GPU), or None."""
+        return next((torch.device(d) for d in self.devices if d.startswith("cuda")), None)
+
 
 def _gpus(n: int) -> str:
     return f"{n} GPU{'s' * (n != 1)}"
 
 
-def _check_named(devices: list[str], cuda_count: int) -> None:
+def _check_named(devices: list[str], cuda_count: int) -> tuple[str, ...]:
+    """``devices`` checked and spelled in full (``cuda`` -> ``cuda:0``)."""
+    named = []
     for name in devices:
         try:
             dev = torch.device(name)
@@ -48,18 +57,31 @@ def _check_named(devices: list[str], cuda_count: int) -> None:
                             "name devices that exist or use model.mode=grouped")
         if dev.type not in ("cuda", "cpu"):
             raise UserError(f"model.devices entry {name!r}: only cuda:N and cpu are supported")
+        named.append(f"cuda:{dev.index or 0}" if dev.type == "cuda" else "cpu")
+    return tuple(named)
+
+
+def _one_tower_grouped(model: ModelConfig) -> ModelConfig:
+    """A one-tower preset (paper-half, original-half) runs grouped on one device: 'auto' becomes grouped."""
+    if model.preset not in PRESETS or PRESETS[model.preset].towers == 2:
+        return model
+    if model.mode == "two-tower":
+        raise UserError(f"model.preset {model.preset} is a one-tower network for one device; "
+                        "use model.mode=grouped or auto")
+    return replace(model, mode="grouped")
 
 
 def resolve(model: ModelConfig, ctx: DistContext = DistContext(), cuda_count: int | None = None) -> Placement:
     """The placement for ``model`` in process ``ctx``; UserError when the request cannot be met."""
     if cuda_count is None:
         cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    model = _one_tower_grouped(model)
     if model.devices:
         if ctx.enabled:
             raise UserError("model.devices must stay empty under torchrun (each process takes its own GPUs "
                             "from LOCAL_RANK); remove it")
-        _check_named(model.devices, cuda_count)
-        return Placement(model.mode, tuple(model.devices), f"{model.mode} on {', '.join(model.devices)}")
+        devices = _check_named(model.devices, cuda_count)
+        return Placement(model.mode, devices, f"{model.mode} on {', '.join(devices)}")
     r, local = ctx.local_rank, max(ctx.local_world_size, 1)
     mode = model.mode
     if mode == "auto":

@@ -2,8 +2,11 @@
 
 - ``plateau`` (the paper): divide every lr by 10 when the validation top-1 error has stopped
   improving for ``patience`` epochs, at most ``max_drops`` (3) times.
-- ``original`` (the 2012 code's log): lr / 10 from epochs 25, 51 and 79; conv1 alone / 10 from 67
-  and 0 from 72 (colour noise was switched off at 67 too, see ``color_noise_off_epoch``).
+- ``original`` (the 2012 code's log): weight lr / 10 from epochs 25, 51 and 79; conv1 alone / 10
+  from 67 and 0 from 72 (colour noise was switched off at 67 too, see ``color_noise_off_epoch``).
+  The log changes only ``epsW``: the biases of conv2 ... fc8 keep their initial rate (0.02 in
+  ``layer-params-145.cfg``) for the whole run; conv1's bias follows conv1's own changes (its final
+  rate in the file is 0).
 - ``none``: the initial lr throughout.
 
 A schedule sets ``group["lr"] = group["initial_lr"] * factor`` for each parameter group (see
@@ -26,13 +29,13 @@ class Schedule:
         self.best = math.inf  # plateau: best validation top-1 error so far
         self.bad_epochs = 0  # plateau: epochs since the last improvement (or drop)
 
-    def factor(self, epoch: int, layer: str) -> float:
-        """The multiplier of ``layer``'s initial lr during ``epoch``."""
+    def factor(self, epoch: int, layer: str, kind: str = "weight") -> float:
+        """The multiplier of the initial lr of ``layer``'s ``kind`` ("weight" or "bias") during ``epoch``."""
         c = self.config
         if c.kind == "plateau":
             return c.factor ** self.drops
         if c.kind == "original":
-            f = 0.1 ** sum(epoch >= m for m in c.milestones)
+            f = 0.1 ** sum(epoch >= m for m in c.milestones) if kind == "weight" else 1.0
             if layer == "conv1":
                 reached = [cf for m, cf in zip(c.conv1_milestones, c.conv1_factors) if epoch >= m]
                 f *= reached[-1] if reached else 1.0  # the latest conv1 change in force
@@ -42,7 +45,7 @@ class Schedule:
     def apply(self, optimizer, epoch: int) -> None:
         """Set each group's lr for ``epoch``."""
         for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * self.factor(epoch, group["layer"])
+            group["lr"] = group["initial_lr"] * self.factor(epoch, group["layer"], group.get("kind", "weight"))
 
     def color_noise_on(self, epoch: int) -> bool:
         """False from the epoch the original schedule switches colour noise off."""

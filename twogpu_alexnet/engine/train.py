@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..model import build_model
-from ..model.load import load_into, to_layout
+from ..model.load import canonical_layout, load_into, to_layout
 from ..spec import get_spec
 from . import checkpoint as ckpt
 from . import distributed
@@ -31,6 +31,7 @@ from .metrics import MetricsLog, topk_correct
 from .optim import load_optimizer_state, make_optimizer, optimizer_state
 from .placement import Placement, resolve
 from .progress import Reporter
+from .rundir import RunFolder
 from .schedule import Schedule
 from .signals import StopRequest
 
@@ -62,17 +63,6 @@ class RunResult:
 # ---------------------------------------------------------------------------------------------
 # Checks that run before any data is read or any GPU memory is taken.
 
-def check_run_dir(run_dir: Path, resume: bool) -> None:
-    if resume:
-        if not (run_dir / "config.toml").is_file():
-            raise UserError(f"{run_dir} is not a run folder (no config.toml); --resume takes a folder written by "
-                            "`twogpu-alexnet train`")
-    elif any((run_dir / "checkpoints").glob("*.pt")):
-        raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
-    elif run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {run_dir} is a file; choose a folder")
-
-
 def check_data(config: Config) -> None:
     d = config.data
     if d.source in ("imagefolder", "store", "cifar10"):
@@ -82,7 +72,26 @@ def check_data(config: Config) -> None:
                             "(--set data.root=DIR)")
 
 
+def check_classes(train_classes, val_classes, requested: int | None) -> int:
+    """The number of classes the model gets; UserError when the data cannot train a classifier."""
+    n = len(train_classes)
+    if n < 2:
+        raise UserError(f"the training data has {n} class{'es' * (n != 1)} ({', '.join(map(str, train_classes))}); "
+                        "a classifier needs at least 2 class folders in train/ and val/")
+    if requested and requested != n:
+        raise UserError(f"model.num_classes is {requested} but the training data has {n} "
+                        "classes; set model.num_classes=0 to follow the data")
+    if list(val_classes) != list(train_classes):
+        raise UserError("the validation classes differ from the training classes; "
+                        "train/ and val/ must hold the same class folders")
+    return n
+
+
 def check_speed(config: Config, placement: Placement) -> None:
+    kinds = {torch.device(d).type for d in placement.devices}
+    if config.speed.amp != "none" and len(kinds) > 1:
+        raise UserError(f"speed.amp={config.speed.amp} needs both towers on one kind of device, but model.devices "
+                        f"is {list(placement.devices)}; use speed.amp=none or put both towers on GPUs")
     if config.speed.amp == "fp16" and not placement.use_cuda:
         raise UserError("speed.amp=fp16 needs a GPU; use speed.amp=bf16 on the CPU or none")
 
@@ -134,16 +143,16 @@ def make_data_loader(config: Config, split, batch_size: int, ctx: DistContext, t
 
 
 def canonical_state(model) -> dict:
-    """The model's weights in the two-tower layout, contiguous cpu copies."""
+    """The model's weights in the canonical layout (two-tower; a one-tower preset's own), contiguous cpu copies."""
     return to_layout({k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()},
-                     "two-tower")
+                     canonical_layout(model.spec.name))
 
 
 def conv1_state(model) -> dict:
-    """The model's conv1 weights in the two-tower layout (cpu copies), for the colour statistics."""
+    """The model's conv1 weights in the canonical layout (cpu copies), for the colour statistics."""
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
              if k.endswith("conv1.weight")}
-    return to_layout(state, "two-tower")
+    return to_layout(state, canonical_layout(model.spec.name))
 
 
 def forward_loss(forward, images, labels, amp_dtype, device_type: str):
@@ -240,27 +249,29 @@ def train(config: Config, run_dir: "str | os.PathLike", *, resume: bool = False,
     placement = resolve(config.model, ctx)
     check_speed(config, placement)
     check_data(config)
-    check_run_dir(run_dir, resume)
-    payload, notes = None, []
-    if resume:
-        payload, resumed_from, notes = ckpt.load_latest(run_dir)
-        for note in notes:
-            reporter.message(f"{note}; resuming from {resumed_from.name}")
-    reporter.message(f"run folder: {run_dir}" + (" (resuming)" if resume else ""))
-    reporter.message(placement.note)
+    with RunFolder(run_dir, resume=resume, owner=ctx.is_main) as folder:  # checked, made and locked for the run
+        for note in folder.notes:
+            reporter.message(note)
+        payload, notes = None, []
+        if resume:
+            payload, resumed_from, notes = ckpt.load_latest(run_dir)
+            for note in notes:
+                reporter.message(f"{note}; resuming from {resumed_from.name}")
+        reporter.message(f"run folder: {run_dir}" + (" (resuming)" if resume else ""))
+        reporter.message(placement.note)
 
-    if placement.use_cuda:
-        torch.cuda.set_device(placement.first_device)
-    distributed.init(ctx, placement.use_cuda)
-    try:
-        with torch_settings(tc.deterministic, config.speed.cudnn_benchmark):
-            run = _Run(config, run_dir, placement, ctx, rank_batch, reporter, stop)
-            run.open(payload)
-            run.start_files()
-            result = run.run()
-    finally:
-        reporter.close()
-        distributed.shutdown(ctx)
+        if placement.cuda_device is not None:
+            torch.cuda.set_device(placement.cuda_device)
+        distributed.init(ctx, placement.use_cuda)
+        try:
+            with torch_settings(tc.deterministic, config.speed.cudnn_benchmark):
+                run = _Run(config, run_dir, placement, ctx, rank_batch, reporter, stop)
+                run.open(payload)
+                run.start_files()
+                result = run.run()
+        finally:
+            reporter.close()
+            distributed.shutdown(ctx)
     result.wall_s = time.perf_counter() - t_start
     return result
 
@@ -295,13 +306,7 @@ class _Run:
         self.train_split = open_data(c, "train", input_size=self.input_size, num_classes=requested,
                                      color_noise=self.noise)
         self.val_split = open_data(c, "val", input_size=self.input_size, num_classes=requested)
-        self.num_classes = len(self.train_split.classes)
-        if requested and requested != self.num_classes:
-            raise UserError(f"model.num_classes is {requested} but the training data has {self.num_classes} "
-                            "classes; set model.num_classes=0 to follow the data")
-        if list(self.val_split.classes) != list(self.train_split.classes):
-            raise UserError("the validation classes differ from the training classes; "
-                            "train/ and val/ must hold the same class folders")
+        self.num_classes = check_classes(self.train_split.classes, self.val_split.classes, requested)
         p = self.placement
         self.model = build_model(c.model.preset, mode=p.mode, num_classes=self.num_classes,
                                  devices=p.devices if p.mode == "two-tower" else None,
@@ -313,6 +318,7 @@ class _Run:
         self.optimizer = make_optimizer(self.model, tc.lr, tc.momentum, tc.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=c.speed.amp == "fp16")
         torch.manual_seed(tc.seed * 1000 + self.ctx.rank)  # dropout differs across ranks; init is the same on all
+        self.model.seed_dropout(tc.seed, self.ctx.rank)  # each tower's own dropout generator
         if payload:
             self.restore(payload)
         net = distributed.wrap(self.model, self.ctx)
@@ -340,6 +346,11 @@ class _Run:
         rngs = payload["rng"]
         if len(rngs) == self.ctx.world_size:
             ckpt.set_rng_state(rngs[self.ctx.rank])
+            try:  # the towers' dropout generators (absent in older checkpoints: they keep their seed)
+                self.model.set_dropout_rng_state(payload.get("dropout_rng", [])[self.ctx.rank])
+            except (IndexError, ValueError):
+                self.reporter.message("the checkpoint's dropout generator states do not fit this placement "
+                                      "(another tower count or device type): dropout masks will differ")
         else:
             self.reporter.message(f"the checkpoint has random states for {len(rngs)} processes, this run has "
                                   f"{self.ctx.world_size}: augmentation order is kept, dropout masks will differ")
@@ -488,6 +499,7 @@ class _Run:
              weights: dict | None = None) -> Path:
         """Write the run's state (rank 0; every rank contributes its generator states)."""
         rngs = distributed.gather(ckpt.rng_state(), self.ctx)  # taken last: nothing random happens after
+        dropout_rngs = distributed.gather(self.model.dropout_rng_state(), self.ctx)
         path = self.run_dir / "checkpoints" / "last.pt"
         if self.main:
             c = self.config
@@ -497,6 +509,7 @@ class _Run:
                 "epoch": epochs_completed, "batch": batch, "step": self.step,
                 "optimizer": optimizer_state(self.optimizer, self.model), "scheduler": self.schedule.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}, "rng": rngs,
+                "dropout_rng": dropout_rngs,
                 "data": {"seed": c.train.seed, "epoch": epochs_completed + 1, "batch": batch},
                 "progress": dict(self.progress), "best_val_top1_error": self.best, "config": to_dict(c),
                 "mode": self.placement.mode, "world_size": self.ctx.world_size,

@@ -32,18 +32,22 @@ def check_device(device) -> torch.device:
     return dev
 
 
-def resolve_mode(mode: str) -> str:
-    """'auto' -> 'two-tower' with two or more GPUs, else 'grouped'."""
+def resolve_mode(mode: str, spec: NetSpec | None = None) -> str:
+    """'auto' -> 'two-tower' with two or more GPUs, else 'grouped'; a one-tower spec is always 'grouped'."""
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
+    one_tower = spec is not None and spec.towers == 1
+    if mode == "two-tower" and one_tower:
+        raise UserError(f"preset {spec.name!r} is a one-tower network for one device; use mode='grouped' or 'auto'")
     if mode == "auto":
-        return "two-tower" if torch.cuda.is_available() and torch.cuda.device_count() >= 2 else "grouped"
+        two_gpus = torch.cuda.is_available() and torch.cuda.device_count() >= 2
+        return "two-tower" if two_gpus and not one_tower else "grouped"
     return mode
 
 
 def build_model(
     preset: "str | NetSpec" = "paper",
-    mode: str = "two-tower",
+    mode: str = "auto",
     *,
     devices=None,
     device=None,
@@ -53,11 +57,16 @@ def build_model(
 
     mode="two-tower": tower i on ``devices[i]`` (default ``("cuda:0", "cuda:1")``); any pair works,
     e.g. ``("cuda:0", "cpu")`` or ``("cpu", "cpu")``. mode="grouped": everything on ``device``
-    (default cuda:0 when present, else cpu). mode="auto": two-tower on cuda:0/cuda:1 with two GPUs,
-    grouped otherwise.
+    (default cuda:0 when present, else cpu). mode="auto" (the default): two-tower on cuda:0/cuda:1
+    with two GPUs, grouped otherwise. One-tower presets (``paper-half``, ``original-half``) are
+    grouped models on one device.
+
+    The initial weights are drawn from torch's global CPU generator (``torch.manual_seed``) in the
+    canonical layout, so a seed gives the same weights in both modes on any devices; the towers'
+    dropout generators are seeded from it too (reseed with ``model.seed_dropout(seed, rank)``).
     """
     spec = get_spec(preset, num_classes)
-    mode = resolve_mode(mode)
+    mode = resolve_mode(mode, spec)
     if mode == "two-tower":
         if devices is None:
             devices = ("cuda:0", "cuda:1")
@@ -71,6 +80,7 @@ def build_model(
             device = devices[0] if devices else ("cuda:0" if torch.cuda.is_available() else "cpu")
         model = GroupedAlexNet(spec, check_device(device))
     init_from_spec(model, spec)
+    model.seed_dropout(int(torch.empty((), dtype=torch.int64).random_()))
     return model
 
 

@@ -1,27 +1,22 @@
-"""What both executors share: input checks, and what follows each convolution and fc layer.
+"""What both executors share: input checks, the modules each layer runs, and the towers' dropout generators.
 
 The executors differ only in where tensors live and how the two towers' halves are joined; the
-layer order, the normalizations and the dropout come from the spec through this class.
+layer order, the normalizations and the dropout come from the spec through this class. Every step
+of a layer is a registered module (``conv1_pad``, ``conv1``, ``conv1_relu``, ``conv1_lrn``,
+``conv1_pool``, ...), so ``print(model)`` lists the network as it runs.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import skip_init
 
 from ..errors import UserError
 from ..spec import FC, Conv, NetSpec, cover_padding, layer_shapes
-from .layers import local_response_norm, same_map_norm
+from .layers import local_response_norm
+from .ops import CrossMapNorm, Dropout, SameMapNormalization, to_device
 
-
-def to_device(x: Tensor, device: torch.device) -> Tensor:
-    """``x`` on ``device``, without waiting on the host where that is safe.
-
-    Copies to a GPU are ordered on its stream, so they can be asynchronous. A ``non_blocking`` copy
-    into CPU memory returns before the data has arrived, and a CPU tower (e.g. devices=("cuda:0",
-    "cpu")) would compute on garbage, so copies to the CPU block.
-    """
-    return x.to(device, non_blocking=device.type == "cuda")
+__all__ = ["AlexNetBase", "to_device"]
 
 
 class AlexNetBase(nn.Module):
@@ -29,13 +24,83 @@ class AlexNetBase(nn.Module):
     # The cross-map LRN both executors use; ``groups`` = towers held in one tensor.
     lrn = staticmethod(local_response_norm)
 
-    def __init__(self, spec: NetSpec):
+    def __init__(self, spec: NetSpec, tower_devices: tuple[torch.device, ...]):
         super().__init__()
         self.spec = spec
-        shapes = {s.name: s for s in layer_shapes(spec)}
-        # zeros added on the right/bottom before a "cover" convolution (3 for conv1 at 224)
-        self._cover = {c.name: cover_padding(shapes[c.name].in_size, c) if c.cover else 0 for c in spec.convs}
+        self._shapes = {s.name: s for s in layer_shapes(spec)}
+        # One dropout generator per tower, on the device where that tower's masks are drawn, so the
+        # towers' masks are independent on any devices (torch.manual_seed gives every GPU one state).
+        self.dropout_generators = [None if d.type == "meta" else torch.Generator(device=d) for d in tower_devices]
+        # module names per layer, in the order they run
+        self._steps: dict[str, list[str]] = {}
 
+    # ----- building ------------------------------------------------------------------------------
+    def _add_conv(self, owner: nn.Module, layer: Conv, in_channels: int, out_channels: int, groups: int,
+                  towers: int, device: torch.device) -> None:
+        """Register ``layer``'s modules on ``owner``: the cover padding, the convolution, its ops."""
+        steps = []
+        pad = cover_padding(self._shapes[layer.name].in_size, layer) if layer.cover else 0
+        if pad:  # zeros on the right and bottom: cuda-convnet's output count (55 for conv1 at 224)
+            steps.append((f"{layer.name}_pad", nn.ZeroPad2d((0, pad, 0, pad))))
+        conv = skip_init(nn.Conv2d, in_channels, out_channels, layer.kernel, layer.stride, layer.padding,
+                         groups=groups, device=device)  # weights come from init_from_spec
+        steps.append((layer.name, conv))
+        for op in layer.ops:
+            steps.append((f"{layer.name}_{op}", self._op(op, towers)))
+        self._register(owner, layer.name, steps)
+
+    def _add_fc(self, owner: nn.Module, layer: FC, in_features: int, out_features: int,
+                generators: list, device: torch.device) -> None:
+        steps = [(layer.name, skip_init(nn.Linear, in_features, out_features, device=device)),
+                 (f"{layer.name}_relu", nn.ReLU(inplace=True))]
+        if layer.dropout:
+            steps.append((f"{layer.name}_dropout", Dropout(layer.dropout, self.spec.dropout_form, generators)))
+        self._register(owner, layer.name, steps)
+
+    def _op(self, op: str, towers: int) -> nn.Module:
+        spec = self.spec
+        if op == "relu":
+            return nn.ReLU(inplace=True)
+        if op == "lrn":
+            return CrossMapNorm(spec.lrn, towers, self.lrn)
+        if op == "samemap":
+            return SameMapNormalization(spec.same_map)
+        if op == "pool":
+            return nn.MaxPool2d(spec.pool.kernel, spec.pool.stride)
+        raise ValueError(f"unknown op {op!r}")
+
+    def _register(self, owner: nn.Module, layer: str, steps: list) -> None:
+        for name, module in steps:
+            owner.add_module(name, module)
+        self._steps[layer] = [name for name, _ in steps]
+
+    def _run(self, owner: nn.Module, layer: str, x: Tensor) -> Tensor:
+        """``layer``'s modules on ``owner`` (a tower, or the grouped model), in order."""
+        for name in self._steps[layer]:
+            x = owner._modules[name](x)
+        return x
+
+    # ----- dropout randomness --------------------------------------------------------------------
+    def seed_dropout(self, seed: int, rank: int = 0) -> None:
+        """Seed tower t's dropout generator from (seed, rank, t): independent towers and processes."""
+        for tower, g in enumerate(self.dropout_generators):
+            if g is not None:
+                g.manual_seed(((seed * 1000 + rank) * len(self.dropout_generators) + tower) % 2**64)
+
+    def dropout_rng_state(self) -> list[Tensor]:
+        """The towers' dropout generator states (cpu uint8 tensors), tower 0 first."""
+        return [g.get_state() for g in self.dropout_generators if g is not None]
+
+    def set_dropout_rng_state(self, states: list[Tensor]) -> None:
+        """Restore :meth:`dropout_rng_state`; ValueError when it was taken from other generators (tower
+        count, or CPU vs CUDA), in which case the generators keep their state."""
+        gens = [g for g in self.dropout_generators if g is not None]
+        if len(states) != len(gens) or any(s.numel() != g.get_state().numel() for s, g in zip(states, gens)):
+            raise ValueError("the dropout generator states come from another tower count or device type")
+        for g, s in zip(gens, states):
+            g.set_state(s)
+
+    # ----- running -------------------------------------------------------------------------------
     def _check_input(self, x: Tensor) -> Tensor:
         s, c = self.spec.input_size, self.spec.in_channels
         if x.dim() != 4 or x.shape[1] != c or x.shape[2] != s or x.shape[3] != s or x.shape[0] < 1:
@@ -44,35 +109,6 @@ class AlexNetBase(nn.Module):
                 f"resize or crop the images to {s}x{s}"
             )
         return x
-
-    def _conv_block(self, conv: nn.Conv2d, layer: Conv, x: Tensor, groups: int) -> Tensor:
-        """conv, then the layer's ops in spec order; ``groups`` = towers held in this tensor."""
-        pad = self._cover[layer.name]
-        if pad:
-            x = F.pad(x, (0, pad, 0, pad))
-        x = conv(x)
-        spec = self.spec
-        for op in layer.ops:
-            if op == "relu":
-                x = F.relu(x, inplace=True)
-            elif op == "lrn":
-                n = spec.lrn
-                x = self.lrn(x, n.size, n.alpha, n.beta, n.k, groups=groups)
-            elif op == "samemap":
-                n = spec.same_map
-                x = same_map_norm(x, n.size, n.alpha, n.beta, n.k)
-            elif op == "pool":
-                x = F.max_pool2d(x, spec.pool.kernel, spec.pool.stride)
-        return x
-
-    def _fc_block(self, fc: nn.Linear, layer: FC, x: Tensor) -> Tensor:
-        x = F.relu(fc(x), inplace=True)
-        p = layer.dropout
-        if not p or self.spec.dropout_form == "inverted":
-            return F.dropout(x, p, self.training)
-        if self.training:  # the paper's form: a 0/1 mask, kept units not rescaled
-            return x * torch.empty_like(x).bernoulli_(1 - p)
-        return x * (1 - p)  # evaluation: every unit, times the keep probability
 
     def _hidden(self, x: Tensor) -> Tensor:  # implemented by the executors: fc7 activations, head device
         raise NotImplementedError

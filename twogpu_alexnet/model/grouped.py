@@ -1,44 +1,54 @@
-"""The grouped executor: both towers on one device, computing the same function as two GPUs.
+"""The grouped executor: every tower on one device, computing the same function as two GPUs.
 
 Own-tower layers (conv2, conv4, conv5 in the paper) are ``groups=2`` convolutions; conv1, conv3 and
 the fc layers read everything and are dense. Every tensor holds tower 0's channels then tower 1's,
-and the LRN window is kept inside each tower's block of channels, as it is on two GPUs.
+the LRN window is kept inside each tower's block of channels, and each tower's dropout units are
+drawn from that tower's own generator, as on two GPUs. With a one-tower spec (``paper-half``) this
+is the plain single-column network.
 """
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+from torch.nn.utils import skip_init
 
-from ..spec import NetSpec, layer_shapes
-from .base import AlexNetBase, to_device
+from ..spec import NetSpec
+from .base import AlexNetBase
+from .ops import to_device
 
 
 class GroupedAlexNet(AlexNetBase):
     mode = "grouped"
 
     def __init__(self, spec: NetSpec, device: torch.device):
-        super().__init__(spec)
-        self.device = torch.device(device)
-        shapes = layer_shapes(spec)
-        for shape, conv in zip(shapes, spec.convs):
-            groups = 2 if conv.reads == "own" else 1
+        device = torch.device(device)
+        super().__init__(spec, (device,) * spec.towers)
+        self.device = device
+        n = spec.towers
+        for layer in spec.convs:
+            shape = self._shapes[layer.name]
+            groups = n if layer.reads == "own" else 1
             in_channels = shape.in_channels * groups  # own: each group sees one tower's channels
-            layer = nn.Conv2d(in_channels, 2 * conv.per_tower, conv.kernel, conv.stride, conv.padding,
-                              groups=groups, device=self.device)
-            self.add_module(conv.name, layer)
-        for shape in shapes[len(spec.convs) : -1]:
-            self.add_module(shape.name, nn.Linear(shape.in_channels, 2 * shape.out_channels, device=self.device))
-        self.add_module(shapes[-1].name, nn.Linear(shapes[-1].in_channels, shapes[-1].out_channels, device=self.device))
+            self._add_conv(self, layer, in_channels, n * layer.per_tower, groups, n, device)
+        for layer in spec.hidden:
+            shape = self._shapes[layer.name]
+            self._add_fc(self, layer, shape.in_channels, n * shape.out_channels, self.dropout_generators, device)
+        head = self._shapes[spec.head.name]
+        self.fc8 = skip_init(torch.nn.Linear, head.in_channels, head.out_channels, device=device)
 
     @property
     def head_device(self) -> torch.device:
         return self.device
 
+    def extra_repr(self) -> str:
+        towers = "one tower" if self.spec.towers == 1 else f"{self.spec.towers} towers in each tensor, tower 0 first"
+        return f"preset {self.spec.name!r} on {self.device}: {towers}"
+
     def _hidden(self, x: Tensor) -> Tensor:
         h = to_device(x, self.device)
         for layer in self.spec.convs:
-            h = self._conv_block(getattr(self, layer.name), layer, h, 2)
+            h = self._run(self, layer.name, h)
         h = h.flatten(1)  # pool5: tower 0's flattened channels, then tower 1's
         for layer in self.spec.hidden:
-            h = self._fc_block(getattr(self, layer.name), layer, h)
+            h = self._run(self, layer.name, h)
         return h

@@ -46,10 +46,12 @@ def _strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def load_weights(path: "str | Path") -> tuple[dict[str, Tensor], dict]:
-    """A training checkpoint or a plain state dict (either layout) -> (two-tower state, metadata).
+    """A training checkpoint or a plain state dict (either layout) -> (canonical state, metadata).
 
-    Metadata holds the checkpoint's other entries (``preset``, ``epoch``, ...), with ``preset``
-    None for a plain state dict and ``num_classes`` read from fc8.
+    The canonical layout is the two-tower one, except for a checkpoint of a one-tower preset
+    (``paper-half``), whose only layout is ``conv1.weight`` ... ``fc8.bias``. Metadata holds the
+    checkpoint's other entries (``preset``, ``epoch``, ...), with ``preset`` None for a plain state
+    dict and ``num_classes`` read from fc8.
     """
     path = Path(path)
     if not path.is_file():
@@ -70,7 +72,7 @@ def load_weights(path: "str | Path") -> tuple[dict[str, Tensor], dict]:
             f"{path} holds neither a training checkpoint nor a state dict of tensors; pass RUN/checkpoints/last.pt"
         )
     try:
-        state = to_layout(state, "two-tower")
+        state = to_layout(state, canonical_layout(meta.get("preset")))
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
     meta.setdefault("preset", None)
@@ -80,18 +82,27 @@ def load_weights(path: "str | Path") -> tuple[dict[str, Tensor], dict]:
     return state, meta
 
 
+def canonical_layout(preset) -> str:
+    """'grouped' for a one-tower preset (its only layout), else 'two-tower' (also for an unknown preset)."""
+    from ..spec import PRESETS
+
+    spec = PRESETS.get(preset) if isinstance(preset, str) else None
+    return "grouped" if spec is not None and spec.towers == 1 else "two-tower"
+
+
 def _expected_shapes(preset: str, num_classes: int) -> dict[str, tuple]:
     from . import build_model  # the model on the meta device: shapes without memory
 
-    model = build_model(preset, mode="two-tower", devices=("meta", "meta"), num_classes=num_classes)
+    model = build_model(preset, mode="grouped", device="meta", num_classes=num_classes)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def infer_preset(state: Mapping[str, Tensor]) -> str:
-    """The first preset whose two-tower shapes match ``state`` ('paper' and 'original' share shapes)."""
+    """The first preset whose shapes match ``state`` ('paper' and 'original' share shapes, so do
+    'paper-half' and 'original-half')."""
     from ..spec import PRESETS
 
-    state = to_layout(state, "two-tower")
+    state = to_layout(state, "grouped")
     if "fc8.weight" not in state:
         raise UserError("these weights have no fc8 layer; they are not a complete AlexNet state dict")
     shapes = {k: tuple(v.shape) for k, v in state.items()}

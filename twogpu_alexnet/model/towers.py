@@ -1,59 +1,70 @@
 """The two-tower executor: tower 0 on devices[0], tower 1 on devices[1], as on the two GTX 580s.
 
 conv1, conv2, conv4 and conv5 read only their own tower; conv3, fc6, fc7 and fc8 read both, and
-those are the only places activations cross devices. Every step is an asynchronous launch on its
-tower's device, and copies between GPUs are device-to-device, so on two GPUs the towers compute
-concurrently and nothing waits on the host (copies into a CPU tower block: see ``to_device``).
-fc8 and the loss live on devices[0].
+those are the only places activations cross devices (the ``*_cross`` modules). Every step is an
+asynchronous launch on its tower's device, and copies between GPUs are device-to-device, so on two
+GPUs the towers compute concurrently and nothing waits on the host (copies into a CPU tower block:
+see ``to_device``). fc8 and the loss live on devices[0].
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import skip_init
 
-from ..spec import NetSpec, layer_shapes
-from .base import AlexNetBase, to_device
+from ..spec import NetSpec
+from .base import AlexNetBase
+from .ops import CrossTowers, to_device
 
 
 class Tower(nn.Module):
-    """One GPU's half of every layer but fc8: conv1..conv5, fc6, fc7 (named as in the paper)."""
+    """One GPU's half of every layer but fc8: conv1..conv5, fc6, fc7 (named as in the paper), with the
+    steps between them (``conv1_relu``, ``conv1_lrn``, ``conv1_pool``, ..., ``fc6_dropout``)."""
 
-    def __init__(self, spec: NetSpec, device: torch.device):
+    def __init__(self, index: int, device: torch.device):
         super().__init__()
-        for shape, conv in zip(layer_shapes(spec), spec.convs):
-            layer = nn.Conv2d(shape.in_channels, conv.per_tower, conv.kernel, conv.stride, conv.padding, device=device)
-            self.add_module(conv.name, layer)
-        for shape in layer_shapes(spec)[len(spec.convs) : -1]:
-            self.add_module(shape.name, nn.Linear(shape.in_channels, shape.out_channels, device=device))
+        self.index, self.device = index, device
+
+    def extra_repr(self) -> str:
+        return f"tower {self.index} on {self.device}"
 
 
 class TwoTowerAlexNet(AlexNetBase):
     mode = "two-tower"
 
     def __init__(self, spec: NetSpec, devices: tuple[torch.device, torch.device]):
-        super().__init__(spec)
-        self.devices = tuple(torch.device(d) for d in devices)
-        self.towers = nn.ModuleList(Tower(spec, d) for d in self.devices)
-        head = layer_shapes(spec)[-1]
-        self.fc8 = nn.Linear(head.in_channels, head.out_channels, device=self.devices[0])
+        devices = tuple(torch.device(d) for d in devices)
+        super().__init__(spec, devices)
+        self.devices = devices
+        self.towers = nn.ModuleList(Tower(t, d) for t, d in enumerate(devices))
+        for t, (tower, device) in enumerate(zip(self.towers, devices)):
+            for layer in spec.convs:
+                shape = self._shapes[layer.name]
+                if layer.reads == "both":
+                    tower.add_module(f"{layer.name}_cross", CrossTowers(device, devices))
+                self._add_conv(tower, layer, shape.in_channels, layer.per_tower, 1, 1, device)
+            for layer in spec.hidden:
+                shape = self._shapes[layer.name]
+                tower.add_module(f"{layer.name}_cross", CrossTowers(device, devices))
+                self._add_fc(tower, layer, shape.in_channels, shape.out_channels, [self.dropout_generators[t]], device)
+        head = self._shapes[spec.head.name]
+        self.fc8_cross = CrossTowers(self.devices[0], devices)
+        self.fc8 = skip_init(nn.Linear, head.in_channels, head.out_channels, device=self.devices[0])
 
     @property
     def head_device(self) -> torch.device:
         return self.devices[0]
 
-    def _exchange(self, halves: list[Tensor]) -> list[Tensor]:
-        """A cross-GPU connection: each tower receives tower 0's then tower 1's activations."""
-        return [torch.cat([to_device(h, device) for h in halves], 1) for device in self.devices]
+    def extra_repr(self) -> str:
+        d = self.devices
+        return f"preset {self.spec.name!r}: tower 0 on {d[0]}, tower 1 on {d[1]}; fc8 and the loss on {d[0]}"
 
     def _hidden(self, x: Tensor) -> Tensor:
         halves = [to_device(x, device) for device in self.devices]
-        for layer in self.spec.convs:
-            if layer.reads == "both":
-                halves = self._exchange(halves)
-            halves = [self._conv_block(getattr(t, layer.name), layer, h, 1) for t, h in zip(self.towers, halves)]
-        halves = [h.flatten(1) for h in halves]  # pool5, one tower's channels each
-        for layer in self.spec.hidden:
-            if layer.reads == "both":
-                halves = self._exchange(halves)
-            halves = [self._fc_block(getattr(t, layer.name), layer, h) for t, h in zip(self.towers, halves)]
-        return torch.cat([to_device(h, self.head_device) for h in halves], 1)
+        for layer in (*self.spec.convs, *self.spec.hidden):
+            if layer.reads == "both":  # a cross-GPU connection: each tower gets tower 0's then tower 1's
+                halves = [t._modules[f"{layer.name}_cross"](halves) for t in self.towers]
+            halves = [self._run(t, layer.name, h) for t, h in zip(self.towers, halves)]
+            if layer.name == self.spec.convs[-1].name:
+                halves = [h.flatten(1) for h in halves]  # pool5, one tower's channels each
+        return self.fc8_cross(halves)
