@@ -33,11 +33,10 @@ def test_checkpoints_keep_conv1_at_step_0_as_the_seed_makes_it(two_runs, capsys)
     # the trainer seeds everything with train.seed, then builds the model: the same init, recomputed
     torch.manual_seed(3)
     fresh = build_model("cifar", mode="two-tower", devices=("cpu", "cpu")).state_dict()
-    grouped = build_model("cifar", mode="grouped", device="cpu")
     torch.manual_seed(3)
     grouped = build_model("cifar", mode="grouped", device="cpu").state_dict()["conv1.weight"]
     assert torch.equal(torch.cat([init["towers.0.conv1.weight"], init["towers.1.conv1.weight"]]), grouped)
-    assert not torch.equal(init["towers.1.conv1.weight"], fresh["towers.1.conv1.weight"])  # the layout matters
+    assert all(torch.equal(init[k], fresh[k]) for k in init)  # the init does not depend on the executor
     # training moved conv1 away from it
     assert not torch.equal(ckpt["model"]["towers.0.conv1.weight"], init["towers.0.conv1.weight"])
     # a resumed run keeps the step-0 weights it started with
