@@ -4,7 +4,8 @@
 
 The runs were started before the trainer kept conv1 at step 0, so W0 is rebuilt from each run's
 seed the way the trainer builds it (torch.manual_seed(train.seed), then build_model in the run's
-mode on the CPU; the data sources draw nothing from torch's generator before that), written into
+mode on the CPU; the data sources draw nothing from torch's generator before that; run it with the
+package version the runs were trained with, as the grouped executor's init changed since), written into
 checkpoints/last.pt as ``conv1_init`` (atomically) so that `twogpu-alexnet kernels --compare` scores
 W - W0, and used here for every epoch checkpoint. Writes epochs.json: one row per run and epoch
 (conv1 moved = ||W - W0|| / ||W0|| per tower, the learned part's mean score and colour-specific
