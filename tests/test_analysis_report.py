@@ -160,7 +160,7 @@ def test_kernels_command_control_and_preset_mismatch(tmp_path, capsys):
     assert "cifar-onetower" in printed and "arbitrary split" in printed
     assert "median" in printed and "no significant difference" in printed  # the table and the verdict
     assert main(["kernels", "--checkpoint", str(path), "--preset", "paper", "--out", str(tmp_path / "b")]) == 2
-    assert "expects (48, 3, 11, 11)" in capsys.readouterr().err
+    assert "expects (96, 3, 11, 11)" in capsys.readouterr().err
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     assert main(["kernels", "--checkpoint", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "c")]) == 2
 
@@ -200,7 +200,12 @@ def test_report_builds_from_a_real_short_training_run(tmp_path, capsys):
     assert result["kernel_grids"] == [str(run / "kernels" / "epoch_001.png")]
     assert result["towers"] is not None and len(result["towers"]["towers"]) == 2
     steps, epochs, _ = read_metrics(run)
-    assert epochs[0]["color_score_tower0"] == pytest.approx(result["towers"]["towers"][0]["mean"])
+    towers = result["towers"]  # the trainer kept conv1 at step 0: the headline is the learned part W - W0
+    assert towers["measured"] == "learned"
+    assert epochs[0]["color_score_tower0"] == pytest.approx(towers["weights"]["towers"][0]["mean"])
+    assert epochs[0]["learned_color_score_tower0"] == pytest.approx(towers["towers"][0]["mean"])
+    assert epochs[0]["learned_color_score_tower1"] == pytest.approx(towers["learned"]["towers"][1]["mean"])
+    assert epochs[0]["color_kernels"] == towers["gate"]["color_kernels"]
     page = (run / "report" / "report.html").read_text()
     assert "Do the towers specialize?" in page and len(_embedded_pngs(page)) >= 1
 
@@ -226,3 +231,25 @@ def test_unwritable_output_folders_are_one_line_errors(analysis_run_folder, tmp_
     assert main(["report", "--run", str(analysis_run_folder), "--out", str(blocker / "r")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot write to folder") and "--out" in err
+
+
+@pytest.mark.parametrize("line", [
+    '{"kind": "epoch", "epoch": "2", "train_loss": 1.0}',  # crashed sorting str against int epochs
+    '{"kind": "epoch", "epoch": [1]}',  # crashed: unhashable epoch
+    '{"kind": "epoch", "epoch": null}',
+    '{"kind": "epoch", "epoch": 1e400}',
+    '{"kind": "epoch", "epoch": 2, "train_loss": "low", "time_s": "x"}',
+    '{"kind": "step", "epoch": 1, "step": "x", "loss": "y"}',
+    '[1, 2]',
+])
+def test_report_skips_a_malformed_metrics_line_with_a_note(line, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    good = {"kind": "epoch", "epoch": 1, "train_loss": 2.0, "val_top1_error": 0.5, "val_top5_error": 0.2}
+    (run / "metrics.jsonl").write_text(json.dumps(good) + "\n" + line + "\n")
+    assert main(["report", "--run", str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 1 unreadable line(s) of metrics.jsonl" in printed
+    steps, epochs, bad = read_metrics(run)
+    assert bad == 1 and steps == [] and [e["epoch"] for e in epochs] == [1]
+    assert "1 unreadable line(s) in metrics.jsonl were skipped" in (run / "report" / "report.html").read_text()

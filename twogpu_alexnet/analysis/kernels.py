@@ -20,10 +20,18 @@ blue-yellow ``(-1, -1, 2) / sqrt(6)``; the three shares (achromatic, red-green, 
 **The statistics.** Per tower: mean, median, quartiles, and the fraction of kernels above
 ``THRESHOLD`` (0.5: more than half the kernel's energy is colour). Between towers: the difference of
 mean scores (tower 1 minus tower 0) with a two-sided permutation p-value (the 96 scores shuffled
-between towers ``PERMUTATIONS`` times, seeded), the rank-biserial correlation as effect size
+between towers ``PERMUTATIONS`` times, seeded), beside it Fisher's exact test on the counts of
+kernels above the threshold per tower, the rank-biserial correlation as effect size
 (P(tower 1 kernel > tower 0 kernel) - P(<), in [-1, 1], positive when tower 1 is more colourful)
 and Cohen's d. ``color_specific_tower`` is the tower with the higher mean when p < ``ALPHA``,
 else None.
+
+**Against chance.** A kernel of i.i.d. random weights scores 2/3 on average (``BASELINE``: two of
+the three colour axes are not gray), so a freshly initialised conv1 looks "colourful" in both
+towers. What training added is the learned part ``W - W0`` (``W0``: conv1 at step 0, which the
+trainer keeps in its checkpoints); :func:`specialization` scores it beside ``W``. When fewer than
+``MIN_COLOR_SHARE`` of the learned kernels (both towers together) are colour-specific, a split
+cannot be seen yet, and the verdict says so instead of "no significant difference".
 """
 from __future__ import annotations
 
@@ -50,6 +58,9 @@ _COLOR_BASIS = (
 THRESHOLD = 0.5  # a kernel is "colour-specific" when more than half its energy is colour
 ALPHA = 0.05  # significance level for naming the colour-specific tower
 PERMUTATIONS = 10_000
+MAX_PERMUTATIONS = 1_000_000  # the test holds permutations x kernels indices in memory at once
+BASELINE = 2 / 3  # mean score of kernels with i.i.d. random weights (the init): chance level
+MIN_COLOR_SHARE = 0.10  # below this share of colour-specific kernels a split is "not measurable yet"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,6 +136,20 @@ def permutation_test(a, b, permutations: int = PERMUTATIONS, seed: int = 0) -> t
     return observed, (1 + extreme) / (1 + permutations)
 
 
+def fisher_exact(above_a: int, n_a: int, above_b: int, n_b: int) -> float:
+    """Two-sided Fisher exact p-value of ``above_a`` of ``n_a`` against ``above_b`` of ``n_b``.
+
+    Conditional on the margins the count of group a is hypergeometric; p sums the probabilities of
+    every table no more likely than the observed one. Exact integer arithmetic (``math.comb``).
+    """
+    if not (0 <= above_a <= n_a and 0 <= above_b <= n_b):
+        raise ValueError(f"counts must lie in 0..n, got {above_a}/{n_a} and {above_b}/{n_b}")
+    above = above_a + above_b
+    weight = [math.comb(n_a, x) * math.comb(n_b, above - x) for x in range(max(0, above - n_b), min(above, n_a) + 1)]
+    observed = math.comb(n_a, above_a) * math.comb(n_b, above_b)
+    return min(1.0, sum(w for w in weight if w <= observed) / math.comb(n_a + n_b, above))
+
+
 def rank_biserial(a, b) -> float:
     """P(b > a) - P(b < a) over all pairs: the rank-biserial correlation, in [-1, 1]."""
     a = torch.as_tensor(a, dtype=torch.float64).flatten()
@@ -156,6 +181,7 @@ def _describe(scores: torch.Tensor, energy: torch.Tensor, tower: int, threshold:
         "min": scores.min().item(),
         "max": scores.max().item(),
         "frac_above": (scores > threshold).double().mean().item(),
+        "count_above": int((scores > threshold).sum().item()),
         # mean share of energy along each opponent axis (red_green + blue_yellow = mean score)
         "red_green": energy[:, 1].mean().item(),
         "blue_yellow": energy[:, 2].mean().item(),
@@ -164,17 +190,21 @@ def _describe(scores: torch.Tensor, energy: torch.Tensor, tower: int, threshold:
 
 def summarize_towers(w0, w1, *, threshold: float = THRESHOLD, alpha: float = ALPHA,
                      permutations: int = PERMUTATIONS, seed: int = 0) -> dict:
-    """Per-tower score statistics and the between-tower test for two sets of conv1 kernels."""
+    """Per-tower score statistics and the between-tower tests for two sets of conv1 kernels."""
     s0, s1 = color_scores(w0), color_scores(w1)
     e0, e1 = color_energy(w0), color_energy(w1)
     difference, p_value = permutation_test(s0, s1, permutations, seed)
     specific = None
     if p_value < alpha and difference != 0:
         specific = 1 if difference > 0 else 0
+    towers = [_describe(s0, e0, 0, threshold), _describe(s1, e1, 1, threshold)]
     return {
-        "towers": [_describe(s0, e0, 0, threshold), _describe(s1, e1, 1, threshold)],
+        "towers": towers,
         "color_specific_tower": specific,
         "p_value": p_value,
+        "fisher_p_value": fisher_exact(towers[0]["count_above"], towers[0]["n"], towers[1]["count_above"],
+                                       towers[1]["n"]),
+        "baseline": BASELINE,
         "effect_size": rank_biserial(s0, s1),
         "effect_size_kind": "rank-biserial (tower 1 vs tower 0)",
         "cohens_d": cohens_d(s0, s1),
@@ -197,6 +227,74 @@ def tower_summary(state: dict, **options) -> dict:
     """
     w0, w1 = conv1_weights(state)
     return summarize_towers(w0, w1, **options)
+
+
+def specialization(state: dict, init: dict | None = None, *, min_share: float = MIN_COLOR_SHARE, **options) -> dict:
+    """Do the towers split, measured against chance: the headline statistics and a verdict.
+
+    ``init``: conv1 at step 0 (a state dict with the same conv1 keys), or None when unknown. With
+    it the headline is the learned part ``W - W0``; without it, ``W`` (whose scores include the
+    random init, baseline 2/3). Returns the headline :func:`summarize_towers` dict plus
+    ``measured`` ("learned" or "weights"), ``weights`` (the statistics of W), ``learned`` (of
+    W - W0, or None), ``gate`` (colour-specific kernels of the headline, both towers together,
+    against ``min_share``) and ``verdict``, one sentence. ``color_specific_tower`` is None while
+    the gate is closed.
+    """
+    w = conv1_weights(state)
+    weights = summarize_towers(*w, **options)
+    learned = None
+    if init is not None:
+        w_init = conv1_weights(init)
+        for tower, (a, b) in enumerate(zip(w, w_init)):
+            if a.shape != b.shape:
+                raise UserError(f"conv1 at step 0 of tower {tower} has shape {tuple(b.shape)}, the weights "
+                                f"{tuple(a.shape)}; pass the step-0 weights of the same network")
+        learned = summarize_towers(w[0] - w_init[0], w[1] - w_init[1], **options)
+    head = learned if learned is not None else weights
+    colour = sum(t["count_above"] for t in head["towers"])
+    kernels = sum(t["n"] for t in head["towers"])
+    gate = {"color_kernels": colour, "kernels": kernels, "share": colour / kernels, "min_share": min_share,
+            "measurable": colour > 0 and colour >= min_share * kernels}
+    result = {**head, "measured": "learned" if learned is not None else "weights", "weights": weights,
+              "learned": learned, "gate": gate}
+    if not gate["measurable"]:
+        result["color_specific_tower"] = None
+    result["verdict"] = verdict_sentence(result)
+    return result
+
+
+def epoch_color_fields(summary: dict) -> dict:
+    """The per-epoch colour fields of a metrics.jsonl line, from :func:`specialization`'s dict.
+
+    ``learned_color_score_tower{0,1}``: mean score of W - W0 per tower (None without W0);
+    ``color_kernels``: colour-specific kernels of the headline (both towers), ``color_measured``
+    says which headline; then its p-values, effect size, the tower named and whether it is measurable.
+    """
+    learned = summary["learned"]
+    return {
+        "learned_color_score_tower0": learned["towers"][0]["mean"] if learned else None,
+        "learned_color_score_tower1": learned["towers"][1]["mean"] if learned else None,
+        "color_measured": summary["measured"],
+        "color_kernels": summary["gate"]["color_kernels"],
+        "color_measurable": summary["gate"]["measurable"],
+        "color_p_value": summary["p_value"],
+        "color_fisher_p_value": summary["fisher_p_value"],
+        "color_effect_size": summary["effect_size"],
+        "color_specific_tower": summary["color_specific_tower"],
+    }
+
+
+def verdict_sentence(result: dict) -> str:
+    """"tower t is the colour-specific one", "no significant difference ..." or "not measurable yet ..."."""
+    gate = result.get("gate")
+    if gate and not gate["measurable"]:
+        what = "learned few" if result.get("measured") == "learned" else "few"
+        return (f"not measurable yet: conv1 has {what} colour kernels ({gate['color_kernels']} of "
+                f"{gate['kernels']}; at least {100 * gate['min_share']:g}% are needed)")
+    tower = result["color_specific_tower"]
+    if tower is None:
+        return f"no significant difference between the towers at alpha {result['alpha']:g}"
+    return f"tower {tower} is the colour-specific one"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -297,37 +395,60 @@ def analyze_checkpoint(checkpoint, out_dir, *, preset: str | None = None, **opti
     """Load ``checkpoint`` (training checkpoint or plain state dict, either layout), write
     ``out_dir/kernels.png``, ``out_dir/kernels.json`` and, with matplotlib, ``out_dir/scores.png``.
 
-    Returns :func:`tower_summary`'s dict plus ``preset``, ``control`` (True for a one-tower preset,
-    whose two halves of conv1 are an arbitrary split) and ``files``.
+    Returns :func:`specialization`'s dict (the learned part W - W0 as headline when the checkpoint
+    keeps conv1 at step 0) plus ``preset``, ``control`` (True for a one-tower preset, whose two
+    halves of conv1 are an arbitrary split), ``epoch``, ``step`` and ``files``.
     """
     from ..engine.inference import read_checkpoint  # the one reader of checkpoints (evaluate, neighbors, kernels)
 
     ck = read_checkpoint(checkpoint, preset)
     state, meta, name = ck.state, ck.meta, ck.preset
     spec = get_spec(name)
-    _check_conv1(state, spec)
+    check_conv1(state, spec)
+    about = {"checkpoint": str(checkpoint), "preset": name, "epoch": meta.get("epoch"), "step": meta.get("step"),
+             # no tower reads only its own tower's maps: the two halves of conv1 are an arbitrary split
+             "control": not any(layer.reads == "own" for layer in spec.convs)}
+    return analyze_state(state, out_dir, about, init=meta.get("conv1_init"), title=f"{Path(checkpoint).name} ({name})",
+                         **options)
+
+
+def analyze_state(state: dict, out_dir, about: dict, *, init: dict | None = None, title: str = "",
+                  **options) -> dict:
+    """:func:`specialization` of ``state`` with the pictures and ``kernels.json`` in ``out_dir``;
+    ``about`` (where the weights come from) leads the returned dict."""
     out = output_folder(out_dir)
-    summary = tower_summary(state, **options)
+    summary = specialization(state, init, **options)
     files = {"kernels": str(save_kernel_grid(state, out / "kernels.png"))}
-    plot = save_score_plot(summary, out / "scores.png", title=f"{Path(checkpoint).name} ({name})")
+    plot = save_score_plot(summary, out / "scores.png", title=title)
     files["scores"] = str(plot) if plot else None
-    result = {
-        "checkpoint": str(checkpoint),
-        "preset": name,
-        "epoch": meta.get("epoch"),
-        # no tower reads only its own tower's maps: the two halves of conv1 are an arbitrary split
-        "control": not any(layer.reads == "own" for layer in spec.convs),
-        **summary,
-        "files": files,
-    }
+    result = {**about, **summary, "files": files}
     (out / "kernels.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
-def _check_conv1(state: dict, spec) -> None:
+def analyze_weights(path, out_dir, *, key: str | None = None, groups: int = 2, **options) -> dict:
+    """Any network's conv1 (see :func:`~twogpu_alexnet.analysis.weights.read_conv1`), its output
+    channels split into ``groups`` consecutive equal groups taken as towers (group 0 first)."""
+    from .weights import read_conv1
+
+    if groups != 2:
+        raise UserError(f"--groups {groups} is not supported: the between-tower test compares two groups; "
+                        "use --groups 2")
+    w, found = read_conv1(path, key)
+    if w.shape[0] % groups:
+        raise UserError(f"{path}: {found} has {w.shape[0]} output channels, which do not split into {groups} equal "
+                        "groups; pass a weight whose output channels divide evenly")
+    halves = w.chunk(groups, dim=0)
+    state = {f"towers.{i}.conv1.weight": h for i, h in enumerate(halves)}
+    about = {"weights": str(path), "key": found, "groups": groups, "preset": None, "control": None}
+    return analyze_state(state, out_dir, about, title=f"{Path(path).name}: {found}", **options)
+
+
+def check_conv1(state: dict, spec) -> None:
+    """UserError unless conv1 (both halves together) has the shape of ``spec``'s conv1 (all towers)."""
     conv1 = spec.convs[0]
-    expected = (conv1.per_tower, spec.in_channels, conv1.kernel, conv1.kernel)
-    for tower, w in enumerate(conv1_weights(state)):
-        if tuple(w.shape) != expected:
-            raise UserError(f"tower {tower} conv1 has shape {tuple(w.shape)} but preset {spec.name!r} expects "
-                            f"{expected}; pass the preset the checkpoint was trained with")
+    expected = (conv1.per_tower * spec.towers, spec.in_channels, conv1.kernel, conv1.kernel)
+    found = tuple(torch.cat(conv1_weights(state)).shape)
+    if found != expected:
+        raise UserError(f"conv1 has shape {found} but preset {spec.name!r} expects {expected}; pass the preset "
+                        "the checkpoint was trained with")

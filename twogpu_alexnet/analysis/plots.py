@@ -45,13 +45,16 @@ def save_score_plot(summary: dict, path, title: str | None = None) -> Path | Non
         left.scatter(s, y, s=14, alpha=0.8, color=TOWER_COLORS[tower], zorder=3)
     left.axvline(summary["threshold"], color="gray", ls="--", lw=1)
     left.axvline(2 / 3, color="gray", ls=":", lw=1)  # the expected score of an i.i.d. random kernel
-    left.text(2 / 3, 2.45, " random init", fontsize=7, color="gray", va="top")
+    left.text(2 / 3, 2.45, " random kernels (2/3)", fontsize=7, color="gray", va="top")
     left.set_yticks([1, 2], ["tower 0", "tower 1"])
     left.set_xlim(-0.02, 1.02)
     left.set_xlabel("colour-specificity score (share of energy outside gray)")
     tower = summary["color_specific_tower"]
-    verdict = "no significant difference" if tower is None else f"tower {tower} is colour-specific"
-    left.set_title(f"p = {summary['p_value']:.4f}, effect {summary['effect_size']:+.2f}: {verdict}", fontsize=9)
+    verdict = summary.get("verdict") or ("no significant difference" if tower is None else
+                                         f"tower {tower} is colour-specific")
+    what = "W - W0" if summary.get("measured") == "learned" else "W"
+    left.set_title(f"{what}: p = {summary['p_value']:.4f}, effect {summary['effect_size']:+.2f}: {verdict}",
+                   fontsize=8)
 
     shares = [(1 - t["red_green"] - t["blue_yellow"], t["red_green"], t["blue_yellow"]) for t in summary["towers"]]
     bottom = np.zeros(2)
@@ -132,13 +135,15 @@ def save_training_curves(steps: list[dict], epochs: list[dict], out_dir) -> dict
             ax.set_yscale("log")
         finish(fig, ax, "lr", "learning rate")
 
-    c0 = series(epochs, "color_score_tower0")
-    c1 = series(epochs, "color_score_tower1")
-    if c0[1] or c1[1]:
+    # colour: W per tower (solid), the learned part W - W0 (dashed) and the random-kernel baseline 2/3
+    curves = [(series(epochs, f"{prefix}color_score_tower{tower}"), tower, style, f"tower {tower}{what}")
+              for prefix, style, what in (("", "o-", " (W)"), ("learned_", "s--", " (W - W0)")) for tower in (0, 1)]
+    if any(y for (_, y), *_ in curves):
         fig, ax = plt.subplots(figsize=(6, 3.6))
-        for tower, (x, y) in enumerate((c0, c1)):
+        for (x, y), tower, style, label in curves:
             if y:
-                ax.plot(x, y, "o-", color=TOWER_COLORS[tower], label=f"tower {tower}")
+                ax.plot(x, y, style, color=TOWER_COLORS[tower], label=label)
+        ax.axhline(2 / 3, color="gray", ls=":", lw=1, label="random kernels (2/3)")
         ax.set_ylim(0, 1)
         finish(fig, ax, "color_score", "mean conv1 colour score")
     return written

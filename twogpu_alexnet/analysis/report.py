@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..model.load import load_weights
 from . import output_folder
-from .kernels import tower_summary
+from .kernels import specialization
 from .plots import PLOTS_HINT, save_training_curves
 
 CURVES = ("loss", "error", "lr", "color_score")
@@ -31,14 +31,20 @@ EPOCH_COLUMNS = (
     ("skipped", "skipped", "{}"),
     ("color_score_tower0", "colour score tower 0", "{:.3f}"),
     ("color_score_tower1", "colour score tower 1", "{:.3f}"),
+    ("learned_color_score_tower0", "learned (W - W0) tower 0", "{:.3f}"),
+    ("learned_color_score_tower1", "learned (W - W0) tower 1", "{:.3f}"),
+    ("color_kernels", "colour kernels", "{}"),
+    ("color_p_value", "colour p (perm.)", "{:.3g}"),
 )
 
 
 def read_metrics(run_dir) -> tuple[list[dict], list[dict], int]:
     """(step lines, epoch lines, unreadable lines) of ``run_dir/metrics.jsonl``.
 
-    A line that is not a JSON object (e.g. the last one of a run killed mid-write) is counted and
-    skipped. For an epoch that appears more than once (a resumed run), the last line wins.
+    A line that is not a well-formed record (not a JSON object, e.g. the last one of a run killed
+    mid-write, or an epoch / step line whose counters are not whole numbers or whose values are not
+    numbers) is counted and skipped. For an epoch that appears more than once (a resumed run), the
+    last line wins.
     """
     run = Path(run_dir)
     if not run.is_dir():
@@ -57,13 +63,30 @@ def read_metrics(run_dir) -> tuple[list[dict], list[dict], int]:
         except json.JSONDecodeError:
             bad += 1
             continue
-        if not isinstance(row, dict):
+        if not _well_formed(row):
             bad += 1
-        elif row.get("kind") == "epoch" and "epoch" in row:
+        elif row["kind"] == "epoch":
             epochs[row["epoch"]] = row
-        elif row.get("kind") == "step":
+        elif row["kind"] == "step":
             steps.append(row)
     return steps, [epochs[e] for e in sorted(epochs)], bad
+
+
+_COUNTERS = {"epoch": ("epoch",), "step": ("epoch", "step")}  # whole numbers each kind of line must carry
+_VALUES = ("train_loss", "val_top1_error", "val_top5_error", "lr", "time_s", "img_s", "loss", "skipped",
+           "color_score_tower0", "color_score_tower1", "learned_color_score_tower0", "learned_color_score_tower1")
+
+
+def _well_formed(row) -> bool:
+    """A JSON object whose kind's counters are whole numbers and whose known values are numbers or null."""
+    if not isinstance(row, dict):
+        return False
+    if row.get("kind") not in _COUNTERS:
+        return True  # other kinds of line are kept out of the tables without complaint
+    if not all(isinstance(row.get(k), int) and not isinstance(row.get(k), bool) for k in _COUNTERS[row["kind"]]):
+        return False
+    return all(row.get(k) is None or (isinstance(row[k], (int, float)) and not isinstance(row[k], bool))
+               for k in _VALUES)
 
 
 def build_report(run_dir, out_dir=None) -> dict:
@@ -121,7 +144,7 @@ def _last_checkpoint_summary(run: Path):
         return None, "no checkpoints/last.pt in this run"
     try:
         state, meta = load_weights(path)
-        summary = tower_summary(state)
+        summary = specialization(state, meta.get("conv1_init"))
     except UserError as exc:
         return None, str(exc)
     summary["epoch"] = meta.get("epoch")
@@ -224,16 +247,17 @@ def _at(epoch) -> str:
 
 
 def _towers_html(t: dict) -> str:
-    rows = [[str(s["tower"]), str(s["n"]), f"{s['mean']:.3f}", f"{s['median']:.3f}", f"{s['q1']:.3f}", f"{s['q3']:.3f}",
-             f"{s['frac_above']:.0%}", f"{s['red_green']:.3f}", f"{s['blue_yellow']:.3f}"] for s in t["towers"]]
-    table = _table(
-        ("tower", "kernels", "mean", "median", "q1", "q3", f"> {t['threshold']:g}", "red-green", "blue-yellow"), rows
-    )
-    which = t["color_specific_tower"]
-    verdict = (
-        "no significant difference between the towers" if which is None else f"tower {which} is the colour-specific one"
-    )
+    learned = t.get("measured") == "learned"
+    rows = [[str(s["tower"]), str(s["n"]), f"{s['mean']:.3f}", f"{t['baseline']:.3f}", f"{s['median']:.3f}",
+             f"{s['q1']:.3f}", f"{s['q3']:.3f}", f"{s['count_above']} ({s['frac_above']:.0%})", f"{s['red_green']:.3f}",
+             f"{s['blue_yellow']:.3f}"] for s in t["towers"]]
+    table = _table(("tower", "kernels", "mean", "random kernels", "median", "q1", "q3", f"> {t['threshold']:g}",
+                    "red-green", "blue-yellow"), rows)
     where = f"checkpoints/last.pt (epoch {t['epoch']})" if t.get("epoch") is not None else "checkpoints/last.pt"
-    return (f"<p>conv1 colour-specificity score (share of a kernel's energy outside gray) in {html.escape(where)}:</p>"
-            + table + f"<p>difference {t['difference']:+.3f} (tower 1 - tower 0), permutation p = {t['p_value']:.4g}, "
-            f"rank-biserial {t['effect_size']:+.2f}: <b>{html.escape(verdict)}</b> (alpha {t['alpha']:g}).</p>")
+    what = "the learned part W - W0 of conv1 (what training added to the step-0 kernels)" if learned else (
+        "conv1's weights W (this checkpoint does not keep conv1 at step 0: the scores include the random init)")
+    return (f"<p>Colour-specificity score (share of a kernel's energy outside gray) of {html.escape(what)}, "
+            f"in {html.escape(where)}:</p>" + table
+            + f"<p>difference {t['difference']:+.3f} (tower 1 - tower 0), permutation p = {t['p_value']:.4g}, "
+            f"Fisher p = {t['fisher_p_value']:.4g} (kernels above {t['threshold']:g}), rank-biserial "
+            f"{t['effect_size']:+.2f}: <b>{html.escape(t['verdict'])}</b> (alpha {t['alpha']:g}).</p>")

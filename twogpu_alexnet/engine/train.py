@@ -39,9 +39,9 @@ EXIT_DONE, EXIT_NONFINITE = 0, 3  # user errors exit 2 (the CLI), signals 130 / 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 try:  # the towers' colour statistics each epoch (optional: the trainer works without them)
-    from ..analysis.kernels import save_kernel_grid, tower_summary
+    from ..analysis.kernels import epoch_color_fields, save_kernel_grid, specialization
 except ImportError:  # pragma: no cover - the analysis package is part of the normal build
-    save_kernel_grid = tower_summary = None
+    epoch_color_fields = save_kernel_grid = specialization = None
 
 
 @dataclass
@@ -157,6 +157,13 @@ def canonical_state(model) -> dict:
     """The model's weights in the canonical layout (two-tower; a one-tower preset's own), contiguous cpu copies."""
     return to_layout({k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()},
                      canonical_layout(model.spec.name))
+
+
+def conv1_state(model) -> dict:
+    """The model's conv1 weights in the canonical layout (cpu copies), for the colour statistics."""
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
+             if k.endswith("conv1.weight")}
+    return to_layout(state, canonical_layout(model.spec.name))
 
 
 def forward_loss(forward, images, labels, amp_dtype, device_type: str):
@@ -314,7 +321,7 @@ class _Run:
         self.input_size = get_spec(c.model.preset).input_size
         self.schedule = Schedule(c.schedule)
         self.result = RunResult(run_dir, "done", EXIT_DONE, placement)
-        self.color_on = c.analysis.color_stats and tower_summary is not None
+        self.color_on = c.analysis.color_stats and specialization is not None
         # where the run stands: epochs done, the next batch of the epoch in progress, SGD steps taken
         self.epochs_done = payload["epoch"] if payload else 0
         self.start_batch = resume_batch(payload, tc.batch_size, reporter) if payload else 0
@@ -334,6 +341,8 @@ class _Run:
                                  device=p.devices[0] if p.mode == "grouped" else None)
         if c.speed.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # conv1 at step 0, kept in every checkpoint: the colour statistics score what training added to it
+        self.conv1_init = payload.get("conv1_init") if payload else conv1_state(self.model)
         self.optimizer = make_optimizer(self.model, tc.lr, tc.momentum, tc.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=c.speed.amp == "fp16")
         torch.manual_seed(tc.seed * 1000 + self.ctx.rank)  # dropout differs across ranks; init is the same on all
@@ -541,9 +550,10 @@ class _Run:
                   "skipped": int(skipped), "nonfinite_skipped": int(nonfinite),
                   "color_score_tower0": None, "color_score_tower1": None}
         if self.color_on and self.main:
-            summary = tower_summary(weights)
-            record["color_score_tower0"] = summary["towers"][0]["mean"]
-            record["color_score_tower1"] = summary["towers"][1]["mean"]
+            summary = specialization(weights, self.conv1_init)
+            record["color_score_tower0"] = summary["weights"]["towers"][0]["mean"]
+            record["color_score_tower1"] = summary["weights"]["towers"][1]["mean"]
+            record.update(epoch_color_fields(summary))
             self.result.color = summary
             if epoch in set(c.analysis.kernel_grid_epochs) | {c.train.epochs}:
                 (self.run_dir / "kernels").mkdir(exist_ok=True)
@@ -586,6 +596,7 @@ class _Run:
                 "progress": dict(self.progress), "best_val_top1_error": self.best, "config": to_dict(c),
                 "mode": self.placement.mode, "world_size": self.ctx.world_size,
                 "data_stats": self.train_split.stats.to_dict(),  # the training mean and RGB PCA, for evaluation
+                "conv1_init": self.conv1_init,  # conv1 at step 0 (None for runs begun before it was kept)
             }
             path = ckpt.save_run_checkpoint(self.run_dir, state, epoch_done=epochs_completed if epoch_file else None,
                                             is_best=is_best, keep_last=c.checkpoint.keep_last)
