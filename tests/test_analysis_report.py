@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from twogpu_alexnet.analysis.kernels import save_kernel_grid
-from twogpu_alexnet.analysis.report import build_report, read_metrics
+from twogpu_alexnet.analysis.report import build_report, run_metrics
 from twogpu_alexnet.cli import main
 from twogpu_alexnet.errors import UserError
 
@@ -58,7 +58,7 @@ def _embedded_pngs(page):
 
 
 def test_read_metrics_skips_a_cut_line(analysis_run_folder):
-    steps, epochs, bad = read_metrics(analysis_run_folder)
+    steps, epochs, bad = run_metrics(analysis_run_folder)
     assert len(steps) == 12 and [r["epoch"] for r in epochs] == [1, 2, 3] and bad == 1
 
 
@@ -199,7 +199,7 @@ def test_report_builds_from_a_real_short_training_run(tmp_path, capsys):
     assert result["epochs"] == 1 and result["steps"] >= 1
     assert result["kernel_grids"] == [str(run / "kernels" / "epoch_001.png")]
     assert result["towers"] is not None and len(result["towers"]["towers"]) == 2
-    steps, epochs, _ = read_metrics(run)
+    steps, epochs, _ = run_metrics(run)
     towers = result["towers"]  # the trainer kept conv1 at step 0: the headline is the learned part W - W0
     assert towers["measured"] == "learned"
     assert epochs[0]["color_score_tower0"] == pytest.approx(towers["weights"]["towers"][0]["mean"])
@@ -250,6 +250,6 @@ def test_report_skips_a_malformed_metrics_line_with_a_note(line, tmp_path, capsy
     assert main(["report", "--run", str(run)]) == 0
     printed = capsys.readouterr().out
     assert "skipped 1 unreadable line(s) of metrics.jsonl" in printed
-    steps, epochs, bad = read_metrics(run)
+    steps, epochs, bad = run_metrics(run)
     assert bad == 1 and steps == [] and [e["epoch"] for e in epochs] == [1]
     assert "1 unreadable line(s) in metrics.jsonl were skipped" in (run / "report" / "report.html").read_text()

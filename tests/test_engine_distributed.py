@@ -95,7 +95,7 @@ def test_full_training_run_on_two_gloo_processes(tmp_path):
     mp.spawn(_train_worker, args=(_free_port(), str(run), str(tmp_path)), nprocs=2, join=True)
     from twogpu_alexnet.engine.metrics import read_metrics
 
-    records = read_metrics(run / "metrics.jsonl")  # only rank 0 writes: one line per step, one epoch line
+    records = read_metrics(run / "metrics.jsonl")[0]  # only rank 0 writes: one line per step, one epoch line
     assert [r["step"] for r in records if r["kind"] == "step"] == [1, 2]
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1]
     saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)

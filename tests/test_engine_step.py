@@ -75,7 +75,7 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatc
         assert {"aten.convolution_backward.default", "aten._fused_sgd_.default"} <= names, i  # a whole step
         assert not names & HOST_READS, (i, names & HOST_READS)
     assert label_copies and all(label_copies)  # every label copy to the device is non-blocking
-    lines = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "step"]
+    lines = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")[0] if r["kind"] == "step"]
     assert len(lines) == 2 and all(math.isfinite(v) for v in lines)
     # the bar shows the loss last read: nothing before the first log point, then the log points' values
     assert math.isnan(reporter.losses[0]) and reporter.losses[1:] == [lines[0], lines[0], lines[1]]
@@ -102,7 +102,7 @@ def test_stop_during_validation_saves_and_the_resumed_run_validates_again(tmp_pa
     assert "before its validation" in stopped.message
     mid = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
     assert (mid["epoch"], mid["batch"], mid["step"]) == (0, 4, 4)  # every training step of epoch 1 done
-    assert not [r for r in read_metrics(tmp_path / "b" / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert not [r for r in read_metrics(tmp_path / "b" / "metrics.jsonl")[0] if r["kind"] == "epoch"]
 
     resumed = train(tiny("data.synthetic_val_images=64"), tmp_path / "b", resume=True)
     assert resumed.status == "done"

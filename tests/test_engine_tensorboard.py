@@ -76,7 +76,7 @@ def test_a_run_writes_an_event_file_tensorboard_reads_back(tmp_path):
     train(load_config(None, TINY + ["log.tensorboard=true"]), run)
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
-    records = read_metrics(run / "metrics.jsonl")
+    records = read_metrics(run / "metrics.jsonl")[0]
     steps = [r for r in records if r["kind"] == "step"]
     epoch = [r for r in records if r["kind"] == "epoch"][0]
     logged = events.Scalars("train/loss")

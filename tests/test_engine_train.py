@@ -43,7 +43,7 @@ def test_two_step_run_in_each_mode_writes_the_run_folder(mode, devices, tmp_path
                                      mode if mode != "auto" else "two-tower")
     run = tmp_path / "run"
     assert load_config(run / "config.toml") == tiny(*sets)  # the resolved config, readable again
-    records = read_metrics(run / "metrics.jsonl")
+    records = read_metrics(run / "metrics.jsonl")[0]
     steps = [r for r in records if r["kind"] == "step"]
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert [s["step"] for s in steps] == [2] and set(steps[0]) == {"kind", "epoch", "step", "loss", "lr", "img_s"}
@@ -87,8 +87,8 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path):
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
         assert torch.equal(a["optimizer"]["momentum"][k], b["optimizer"]["momentum"][k]), k
-    ea = [r for r in read_metrics(tmp_path / "a" / "metrics.jsonl") if r["kind"] == "epoch"]
-    eb = [r for r in read_metrics(tmp_path / "b" / "metrics.jsonl") if r["kind"] == "epoch"]
+    ea = [r for r in read_metrics(tmp_path / "a" / "metrics.jsonl")[0] if r["kind"] == "epoch"]
+    eb = [r for r in read_metrics(tmp_path / "b" / "metrics.jsonl")[0] if r["kind"] == "epoch"]
     assert [r["epoch"] for r in eb] == [1, 2]
     for ra, rb in zip(ea, eb):
         assert rb["val_top1_error"] == ra["val_top1_error"] and rb["val_top5_error"] == ra["val_top5_error"]
@@ -162,11 +162,11 @@ def test_sigterm_during_validation_saves_at_once_and_the_resumed_run_validates(t
     assert "SIGTERM received: saved" in err and "before its validation" in err
     saved = _weights(run)
     assert (saved["epoch"], saved["batch"], saved["step"]) == (0, 2, 2)
-    assert not [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert not [r for r in read_metrics(run / "metrics.jsonl")[0] if r["kind"] == "epoch"]
     assert main(["train", "--resume", str(run)]) == 0
     done = _weights(run)
     assert (done["epoch"], done["batch"], done["step"]) == (1, 0, 2)
-    assert [r["epoch"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch"] == [1]
+    assert [r["epoch"] for r in read_metrics(run / "metrics.jsonl")[0] if r["kind"] == "epoch"] == [1]
 
 
 def test_nonfinite_loss_stops_naming_the_step_and_the_last_checkpoint(tmp_path, capsys):
@@ -183,7 +183,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_the_last_checkpoint(tmp_path, 
     skip = train(tiny("train.epochs=1", "train.max_steps_per_epoch=4", "train.lr=1e6", "train.nonfinite=skip"),
                  tmp_path / "skip")
     assert skip.status == "done" and skip.nonfinite_skipped >= 1
-    epoch = [r for r in read_metrics(tmp_path / "skip" / "metrics.jsonl") if r["kind"] == "epoch"][0]
+    epoch = [r for r in read_metrics(tmp_path / "skip" / "metrics.jsonl")[0] if r["kind"] == "epoch"][0]
     assert epoch["nonfinite_skipped"] == skip.nonfinite_skipped
 
 
@@ -255,7 +255,7 @@ def test_resume_falls_back_to_the_previous_good_checkpoint_and_says_so(tmp_path,
     assert "resuming from epoch_001.pt" in err, err
     done = _weights(run)
     assert (done["epoch"], done["step"]) == (3, 3)  # epoch 2 trained again from epoch 1's state, then epoch 3
-    epochs = [r["epoch"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch"]
+    epochs = [r["epoch"] for r in read_metrics(run / "metrics.jsonl")[0] if r["kind"] == "epoch"]
     assert epochs == [1, 2, 3]  # the lost epoch's line was cut and written again, once
 
 
@@ -272,7 +272,7 @@ def test_original_schedule_in_the_loop_changes_lr_conv1_and_colour_noise(tmp_pat
         assert torch.equal(one[f"towers.{tower}.conv1.weight"], two[f"towers.{tower}.conv1.weight"])
         assert not torch.equal(one[f"towers.{tower}.conv2.weight"], two[f"towers.{tower}.conv2.weight"])
     assert not torch.equal(one["fc8.weight"], two["fc8.weight"])
-    lrs = [r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "epoch"]
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")[0] if r["kind"] == "epoch"]
     assert lrs == [pytest.approx(1e-3, rel=1e-12), pytest.approx(1e-4, rel=1e-12)]
     assert "epoch 2: colour noise switched off (original schedule)" in notes.lines
 
@@ -297,6 +297,6 @@ def test_corrupt_images_in_training_are_skipped_and_counted_in_the_epoch_line(tm
                                 "train.deterministic=true"])
     result = train(config, tmp_path / "run", reporter=Lines())
     assert (result.status, result.exit_code) == ("done", 0)
-    epoch = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "epoch"][0]
+    epoch = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl")[0] if r["kind"] == "epoch"][0]
     assert epoch["skipped"] == 2
     assert len(lines) == 1 and "2 unreadable images skipped" in lines[0]

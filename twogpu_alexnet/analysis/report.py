@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 from pathlib import Path
 
+from ..engine.metrics import read_metrics
 from ..errors import UserError
 from ..model.load import load_weights
 from . import output_folder
@@ -38,7 +38,7 @@ EPOCH_COLUMNS = (
 )
 
 
-def read_metrics(run_dir) -> tuple[list[dict], list[dict], int]:
+def run_metrics(run_dir) -> tuple[list[dict], list[dict], int]:
     """(step lines, epoch lines, unreadable lines) of ``run_dir/metrics.jsonl``.
 
     A line that is not a well-formed record (not a JSON object, e.g. the last one of a run killed
@@ -54,15 +54,9 @@ def read_metrics(run_dir) -> tuple[list[dict], list[dict], int]:
         raise UserError(
             f"{run} has no metrics.jsonl; pass the folder of a training run (twogpu-alexnet train --out DIR)"
         )
-    steps, epochs, bad = [], {}, 0
-    for line in path.read_text(errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
+    rows, bad = read_metrics(path)
+    steps, epochs = [], {}
+    for row in rows:
         if not _well_formed(row):
             bad += 1
         elif row["kind"] == "epoch":
@@ -92,7 +86,7 @@ def _well_formed(row) -> bool:
 def build_report(run_dir, out_dir=None) -> dict:
     """Write ``report.html`` (and the curve PNGs) for ``run_dir``; returns what was written and found."""
     run = Path(run_dir)
-    steps, epochs, bad = read_metrics(run)
+    steps, epochs, bad = run_metrics(run)
     out = output_folder(out_dir if out_dir else run / "report")
     curves = save_training_curves(steps, epochs, out)
     grids = sorted((run / "kernels").glob("*.png")) if (run / "kernels").is_dir() else []

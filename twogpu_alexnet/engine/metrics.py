@@ -67,6 +67,22 @@ class MetricsLog:
         os.replace(tmp, self.path)
 
 
-def read_metrics(path: "str | os.PathLike") -> list[dict]:
-    """All records of a ``metrics.jsonl`` file."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+def read_metrics(path: "str | os.PathLike") -> tuple[list[dict], int]:
+    """(records, unreadable lines) of a ``metrics.jsonl`` file, in file order.
+
+    A line that is not a JSON object (e.g. the last one of a run killed mid-write) is counted and
+    skipped, so a reader never fails on a file the trainer may still be appending to.
+    """
+    records, bad = [], 0
+    for line in Path(path).read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict):
+            records.append(row)
+        else:
+            bad += 1
+    return records, bad
