@@ -154,3 +154,32 @@ def test_a_training_run_that_fills_the_disk_exits_2_and_resumes(tmp_path, monkey
     monkeypatch.undo()  # space freed
     assert main(["train", "--resume", str(run)]) == 0
     assert ckpt.load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
+
+
+def test_a_full_disk_while_appending_metrics_is_one_sentence_and_resumes(tmp_path, monkeypatch, capsys):
+    import builtins
+    import errno
+
+    from twogpu_alexnet.cli import main
+
+    run = tmp_path / "run"
+    sets = ["data.synthetic_images=16", "data.synthetic_val_images=8", "train.batch_size=8", "train.epochs=2",
+            "train.max_steps_per_epoch=1", "analysis.color_stats=false"]
+    real_open, appends = builtins.open, []
+
+    def open_(file, mode="r", *args, **kwargs):  # epoch 1's lines fit, then the disk is full
+        if str(file).endswith("metrics.jsonl") and "a" in mode:
+            appends.append(1)
+            if len(appends) > 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", open_)
+    assert main(["train", "--out", str(run)] + [a for s in sets for a in ("--set", s)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: could not write {run / 'metrics.jsonl'} (the disk is full)" in err, err
+    assert "Traceback" not in err
+    assert ckpt.load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
+    monkeypatch.undo()  # space freed
+    assert main(["train", "--resume", str(run)]) == 0
+    assert ckpt.load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2

@@ -18,7 +18,6 @@ UserError; the files written before stay as they were.
 """
 from __future__ import annotations
 
-import errno
 import os
 import random
 import re
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from .rundir import write_error
 
 FORMAT = "twogpu-alexnet/checkpoint-1"
 _EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt$")
@@ -140,9 +140,7 @@ def save_run_checkpoint(run_dir: "str | os.PathLike", payload: dict, *, epoch_do
     try:
         return _save_run_checkpoint(Path(run_dir), payload, epoch_done, is_best, keep_last)
     except OSError as exc:  # a full disk, a quota, a file system gone read-only: the older files are intact
-        why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
-        raise UserError(f"could not write a checkpoint in {Path(run_dir) / 'checkpoints'} ({why}); the previous "
-                        f"checkpoints are unchanged: free space and continue with --resume {run_dir}") from None
+        raise write_error(exc, f"a checkpoint in {Path(run_dir) / 'checkpoints'}", run_dir) from None
 
 
 def _save_run_checkpoint(run_dir: Path, payload: dict, epoch_done: int | None, is_best: bool,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from .rundir import write_error
+
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[int]:
     """How many rows of ``logits`` (or probabilities) have the label among their k highest, per k."""
@@ -40,8 +42,11 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        except OSError as exc:  # the checkpoints are intact; a resumed run writes these lines again
+            raise write_error(exc, str(self.path), self.path.parent) from None
 
     def truncate_after(self, epochs_done: int, step: int) -> None:
         """Drop records a resumed run will write again: step lines past ``step`` and epoch lines past

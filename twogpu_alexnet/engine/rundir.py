@@ -221,3 +221,11 @@ def remove_stale_temp_files(folder: Path) -> list[str]:
         return []
     return [f"removed {len(removed)} temporary file(s) left by a stopped trainer in {folder} "
             f"({', '.join(removed[:3])}{', ...' if len(removed) > 3 else ''}; {size / 1e6:.1f} MB)"]
+
+
+def write_error(exc: OSError, what: str, run_dir: "str | os.PathLike") -> UserError:
+    """One sentence for an OSError while writing ``what`` in a run folder (a full disk, a quota, a file
+    system gone read-only). Checkpoints are replaced atomically, so the ones before are intact."""
+    why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
+    return UserError(f"could not write {what} ({why}); the previous checkpoints are unchanged: free space and "
+                     f"continue with --resume {run_dir}")

@@ -31,7 +31,7 @@ from .metrics import MetricsLog, topk_correct
 from .optim import load_optimizer_state, make_optimizer, optimizer_state
 from .placement import Placement, resolve
 from .progress import Pace, Reporter
-from .rundir import RunFolder
+from .rundir import RunFolder, write_error
 from .schedule import Schedule
 from .signals import StopRequest
 
@@ -403,8 +403,11 @@ class _Run:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             path = self.run_dir / "config.toml"
             tmp = path.with_name(".config.toml.tmp")
-            tmp.write_text(to_toml(self.config))
-            os.replace(tmp, path)
+            try:
+                tmp.write_text(to_toml(self.config))
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise write_error(exc, str(path), self.run_dir) from None
 
     # ----- the loop ------------------------------------------------------------------------------
     def run(self) -> RunResult:
