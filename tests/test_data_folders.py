@@ -101,3 +101,20 @@ def test_only_skipped_files_is_one_sentence(tmp_path):
     os.symlink("nowhere.png", tmp_path / "d" / "a" / "x.png")
     with pytest.raises(UserError, match=r"no files in them \(1 skipped, first: .*x.png: a symbolic link to nothing"):
         list_split(tmp_path / "d")
+
+
+def test_the_trainer_says_what_the_walk_skipped(tmp_path, data_write_images, notes):
+    from twogpu_alexnet.engine.config import load_config
+    from twogpu_alexnet.engine.train import train
+
+    images = {f"{split}/{c}/{i}.png": np.full((32, 32, 3), 40 * i + 9 * k, np.uint8)
+              for split in ("train", "val") for k, c in enumerate("ab") for i in range(4)}
+    root = data_write_images(tmp_path / "data", images)
+    os.symlink("missing.png", root / "train" / "a" / "gone.png")
+    config = load_config(None, ["data.source=imagefolder", f"data.root='{root}'", "data.workers=0",
+                                "train.batch_size=4", "train.epochs=1", "train.max_steps_per_epoch=1",
+                                "analysis.color_stats=false"])
+    assert train(config, tmp_path / "run", reporter=notes).exit_code == 0
+    said = [line for line in notes.lines if "skipped" in line]
+    assert said == [f"train: 1 entry of the data folder skipped (first: {root / 'train' / 'a' / 'gone.png'}: "
+                    "a symbolic link to nothing (broken link))"], notes.lines

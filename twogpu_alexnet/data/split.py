@@ -51,6 +51,7 @@ class FolderSource:
             listing.classes,
             size,
         )
+        self.skipped = listing.skipped  # what the folder walk left out, {"path", "reason"} each
 
     def __len__(self):
         return len(self.files)
@@ -189,6 +190,11 @@ class Split:
     @property
     def input_size(self) -> int:
         return self.pipeline.geometry.input_size
+
+    @property
+    def walk_skipped(self) -> tuple:
+        """What the folder walk left out of this split (links met again, broken links, odd names)."""
+        return tuple(getattr(self.dataset.source, "skipped", ()))
 
     @property
     def views(self) -> int:

@@ -372,6 +372,11 @@ class _Run:
         requested = c.model.num_classes or None
         train_split = open_data(c, "train", input_size=self.input_size, num_classes=requested, color_noise=self.noise)
         val_split = open_data(c, "val", input_size=self.input_size, num_classes=requested)
+        for split in (train_split, val_split):
+            if split.walk_skipped:
+                n, first = len(split.walk_skipped), split.walk_skipped[0]
+                self.reporter.message(f"{split.name}: {n} entr{'y' if n == 1 else 'ies'} of the data folder "
+                                      f"skipped (first: {first['path']}: {first['reason']})")
         return train_split, val_split, check_classes(train_split.classes, val_split.classes, requested)
 
     def restore(self, payload: dict) -> None:
