@@ -179,10 +179,10 @@ def test_trainer_loader_settings(synthetic_train):
     from twogpu_alexnet.engine.train import make_data_loader
 
     ctx = DistContext()
-    auto = make_data_loader(load_config(None, ["data.workers=-1"]), synthetic_train, 8, ctx, True, False)
+    auto = make_data_loader(load_config(None, ["data.workers=-1"]), synthetic_train, 8, ctx, True, torch.device("cpu"))
     assert auto.dataloader.num_workers == 4                                  # CPU runs: 4; GPU runs: cores - 2
     with pytest.raises(UserError, match="data.cache=gpu"):
-        make_data_loader(load_config(None, ["data.cache=gpu"]), synthetic_train, 8, ctx, True, False)
+        make_data_loader(load_config(None, ["data.cache=gpu"]), synthetic_train, 8, ctx, True, torch.device("cpu"))
     with pytest.raises(UserError, match="data.workers"):
         load_config(None, ["data.workers=-2"])
 

@@ -68,8 +68,12 @@ class MetricsLog:
                 continue
             kept.append(line)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise write_error(exc, str(self.path), self.path.parent) from None
 
 
 def read_metrics(path: "str | os.PathLike") -> tuple[list[dict], int]:

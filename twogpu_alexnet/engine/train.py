@@ -138,16 +138,16 @@ def value_off(key: str) -> str:
     return "none" if key == "data.cache" else "cpu"
 
 
-def make_data_loader(config: Config, split, batch_size: int, ctx: DistContext, train: bool, use_cuda: bool):
-    """Batches finished on this process's training device (the current CUDA device on GPU runs)."""
+def make_data_loader(config: Config, split, batch_size: int, ctx: DistContext, train: bool, device: torch.device):
+    """Batches finished on ``device``, where the model takes its input (tower 0's device)."""
     from ..data import make_loader
 
     d = config.data
+    use_cuda = device.type == "cuda"
     for key, value in (("data.cache", d.cache), ("data.decode", d.decode)):
         if value == "gpu" and not use_cuda:
             raise UserError(f"{key}=gpu needs a GPU but this run is on the CPU; set {key}={value_off(key)}")
     workers = d.workers if d.workers >= 0 else max(1, (os.cpu_count() or 1) - 2) if use_cuda else 4
-    device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
     return make_loader(split, batch_size=batch_size, shuffle=train, workers=workers, seed=config.train.seed,
                        drop_last=train, distributed=ctx.enabled, rank=ctx.rank, world_size=ctx.world_size,
                        device=device, cache=d.cache == "gpu")
@@ -351,8 +351,8 @@ class _Run:
             self.restore(payload)
         net = distributed.wrap(self.model, self.ctx)
         self.forward = torch.compile(net) if c.speed.compile else net
-        self.train_loader = make_data_loader(c, self.train_split, self.rank_batch, self.ctx, True, p.use_cuda)
-        self.val_loader = make_data_loader(c, self.val_split, self.rank_batch, self.ctx, False, p.use_cuda)
+        self.train_loader = make_data_loader(c, self.train_split, self.rank_batch, self.ctx, True, self.device)
+        self.val_loader = make_data_loader(c, self.val_split, self.rank_batch, self.ctx, False, self.device)
         self.steps_per_epoch = len(self.train_loader)
         if tc.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, tc.max_steps_per_epoch)
@@ -364,7 +364,7 @@ class _Run:
         self.write_config()
         self.log.truncate_after(self.epochs_done, self.step)
         self.board = tensorboard.open_board(self.run_dir, c.log.tensorboard and self.main,
-                                            purge_step=self.step + 1 if payload else None)
+                                            purge_step=self.step + 1)  # a fresh start clears too
 
     def _open_splits(self):
         """The training and validation splits and the number of classes (checked against the config)."""
@@ -394,7 +394,11 @@ class _Run:
         if len(rngs) == self.ctx.world_size:
             ckpt.set_rng_state(rngs[self.ctx.rank])
             try:  # the towers' dropout generators (absent in older checkpoints: they keep their seed)
-                self.model.set_dropout_rng_state(payload.get("dropout_rng", [])[self.ctx.rank])
+                if "dropout_rng" in payload:
+                    self.model.set_dropout_rng_state(payload["dropout_rng"][self.ctx.rank])
+                else:
+                    self.reporter.message("the checkpoint has no dropout generator states (an older version): "
+                                          "dropout masks start from the seed")
             except (IndexError, ValueError):
                 self.reporter.message("the checkpoint's dropout generator states do not fit this placement "
                                       "(another tower count or device type): dropout masks will differ")
@@ -481,7 +485,7 @@ class _Run:
             self.train_split = open_data(c, "train", input_size=self.input_size, num_classes=self.num_classes,
                                          color_noise="none")
             self.train_loader = make_data_loader(c, self.train_split, self.rank_batch, self.ctx, True,
-                                                 self.placement.use_cuda)
+                                                 self.device)
             self.reporter.message(f"epoch {epoch}: colour noise switched off (original schedule)")
         self.t_epoch = time.perf_counter()
         self.pace.begin_epoch()
