@@ -110,6 +110,12 @@ def test_atomic_save_leaves_no_temp_files(tmp_path):
     assert torch.equal(torch.load(tmp_path / "x.pt", weights_only=True)["a"], torch.zeros(2))
 
 
+# a two-epoch synthetic run of one step each, as CLI arguments
+_TINY_RUN = [a for s in ("data.synthetic_images=16", "data.synthetic_val_images=8", "train.batch_size=8",
+                         "train.epochs=2", "train.max_steps_per_epoch=1", "analysis.color_stats=false")
+             for a in ("--set", s)]
+
+
 def _full_disk(monkeypatch, after_calls: int = 0):
     """torch.save writes part of the file, then the disk is full (as on a real ENOSPC)."""
     import errno
@@ -143,10 +149,8 @@ def test_a_training_run_that_fills_the_disk_exits_2_and_resumes(tmp_path, monkey
     from twogpu_alexnet.cli import main
 
     run = tmp_path / "run"
-    sets = ["data.synthetic_images=16", "data.synthetic_val_images=8", "train.batch_size=8", "train.epochs=2",
-            "train.max_steps_per_epoch=1", "analysis.color_stats=false"]
     _full_disk(monkeypatch, after_calls=1)  # epoch 1's checkpoint fits, epoch 2's does not
-    assert main(["train", "--out", str(run)] + [a for s in sets for a in ("--set", s)]) == 2
+    assert main(["train", "--out", str(run)] + _TINY_RUN) == 2
     err = capsys.readouterr().err
     assert f"error: could not write a checkpoint in {run / 'checkpoints'} (the disk is full)" in err, err
     assert "Traceback" not in err
@@ -163,8 +167,6 @@ def test_a_full_disk_while_appending_metrics_is_one_sentence_and_resumes(tmp_pat
     from twogpu_alexnet.cli import main
 
     run = tmp_path / "run"
-    sets = ["data.synthetic_images=16", "data.synthetic_val_images=8", "train.batch_size=8", "train.epochs=2",
-            "train.max_steps_per_epoch=1", "analysis.color_stats=false"]
     real_open, appends = builtins.open, []
 
     def open_(file, mode="r", *args, **kwargs):  # epoch 1's lines fit, then the disk is full
@@ -175,7 +177,7 @@ def test_a_full_disk_while_appending_metrics_is_one_sentence_and_resumes(tmp_pat
         return real_open(file, mode, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", open_)
-    assert main(["train", "--out", str(run)] + [a for s in sets for a in ("--set", s)]) == 2
+    assert main(["train", "--out", str(run)] + _TINY_RUN) == 2
     err = capsys.readouterr().err
     assert f"error: could not write {run / 'metrics.jsonl'} (the disk is full)" in err, err
     assert "Traceback" not in err
