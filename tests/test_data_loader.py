@@ -219,6 +219,32 @@ def test_decoding_on_the_device_gives_the_worker_batches(tmp_path, data_write_im
         open_split("synthetic", None, "train", DataOptions(input_size=32, decode="gpu"))
 
 
+
+def test_shared_memory_estimate_for_jpeg_batches(tmp_path, data_write_images, monkeypatch):
+    """data.decode=gpu sends JPEG bytes through /dev/shm, not uint8 views: the check counts the largest JPEG."""
+    from collections import namedtuple
+
+    from twogpu_alexnet.data import loader as loader_module
+    from twogpu_alexnet.data.store import prepare_store
+
+    rng = np.random.default_rng(8)
+    data_write_images(tmp_path / "src", {f"{c}/{i}.jpg": rng.integers(0, 255, (40, 50, 3)) for c in "ab"
+                                         for i in range(3)})
+    prepare_store(tmp_path / "src", tmp_path / "store" / "train", size=256, workers=1)
+    (tmp_path / "store" / "val").symlink_to(tmp_path / "store" / "train")
+    views = open_split("store", tmp_path / "store", "train", DataOptions(input_size=224))
+    jpegs = open_split("store", tmp_path / "store", "train", DataOptions(input_size=224, decode="gpu"))
+    largest = int(jpegs.dataset.source.length.max())
+    assert loader_module.sample_bytes(views) == 3 * 224 * 224
+    assert loader_module.sample_bytes(jpegs) == largest < 3 * 224 * 224
+    usage = namedtuple("usage", "total used free")
+    free = 2 * 2 * 2 * 4 * largest * 2                   # twice what 2 workers x prefetch 2 of 4 JPEGs need
+    monkeypatch.setattr(loader_module.shutil, "disk_usage", lambda path: usage(free, 0, free))
+    monkeypatch.setattr(loader_module.os.path, "isdir", lambda path: True)
+    make_loader(jpegs, batch_size=4, workers=2, seed=0)
+    with pytest.raises(UserError, match="shm-size"):
+        make_loader(views, batch_size=4, workers=2, seed=0)
+
 @pytest.mark.gpu
 def test_nvjpeg_decoding_is_close_to_the_cpu_decoder(tmp_path, data_write_images):
     from twogpu_alexnet.data.store import prepare_store

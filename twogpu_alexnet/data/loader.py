@@ -207,6 +207,15 @@ def _arrived(staged, stream):
     return staged
 
 
+def sample_bytes(split: Split) -> int:
+    """Shared memory one sample takes between a worker and the trainer: its uint8 view(s), or with
+    ``data.decode = "gpu"`` the bytes of the largest JPEG in the store (the workers send those)."""
+    if split.dataset.encoded:
+        lengths = split.dataset.source.length
+        return int(lengths.max()) if len(lengths) else 0
+    return torch.Size(split.pipeline.sample_shape).numel()
+
+
 def check_shared_memory(batch_bytes: int, workers: int, prefetch: int, path: str = SHM) -> None:
     """One sentence instead of a worker's bus error when /dev/shm cannot hold the batches in flight."""
     if workers == 0 or not os.path.isdir(path):
@@ -269,7 +278,7 @@ def make_loader(split: Split, batch_size: int = 128, shuffle: bool = True, worke
 
         return CachedLoader(split, sampler, device, finish, workers)
     shape = split.pipeline.sample_shape
-    check_shared_memory(batch_size * torch.Size(shape).numel(), workers, prefetch_factor)
+    check_shared_memory(batch_size * sample_bytes(split), workers, prefetch_factor)
     extra = ({"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": _worker_init}
              if workers > 0 else {})
     collate = Collate(shape, encoded=split.dataset.encoded)

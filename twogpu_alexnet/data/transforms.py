@@ -192,11 +192,12 @@ class Pipeline:
             row = torch.zeros(PARAMS, dtype=torch.float64)
             if self.views == 10:
                 return ten_views(F.pad(img, [g.pad] * 4, fill=0) if g.pad else img, s), row
-            return (img if g.pad else channels_last(F.center_crop(img, [s, s]))), row
+            return (img if g.pad else F.center_crop(img, [s, s])), row
         row = self.params(index, epoch, slot)
         top, left, flip = int(row[0]), int(row[1]), bool(row[2])
-        view = F.crop(F.pad(img, [g.pad] * 4, fill=0) if g.pad else img, top, left, s, s)
-        return channels_last(F.horizontal_flip(view) if flip else view), row
+        view = F.crop(F.pad(img, [g.pad] * 4, fill=0) if g.pad else img, top, left, s, s).movedim(-3, -1)
+        # a view into the image (the collate copies it once); a reflection is one copy, kept in H, W, C order
+        return (view.flip(-2) if flip else view).movedim(-1, -3), row
 
     def params(self, index: int, epoch: int, slot: int | None = None) -> torch.Tensor:
         """The parameter row of a training view: crop top, left, reflection, colour offset (float64; 0 in eval)."""
