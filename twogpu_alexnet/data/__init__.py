@@ -9,7 +9,7 @@
 
 See docs/data.md for sources, the store format and the exact transform parameters.
 """
-from .loader import Batch, Loader, make_loader
+from .loader import Batch, Loader, TowerInputs, make_loader
 from .split import SOURCES, DataOptions, Split, open_split
 from .stats import Stats
 from .store import prepare_store
@@ -17,5 +17,5 @@ from .transforms import COLOR_NOISE, augment_params, color_offset, geometry_for
 
 __all__ = [
     "COLOR_NOISE", "SOURCES", "Batch", "DataOptions", "Loader", "Split", "Stats", "augment_params", "color_offset",
-    "geometry_for", "make_loader", "open_split", "prepare_store",
+    "TowerInputs", "geometry_for", "make_loader", "open_split", "prepare_store",
 ]

@@ -11,6 +11,10 @@ memory (a quarter of the bytes of float32) with one small parameter row per imag
 batch to ``device`` -- on a GPU pinned and on a side stream, one batch ahead, so the copy never waits on
 the compute stream -- and there runs the arithmetic (mean, colour noise, scale) once per batch.
 
+``device`` may also be a sequence, one entry per tower (two-tower mode): each distinct device then receives
+the uint8 batch straight from the host and finishes it itself, and ``images`` is a :class:`TowerInputs`
+(one tensor per entry; entries on one device share it). With one distinct device it is a plain tensor.
+
 Unreadable images reach the collate as ``None``; it drops them and returns how many in ``skipped``.
 A batch whose images were all unreadable is empty (0 x ...); skip it in the training loop.
 """
@@ -112,8 +116,36 @@ class Collate:
         return params, labels, len(items) - len(good), indices
 
 
+class TowerInputs(tuple):
+    """One batch per tower, tower 0 first: entry t is on tower t's device, and entries on the same device are the
+    same tensor. What a loader given several distinct devices yields as ``images``; ``TwoTowerAlexNet`` takes it."""
+
+    def map(self, fn) -> "TowerInputs":
+        """``fn`` applied once per distinct tensor (entries that shared a tensor still share the result)."""
+        done = {}
+        for x in self:
+            if id(x) not in done:
+                done[id(x)] = fn(x)
+        return TowerInputs(done[id(x)] for x in self)
+
+
+def device_slots(device) -> tuple[tuple[torch.device, ...], tuple[int, ...]]:
+    """(the distinct devices of ``device`` -- one device or a sequence, one per tower -- in order of first
+    appearance; for each entry the index of its device among them). ``cuda`` and ``cuda:N`` for the current
+    GPU are one device."""
+    entries = [torch.device(device)] if isinstance(device, (str, torch.device)) else [torch.device(d) for d in device]
+    if not entries:
+        raise UserError("the loader's device list is empty; pass a device such as cpu or cuda:0, or one per tower.")
+    keys = [(d.type, torch.cuda.current_device() if d.type == "cuda" and d.index is None else d.index)
+            for d in entries]
+    distinct = list(dict.fromkeys(keys))
+    slots = tuple(entries[keys.index(k)] for k in distinct)
+    return slots, tuple(distinct.index(k) for k in keys)
+
+
 class Batch(NamedTuple):
-    images: torch.Tensor     # finished input (float32) on the loader's device, or uint8 views with finish=False
+    images: torch.Tensor     # finished input (float32) on the loader's device, or uint8 views with finish=False;
+    #                          a TowerInputs when the loader has several distinct devices
     labels: torch.Tensor
     skipped: int
     indices: torch.Tensor    # dataset index of each image (the unreadable ones are not there)
@@ -123,11 +155,13 @@ class Loader:
     """Iterable over (images, labels, skipped); ``set_epoch(epoch, start_batch)`` before each epoch.
 
     ``batches()`` yields :class:`Batch` (with the dataset indices) for callers that need them.
+    ``device``: one device, or one per tower (see the module docstring); ``self.device`` is the first.
     """
 
     def __init__(self, split: Split, dataloader: DataLoader, sampler: EpochBatchSampler, device, finish: bool):
         self.split, self.dataloader, self.sampler = split, dataloader, sampler
-        self.device, self.finish = torch.device(device), finish
+        self.slots, self.owner = device_slots(device)  # the distinct devices; each entry's index among them
+        self.device, self.finish = self.slots[0], finish
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         if start_batch < 0 or start_batch > self.sampler.batches_per_epoch:
@@ -146,26 +180,69 @@ class Loader:
             yield b.images, b.labels, b.skipped
 
     def batches(self):
-        if self.device.type != "cuda":
+        streams = [torch.cuda.Stream(d) if d.type == "cuda" else None for d in self.slots]
+        if all(s is None for s in streams):
             for raw in self.dataloader:
-                yield self._ready(raw)
+                yield self._ready(_copy_ahead(raw, self.slots, streams))
             return
-        stream, pending = torch.cuda.Stream(self.device), None
+        pending = None
         for raw in self.dataloader:              # copy batch k+1 while batch k is computed
-            staged = _copy_ahead(raw, self.device, stream)
+            staged = _copy_ahead(raw, self.slots, streams)
             if pending is not None:
-                yield self._ready(_arrived(pending, stream))
+                yield self._ready(_arrived(pending, streams))
             pending = staged
         if pending is not None:
-            yield self._ready(_arrived(pending, stream))
+            yield self._ready(_arrived(pending, streams))
 
-    def _ready(self, raw) -> Batch:
-        images, params, labels, skipped, indices = _decoded(raw, self.split, self.device) \
-            if isinstance(raw[0], list) else raw
-        images = images.to(self.device)
-        if self.finish:
-            images = self.split.pipeline.finish(images, params.to(self.device))
-        return Batch(images, labels, skipped, indices)
+    def _ready(self, staged) -> Batch:
+        """The staged batch finished on each of its devices (JPEG bytes: decoded and finished on the first)."""
+        raw, copies = staged
+        if copies is None:                       # data.decode=gpu: one device decodes, the others get its result
+            images, params, labels, skipped, indices = _decoded(raw, self.split, self.device)
+            done = [self._finished(images, params, self.device)]
+        else:
+            _, _, labels, skipped, indices = raw
+            done = [self._finished(images, params, d) for (images, params), d in zip(copies, self.slots)]
+        return Batch(per_tower(done, self.slots, self.owner), labels, skipped, indices)
+
+    def _finished(self, images, params, device) -> torch.Tensor:
+        images = images.to(device)
+        return self.split.pipeline.finish(images, params.to(device)) if self.finish else images
+
+
+class SentOn:
+    """A loader that finishes on its first device only (``data.cache = "gpu"``, :class:`CachedLoader`), with its
+    finished float batches copied on to the other towers' devices (:func:`per_tower`)."""
+
+    def __init__(self, loader: Loader, device):
+        self.loader = loader
+        self.slots, self.owner = device_slots(device)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for b in self.batches():
+            yield b.images, b.labels, b.skipped
+
+    def batches(self):
+        for b in self.loader.batches():
+            yield b._replace(images=per_tower([b.images], self.slots, self.owner))
+
+
+def per_tower(done: list, slots, owner) -> "torch.Tensor | TowerInputs":
+    """One tensor per distinct device (``slots``) -> what a loader yields: that tensor alone with one device,
+    else one entry per tower (``owner``: each entry's device). With one tensor for several devices (one device
+    did the work: the GPU cache, data.decode=gpu) it is copied on to the others -- device to device, queued
+    on the current streams without waiting on the host (a copy into CPU memory blocks: see model.ops.to_device)."""
+    if len(slots) == 1:
+        return done[0]
+    if len(done) < len(slots):
+        done = [done[0]] + [done[0].to(d, non_blocking=d.type == "cuda") for d in slots[1:]]
+    return TowerInputs(done[k] for k in owner)
 
 
 def _decoded(raw, split: Split, device):
@@ -185,25 +262,34 @@ def _decoded(raw, split: Split, device):
     return views, params, labels, skipped + len(encoded) - len(keep), indices
 
 
-def _copy_ahead(raw, device, stream):
-    """Start the H2D copy of a batch's views and parameters on ``stream`` (pinned, non-blocking)."""
-    images, params, labels, skipped, indices = raw
+def _copy_ahead(raw, slots, streams):
+    """(raw, one (views, params) per device): the batch's H2D copies started, each on its device's side
+    stream (``streams``: None for the CPU), from memory pinned once, non-blocking; a CPU device takes the
+    worker's tensors as they are. JPEG bytes are left to ``Loader._ready`` (copies None)."""
+    images, params = raw[:2]
     if isinstance(images, list):            # JPEG bytes: decoded on the device when the batch is used
-        return raw
-    with torch.cuda.stream(stream):
-        images = images.pin_memory().to(device, non_blocking=True)
-        params = params.pin_memory().to(device, non_blocking=True)
-    return images, params, labels, skipped, indices
+        return raw, None
+    pinned = (images.pin_memory(), params.pin_memory()) if any(s is not None for s in streams) else None
+    copies = []
+    for device, stream in zip(slots, streams):
+        if stream is None:
+            copies.append((images, params))
+            continue
+        with torch.cuda.stream(stream):     # queued on the side stream: the compute stream does not wait here
+            copies.append(tuple(t.to(device, non_blocking=True) for t in pinned))
+    return raw, copies
 
 
-def _arrived(staged, stream):
-    """Make the compute stream wait for the copy, and tell the allocator the tensors are used there."""
-    if isinstance(staged[0], list):
-        return staged
-    current = torch.cuda.current_stream(stream.device)
-    current.wait_stream(stream)
-    for t in staged[:2]:
-        t.record_stream(current)
+def _arrived(staged, streams):
+    """Make each device's compute stream wait for its copy, and tell the allocator the tensors are used there."""
+    raw, copies = staged
+    for pair, stream in zip(copies or [], streams):
+        if stream is None:
+            continue
+        current = torch.cuda.current_stream(stream.device)
+        current.wait_stream(stream)          # the sync point: compute on this device starts after the copy
+        for t in pair:
+            t.record_stream(current)
     return staged
 
 
@@ -257,7 +343,10 @@ def make_loader(split: Split, batch_size: int = 128, shuffle: bool = True, worke
     """A loader over ``split.dataset`` (see the module docstring for order, resume and skipped images).
 
     Batches arrive on ``device``: finished (float32) by default, or as uint8 views with ``finish=False``.
-    ``cache``: decode the split once into ``device`` memory and crop there (cache.py; small data).
+    ``device`` may be a sequence, one per tower: each distinct device gets the uint8 batch from the host and
+    finishes it, and ``images`` is a :class:`TowerInputs` (a plain tensor when all entries are one device).
+    ``cache``: decode the split once into ``device`` memory and crop there (cache.py; small data); with several
+    devices the cache lives on the first, which finishes each batch and copies it on to the others.
     """
     if batch_size < 1:
         raise UserError(f"batch_size {batch_size} must be at least 1; set a positive batch size.")
@@ -276,7 +365,9 @@ def make_loader(split: Split, batch_size: int = 128, shuffle: bool = True, worke
     if cache:
         from .cache import CachedLoader
 
-        return CachedLoader(split, sampler, device, finish, workers)
+        slots, _ = device_slots(device)
+        cached = CachedLoader(split, sampler, slots[0], finish, workers)
+        return cached if len(slots) == 1 else SentOn(cached, device)
     shape = split.pipeline.sample_shape
     check_shared_memory(batch_size * sample_bytes(split), workers, prefetch_factor)
     extra = ({"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": _worker_init}

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.loader import TowerInputs
 from ..errors import UserError
 from ..model import build_model
 from ..model.load import canonical_layout, load_into, to_layout
@@ -138,12 +139,14 @@ def value_off(key: str) -> str:
     return "none" if key == "data.cache" else "cpu"
 
 
-def make_data_loader(config: Config, split, batch_size: int, ctx: DistContext, train: bool, device: torch.device):
-    """Batches finished on ``device``, where the model takes its input (tower 0's device)."""
+def make_data_loader(config: Config, split, batch_size: int, ctx: DistContext, train: bool, device):
+    """Batches finished on ``device``, where the model takes its input: one device, or the towers' devices
+    (two-tower mode), each of which then gets the uint8 batch from the host and finishes its own copy."""
     from ..data import make_loader
 
     d = config.data
-    use_cuda = device.type == "cuda"
+    first = torch.device(device) if isinstance(device, (str, torch.device)) else torch.device(device[0])
+    use_cuda = first.type == "cuda"  # the GPU cache and nvJPEG decoding live on the first device
     for key, value in (("data.cache", d.cache), ("data.decode", d.decode)):
         if value == "gpu" and not use_cuda:
             raise UserError(f"{key}=gpu needs a GPU but this run is on the CPU; set {key}={value_off(key)}")
@@ -186,9 +189,23 @@ def sgd_step(loss, optimizer, scaler, keep=None) -> bool:
 
 
 def prepare_batch(images, split, device: torch.device, channels_last: bool):
-    """The loader's finished batch (already on the training device: make_data_loader) in the model's layout."""
-    x = images.to(device, non_blocking=True)
+    """The loader's finished batch (already on the training device: make_data_loader) in the model's layout.
+
+    A per-tower batch (``TowerInputs``: two-tower mode on two devices) is laid out tower by tower, each on
+    its own tower's device, and passed on as a plain tuple.
+    """
+    if isinstance(images, TowerInputs):
+        return tuple(images.map(lambda x: _layout(x, channels_last)))
+    return _layout(images.to(device, non_blocking=True), channels_last)
+
+
+def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def first_rows(images, keep: int):
+    """The first ``keep`` images of a batch (of each tower's, for a per-tower batch)."""
+    return images.map(lambda x: x[:keep]) if isinstance(images, TowerInputs) else images[:keep]
 
 
 @torch.no_grad()
@@ -210,7 +227,7 @@ def validate_model(forward, loader, split, device, amp_dtype, channels_last, ctx
             keep = max(0, min(len(labels), limit - seen))
             seen += len(labels) + skipped
             if keep > 0:
-                x = prepare_batch(images[:keep], split, device, channels_last)
+                x = prepare_batch(first_rows(images, keep), split, device, channels_last)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     logits = forward(x)
                 top1, top5 = topk_correct(logits.float(), labels[:keep].to(logits.device, non_blocking=True))
@@ -351,8 +368,10 @@ class _Run:
             self.restore(payload)
         net = distributed.wrap(self.model, self.ctx)
         self.forward = torch.compile(net) if c.speed.compile else net
-        self.train_loader = make_data_loader(c, self.train_split, self.rank_batch, self.ctx, True, self.device)
-        self.val_loader = make_data_loader(c, self.val_split, self.rank_batch, self.ctx, False, self.device)
+        # two-tower mode: each tower's device gets the uint8 batch and finishes it (one device: a plain tensor)
+        self.input_devices = p.devices if p.mode == "two-tower" else (self.device,)
+        self.train_loader = make_data_loader(c, self.train_split, self.rank_batch, self.ctx, True, self.input_devices)
+        self.val_loader = make_data_loader(c, self.val_split, self.rank_batch, self.ctx, False, self.input_devices)
         self.steps_per_epoch = len(self.train_loader)
         if tc.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, tc.max_steps_per_epoch)
@@ -485,7 +504,7 @@ class _Run:
             self.train_split = open_data(c, "train", input_size=self.input_size, num_classes=self.num_classes,
                                          color_noise="none")
             self.train_loader = make_data_loader(c, self.train_split, self.rank_batch, self.ctx, True,
-                                                 self.device)
+                                                 self.input_devices)
             self.reporter.message(f"epoch {epoch}: colour noise switched off (original schedule)")
         self.t_epoch = time.perf_counter()
         self.pace.begin_epoch()

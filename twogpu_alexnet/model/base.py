@@ -103,6 +103,11 @@ class AlexNetBase(nn.Module):
     # ----- running -------------------------------------------------------------------------------
     def _check_input(self, x: Tensor) -> Tensor:
         s, c = self.spec.input_size, self.spec.in_channels
+        if not isinstance(x, Tensor):
+            raise UserError(
+                f"the {self.mode} executor takes one tensor of N x {c} x {s} x {s} images, got a {type(x).__name__}; "
+                "one input per tower is for the two-tower executor"
+            )
         if x.dim() != 4 or x.shape[1] != c or x.shape[2] != s or x.shape[3] != s or x.shape[0] < 1:
             raise UserError(
                 f"preset {self.spec.name!r} expects input of shape N x {c} x {s} x {s}, got {tuple(x.shape)}; "
@@ -116,6 +121,8 @@ class AlexNetBase(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         """The last hidden layer (fc7 after ReLU and dropout, both towers, tower 0 first) on the head device.
 
+        ``x`` as for :meth:`forward`.
+
         Call in ``eval()`` mode for the paper's Figure 4 vectors (dropout is active in training mode). With
         the published dropout form (``spec.dropout_form``) evaluation returns 0.5 x the ReLU outputs, the
         vectors the paper's network fed to fc8; distances between them are half those of the ReLU outputs
@@ -124,5 +131,9 @@ class AlexNetBase(nn.Module):
         return self._hidden(self._check_input(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        """N x 3 x S x S images on any device -> N x num_classes logits on the head device."""
+        """N x 3 x S x S images on any device -> N x num_classes logits on the head device.
+
+        The two-tower executor also takes one such tensor per tower (a tuple or list, tower 0 first; the same
+        images, e.g. a loader's ``TowerInputs``): each tower reads its own, so no tower waits for another's copy.
+        """
         return self.fc8(self._hidden(self._check_input(x)))

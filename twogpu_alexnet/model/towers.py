@@ -5,6 +5,9 @@ those are the only places activations cross devices (the ``*_cross`` modules). E
 asynchronous launch on its tower's device, and copies between GPUs are device-to-device, so on two
 GPUs the towers compute concurrently and nothing waits on the host (copies into a CPU tower block:
 see ``to_device``). fc8 and the loss live on devices[0].
+
+The input is one tensor (copied to each tower's device) or one per tower (a loader given both devices
+delivers each tower its own batch, so the input never crosses from one GPU to the other).
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
+from ..errors import UserError
 from ..spec import NetSpec
 from .base import AlexNetBase
 from .ops import CrossTowers, to_device
@@ -59,8 +63,24 @@ class TwoTowerAlexNet(AlexNetBase):
         d = self.devices
         return f"preset {self.spec.name!r}: tower 0 on {d[0]}, tower 1 on {d[1]}; fc8 and the loss on {d[0]}"
 
-    def _hidden(self, x: Tensor) -> Tensor:
-        halves = [to_device(x, device) for device in self.devices]
+    def _check_input(self, x) -> Tensor | tuple[Tensor, ...]:
+        """One tensor, or one per tower (each checked; all of one shape)."""
+        if not isinstance(x, (tuple, list)):
+            return super()._check_input(x)
+        if len(x) != len(self.devices) or not all(isinstance(h, Tensor) for h in x):
+            raise UserError(f"the two-tower executor takes one tensor or one per tower ({len(self.devices)}), got a "
+                            f"{type(x).__name__} of {len(x)}; pass the batch once or once per tower")
+        for h in x:
+            super()._check_input(h)
+        if len({tuple(h.shape) for h in x}) > 1:
+            raise UserError(f"the towers' inputs differ in shape ({', '.join(str(tuple(h.shape)) for h in x)}); "
+                            "give every tower the same batch")
+        return tuple(x)
+
+    def _hidden(self, x: Tensor | tuple[Tensor, ...]) -> Tensor:
+        # tower t's input on its device: its own tensor (a loader's TowerInputs, already there), else a copy of x
+        inputs = x if isinstance(x, tuple) else (x,) * len(self.devices)
+        halves = [to_device(h, device) for h, device in zip(inputs, self.devices)]
         for layer in (*self.spec.convs, *self.spec.hidden):
             if layer.reads == "both":  # a cross-GPU connection: each tower gets tower 0's then tower 1's
                 halves = [t._modules[f"{layer.name}_cross"](halves) for t in self.towers]
