@@ -259,6 +259,20 @@ def test_resume_falls_back_to_the_previous_good_checkpoint_and_says_so(tmp_path,
     assert epochs == [1, 2, 3]  # the lost epoch's line was cut and written again, once
 
 
+
+def test_nonfinite_stop_after_a_fallback_resume_names_the_checkpoint_read(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny("train.epochs=2", "train.max_steps_per_epoch=1"), run)
+    folder = run / "checkpoints"
+    good = (folder / "epoch_002.pt").read_bytes()
+    for name in ("epoch_002.pt", "last.pt"):
+        (folder / name).write_bytes(good[: len(good) // 2])
+    code = main(["train", "--resume", str(run), "--set", "train.epochs=3", "--set", "train.lr=1e6",
+                 "--set", "train.max_steps_per_epoch=2"])
+    err = capsys.readouterr().err
+    assert code == 3 and "resuming from epoch_001.pt" in err, err
+    assert f"last good checkpoint: {folder / 'epoch_001.pt'}" in err, err
+
 def test_original_schedule_in_the_loop_changes_lr_conv1_and_colour_noise(tmp_path, notes):
     """Milestones scaled down: every lr / 10 from epoch 2, conv1's lr 0 from epoch 2, colour noise off
     from epoch 2. conv1 must not move in epoch 2 while the other layers do."""

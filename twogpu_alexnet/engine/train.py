@@ -296,7 +296,7 @@ def train(config: Config, run_dir: "str | os.PathLike", *, resume: bool = False,
     with RunFolder(run_dir, resume=resume, owner=ctx.is_main) as folder:  # checked, made and locked for the run
         for note in folder.notes:
             reporter.message(note)
-        payload, notes = None, []
+        payload, resumed_from, notes = None, None, []
         if resume:
             payload, resumed_from, notes = ckpt.load_latest(run_dir)
             for note in notes:
@@ -309,7 +309,7 @@ def train(config: Config, run_dir: "str | os.PathLike", *, resume: bool = False,
         ctx = distributed.init(ctx, placement.use_cuda)
         try:
             with torch_settings(tc.deterministic, config.speed.cudnn_benchmark):
-                run = _Run(config, run_dir, placement, ctx, rank_batch, reporter, stop, payload)
+                run = _Run(config, run_dir, placement, ctx, rank_batch, reporter, stop, payload, resumed_from)
                 try:
                     result = run.run()
                 finally:
@@ -328,7 +328,7 @@ class _Run:
     """
 
     def __init__(self, config: Config, run_dir: Path, placement: Placement, ctx: DistContext, rank_batch: int,
-                 reporter: Reporter, stop: StopRequest, payload: dict | None):
+                 reporter: Reporter, stop: StopRequest, payload: dict | None, resumed_from: Path | None = None):
         c, tc = config, config.train
         self.config, self.run_dir, self.placement, self.ctx = config, run_dir, placement, ctx
         self.rank_batch, self.reporter, self.stop = rank_batch, reporter, stop
@@ -365,7 +365,7 @@ class _Run:
         torch.manual_seed(tc.seed * 1000 + self.ctx.rank)  # dropout differs across ranks; init is the same on all
         self.model.seed_dropout(tc.seed, self.ctx.rank)  # each tower's own dropout generator
         if payload:
-            self.restore(payload)
+            self.restore(payload, resumed_from)
         net = distributed.wrap(self.model, self.ctx)
         self.forward = torch.compile(net) if c.speed.compile else net
         # two-tower mode: each tower's device gets the uint8 batch and finishes it (one device: a plain tensor)
@@ -398,7 +398,7 @@ class _Run:
                                       f"skipped (first: {first['path']}: {first['reason']})")
         return train_split, val_split, check_classes(train_split.classes, val_split.classes, requested)
 
-    def restore(self, payload: dict) -> None:
+    def restore(self, payload: dict, resumed_from: Path | None = None) -> None:
         load_into(self.model, payload["model"])
         load_optimizer_state(self.optimizer, self.model, payload["optimizer"])
         self.schedule.load_state_dict(payload["scheduler"])
@@ -406,7 +406,7 @@ class _Run:
             self.scaler.load_state_dict(payload["scaler"])
         self.step, self.best = int(payload["step"]), float(payload["best_val_top1_error"])
         self.result.best_val_top1_error = self.best
-        self.result.checkpoint = self.run_dir / "checkpoints" / "last.pt"
+        self.result.checkpoint = resumed_from or self.run_dir / "checkpoints" / "last.pt"  # the file read
         if payload["batch"]:
             self.progress = dict(payload["progress"])
         rngs = payload["rng"]
