@@ -269,7 +269,8 @@ def _copy_ahead(raw, slots, streams):
     images, params = raw[:2]
     if isinstance(images, list):            # JPEG bytes: decoded on the device when the batch is used
         return raw, None
-    pinned = (images.pin_memory(), params.pin_memory()) if any(s is not None for s in streams) else None
+    pinned = tuple(t if t.is_pinned() else t.pin_memory() for t in (images, params)) \
+        if any(s is not None for s in streams) else None     # pinned already by the DataLoader's thread
     copies = []
     for device, stream in zip(slots, streams):
         if stream is None:
@@ -373,5 +374,8 @@ def make_loader(split: Split, batch_size: int = 128, shuffle: bool = True, worke
     extra = ({"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": _worker_init}
              if workers > 0 else {})
     collate = Collate(shape, encoded=split.dataset.encoded)
-    dataloader = DataLoader(split.dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate, **extra)
+    # uint8 batches bound for a GPU are pinned by the DataLoader's own thread, beside the training loop
+    pin = workers > 0 and not split.dataset.encoded and any(d.type == "cuda" for d in device_slots(device)[0])
+    dataloader = DataLoader(split.dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                            pin_memory=pin, **extra)
     return Loader(split, dataloader, sampler, device, finish)
