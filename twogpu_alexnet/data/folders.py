@@ -29,8 +29,12 @@ class FolderListing:
     skipped: tuple = ()
 
     def images(self) -> "FolderListing":
-        """Only the files whose extension torchvision's ImageFolder accepts (case-insensitive)."""
+        """Only the files whose extension torchvision's ImageFolder accepts (case-insensitive); none is a UserError."""
         keep = [i for i, f in enumerate(self.files) if f.lower().endswith(IMG_EXTENSIONS)]
+        if not keep:
+            raise UserError(
+                f"{self.root} has no image files (.jpg, .jpeg, .png, ...); put the images in {self.root}/<class>/."
+            )
         return FolderListing(self.root, self.classes, [self.files[i] for i in keep], [self.labels[i] for i in keep],
                              self.skipped)
 
