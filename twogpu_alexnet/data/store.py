@@ -114,7 +114,7 @@ def _load_or_start(out: Path, listing: FolderListing, settings: dict, chunk_size
                 "fingerprint": fingerprint, "complete": False}
         _write(out / "store.json", meta)
         return meta
-    meta = _read_json(out)
+    meta = _read(out, "store.json")
     old = {k: meta.get(k) for k in settings}
     if old != settings:
         diff = ", ".join(f"{k} {old[k]} (asked {settings[k]})" for k in settings if old[k] != settings[k])
@@ -265,7 +265,7 @@ def read_store_meta(path) -> dict:
             f"{path} is not a prepared store (no store.json); run `twogpu-alexnet prepare --data SRC --out {path}` "
             "first."
         )
-    meta = _read_json(path)
+    meta = _read(path, "store.json")
     if not meta.get("complete"):
         raise UserError(
             f"store {path} is incomplete (prepare was interrupted); run the same prepare command again to finish it."
@@ -273,11 +273,13 @@ def read_store_meta(path) -> dict:
     return meta
 
 
-def _read_json(store: Path) -> dict:
+def _read(store: Path, name: str):
+    """``store/name`` (store.json or index.pt), or a UserError: unreadable, make the store again."""
     try:
-        return json.loads((store / "store.json").read_text())
-    except (OSError, ValueError):
-        raise UserError(f"{store / 'store.json'} is unreadable; delete {store} and run prepare again.") from None
+        path = store / name
+        return json.loads(path.read_text()) if path.suffix == ".json" else torch.load(path, weights_only=True)
+    except Exception:  # missing, truncated or foreign file
+        raise UserError(f"{store / name} is unreadable; delete {store} and run prepare again.") from None
 
 
 def store_stats(path) -> Stats:
@@ -294,12 +296,7 @@ class StoreReader:
     def __init__(self, path):
         self.path = Path(path).expanduser()
         self.meta = read_store_meta(self.path)
-        try:
-            index = torch.load(self.path / "index.pt", weights_only=True)
-        except Exception:  # missing, truncated or foreign file
-            raise UserError(
-                f"{self.path / 'index.pt'} is unreadable; delete {self.path} and run prepare again."
-            ) from None
+        index = _read(self.path, "index.pt")
         self.shard, self.offset, self.length, self.ids = index["shard"], index["offset"], index["length"], index["id"]
         self.labels = index["label"].tolist()
         self.classes: list[str] = self.meta["classes"]
