@@ -203,9 +203,10 @@ def _prepare_chunk(job: dict, chunk: int) -> int:
     acc, rows, skipped = StatsAccumulator(size), [], []
     try:
         for i in ids:
-            img, reason = _source_image(Path(job["root"]) / job["files"][i], size)
+            path = Path(job["root"]) / job["files"][i]
+            img, reason = _source_image(path, size)
             if img is None:
-                skipped.append({"path": str(Path(job["root"]) / job["files"][i]), "reason": reason})
+                skipped.append({"path": str(path), "reason": reason})
                 continue
             stored, (offset, length) = shard.add(img)
             acc.add(stored)
