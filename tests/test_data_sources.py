@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from twogpu_alexnet.data import DataOptions, open_split
+from twogpu_alexnet.data.split import compute_split_stats
 from twogpu_alexnet.data.store import prepare_store
 from twogpu_alexnet.data.synthetic import class_names, synthetic_image, synthetic_images
 from twogpu_alexnet.errors import UserError
@@ -86,6 +87,13 @@ def test_bad_data_folders_are_one_sentence(tmp_path, data_write_images):
     (tmp_path / "train" / "a").mkdir()
     with pytest.raises(UserError, match="no files in them"):
         open_split("imagefolder", tmp_path, "train", DataOptions(input_size=8))
+    (tmp_path / "train" / "a" / "notes.txt").write_text("not an image")
+    for split in ("train", "val"):              # val too: its statistics come from train
+        (tmp_path / "val" / "a").mkdir(parents=True, exist_ok=True)
+        with pytest.raises(UserError, match=f"{tmp_path / 'train'} has no image files .*put the images in"):
+            open_split("imagefolder", tmp_path, split, DataOptions(input_size=8))
+    with pytest.raises(UserError, match=f"{tmp_path / 'train'} has no image files"):
+        compute_split_stats(tmp_path / "train", size=8)
     img = np.zeros((8, 8, 3))
     data_write_images(tmp_path / "train", {"a/x.png": img, "b/y.png": img})
     data_write_images(tmp_path / "val", {"a/x.png": img, "c/y.png": img})

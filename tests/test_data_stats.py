@@ -153,3 +153,30 @@ def test_eigen_convention():
     assert torch.allclose(vectors.T @ vectors, torch.eye(3, dtype=torch.float64), atol=1e-12)
     biggest = vectors.abs().argmax(dim=0)
     assert (vectors[biggest, torch.arange(3)] > 0).all()
+
+
+def test_stats_in_a_worker_pool_equal_those_in_process_and_leave_out_broken_files(tmp_path, data_write_images):
+    images = _images(seed=5, count=9)
+    src = data_write_images(tmp_path / "train", {**images, "a/broken.png": b"\x89PNG\r\n\x1a\n broken"})
+    calls = []
+    one = folder_stats(list_split(src).images(), SIZE, workers=1, force=True)
+    two = folder_stats(list_split(src).images(), SIZE, workers=2, force=True, progress=lambda *a: calls.append(a))
+    _check(one, images)
+    assert torch.equal(one.mean_image, two.mean_image) and torch.equal(one.covariance, two.covariance)
+    assert two.images == 9 and len(calls) > 1 and calls[-1] == (10, 10)       # 10 files, 5 tasks of 2
+    prepare_store(src, tmp_path / "store", size=SIZE, fmt="raw", workers=1)
+    again, _ = compute_split_stats(tmp_path / "store", force=True, workers=2)  # a store's pixels, in the pool
+    assert torch.equal(again.mean_image, one.mean_image) and torch.equal(again.covariance, one.covariance)
+
+
+def test_synthetic_stats_are_those_of_the_first_training_images():
+    from twogpu_alexnet.data import synthetic
+
+    val = open_split("synthetic", None, "val", DataOptions(input_size=32, seed=3, num_classes=6))
+    images, _ = synthetic.synthetic_images(3, "train", range(1000), 32, 6)
+    acc = StatsAccumulator(32)
+    for img in images:                           # one at a time: the same sums as the batches
+        acc.add(img)
+    expected = acc.finish()
+    assert val.stats.images == 1000 and torch.equal(val.stats.mean_image, expected.mean_image)
+    assert torch.equal(val.stats.covariance, expected.covariance)

@@ -31,7 +31,7 @@ def add_parser(bench_subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..data.bench import bench_data
+    from ..bench_data import bench_data
 
     console = console_for(args)
     stages = {"prepare": "preparing temporary stores...", "measure": "measuring (pipelines take turns)..."}

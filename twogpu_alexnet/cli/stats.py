@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
         default=256,
         help="image side the statistics are for: 256 (default) or 32 (class folders only; 8..4096)",
     )
-    p.add_argument("--workers", type=int, default=None, help="processes for class folders (default: all cores)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--force", action="store_true", help="recompute even if saved statistics are up to date")
     add_json_flag(p)
     p.set_defaults(run=run)

@@ -13,6 +13,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
 from ..errors import UserError
 
+LINE_BREAK = "the name contains a line break; rename it"
+
 
 @dataclass(frozen=True)
 class FolderListing:
@@ -29,8 +31,12 @@ class FolderListing:
     skipped: tuple = ()
 
     def images(self) -> "FolderListing":
-        """Only the files whose extension torchvision's ImageFolder accepts (case-insensitive)."""
+        """Only the files whose extension torchvision's ImageFolder accepts (case-insensitive); none is a UserError."""
         keep = [i for i, f in enumerate(self.files) if f.lower().endswith(IMG_EXTENSIONS)]
+        if not keep:
+            raise UserError(
+                f"{self.root} has no image files (.jpg, .jpeg, .png, ...); put the images in {self.root}/<class>/."
+            )
         return FolderListing(self.root, self.classes, [self.files[i] for i in keep], [self.labels[i] for i in keep],
                              self.skipped)
 
@@ -65,11 +71,25 @@ def list_split(path, what: str = "data folder") -> FolderListing:
         ) from None
     except OSError as exc:
         raise UserError(f"{what} {root} cannot be read ({exc.strerror or exc}); check its permissions.") from None
-    walked = {_folder_id(root)}          # (device, inode) of every folder walked or about to be
-    tops, files, labels, skipped = [], [], [], []
+    walked, skipped, files, labels = {_folder_id(root)}, [], [], []     # walked: (device, inode) of folders
+    for label, name in _class_folders(root, classes, walked, skipped):
+        class_files = _walk(root, name, walked, skipped)
+        files.extend(class_files)
+        labels.extend([label] * len(class_files))
+    if not files:
+        detail = f" ({len(skipped)} skipped, first: {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
+        raise UserError(
+            f"{what} {root} has class folders but no files in them{detail}; put the images in {root}/<class>/."
+        )
+    return FolderListing(root, classes, files, labels, tuple(skipped))
+
+
+def _class_folders(root: Path, classes: list[str], walked: set, skipped: list) -> list[tuple[int, str]]:
+    """(label, name) of the class folders to walk; each one's (device, inode) is added to ``walked``."""
+    tops = []
     for label, name in enumerate(classes):
         if "\n" in name or "\r" in name:
-            skipped.append({"path": str(root / name), "reason": "the name contains a line break; rename it"})
+            skipped.append({"path": str(root / name), "reason": LINE_BREAK})
             continue
         try:
             key = _folder_id(root / name)
@@ -82,16 +102,7 @@ def list_split(path, what: str = "data folder") -> FolderListing:
             continue
         walked.add(key)
         tops.append((label, name))
-    for label, name in tops:
-        class_files = _walk(root, name, walked, skipped)
-        files.extend(class_files)
-        labels.extend([label] * len(class_files))
-    if not files:
-        detail = f" ({len(skipped)} skipped, first: {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
-        raise UserError(
-            f"{what} {root} has class folders but no files in them{detail}; put the images in {root}/<class>/."
-        )
-    return FolderListing(root, classes, files, labels, tuple(skipped))
+    return tops
 
 
 def _folder_id(path) -> tuple[int, int]:
@@ -119,7 +130,7 @@ def _walk(root: Path, top: str, walked: set, skipped: list) -> list[str]:
         for entry in entries:
             path = os.path.join(rel, entry.name)
             if "\n" in entry.name or "\r" in entry.name:
-                skipped.append({"path": str(root / path), "reason": "the name contains a line break; rename it"})
+                skipped.append({"path": str(root / path), "reason": LINE_BREAK})
             elif entry.is_dir():
                 key = (entry.stat().st_dev, entry.stat().st_ino)
                 if key in walked:

@@ -1,24 +1,13 @@
 """``open_split``: one split of one source, with its statistics and the paper's transforms attached.
 
-Sources (config key ``data.source``) and what ``root`` (``data.root``) holds:
-
-* ``synthetic``  -- nothing (root is ignored); images are generated from (seed, split, index).
-* ``imagefolder`` -- ``root/train`` and ``root/val`` class folders of images of any size; for a 224
-  input each is brought to 256 x 256 (shorter side 256, centre crop) on the fly.
-* ``cifar10``    -- torchvision's python files (``root/cifar-10-batches-py``) when present, else class
-  folders ``root/train`` and ``root/val`` (or ``root/test`` as the val split).
-* ``store``      -- ``root/train`` and ``root/val`` made by ``twogpu-alexnet prepare``.
-
-Statistics always come from the TRAIN split (also when opening val): the store's ``stats.pt``; for
-class folders a cache file computed on first use (``stats.py``: beside the data or in the user cache);
-for CIFAR python files and synthetic data they are computed in memory when the split is opened.
+Sources (``data.source``): ``synthetic``, ``imagefolder``, ``cifar10`` (torchvision's python files or class
+folders) and ``store`` (made by ``prepare``); docs/data.md shows what ``data.root`` holds for each.
+Statistics always come from the TRAIN split, also when opening val: the store's ``stats.pt``, a cache
+file for class folders (``folder_stats``), or computed in memory (CIFAR python files, synthetic data).
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +18,9 @@ from ..errors import UserError
 from . import synthetic
 from .decode import CorruptImage, decode_rgb, read_bytes, resize_center_crop
 from .folders import FolderListing, check_same_classes, list_split, split_folder
-from .stats import Stats, StatsAccumulator, cache_path_for, fingerprint_files, load_stats, save_stats
-from .store import StoreReader, init_pool_worker, read_store_meta
+from .pool import worker_count
+from .stats import Stats, cache_path_for, fingerprint_files, load_stats, save_stats, source_stats
+from .store import StoreReader, read_store_meta, store_stats
 from .transforms import Pipeline, geometry_for
 
 SOURCES = ("synthetic", "imagefolder", "store", "cifar10")
@@ -44,13 +34,8 @@ class FolderSource:
     """Image files in class folders, decoded and brought to size x size on every read."""
 
     def __init__(self, listing: FolderListing, size: int):
-        self.root, self.files, self.labels, self.classes, self.size = (
-            listing.root,
-            listing.files,
-            listing.labels,
-            listing.classes,
-            size,
-        )
+        self.root, self.files, self.labels, self.classes = listing.root, listing.files, listing.labels, listing.classes
+        self.size = size
         self.skipped = listing.skipped  # what the folder walk left out, {"path", "reason"} each
 
     def __len__(self):
@@ -65,12 +50,9 @@ class FolderSource:
     def image(self, i: int) -> torch.Tensor:
         return resize_center_crop(decode_rgb(self.encoded(i)), self.size)
 
-    def describe(self, i: int) -> str:
-        return str(self.root / self.files[i])
-
 
 class ArraySource:
-    """Images held in memory as uint8 N x H x W x 3 (CIFAR-10's python files, synthetic data)."""
+    """Images held in memory as uint8 N x H x W x 3 (CIFAR-10's python files)."""
 
     def __init__(self, array, labels, classes, size: int):
         self.array = torch.as_tensor(np.asarray(array))
@@ -82,9 +64,6 @@ class ArraySource:
     def image(self, i: int) -> torch.Tensor:
         img = self.array[i].permute(2, 0, 1) if self.array.shape[-1] == 3 else self.array[i]
         return resize_center_crop(img, self.size)
-
-    def describe(self, i: int) -> str:
-        return f"array[{i}]"
 
 
 class SyntheticSource:
@@ -106,15 +85,8 @@ class SyntheticSource:
             return self.cache[i]
         return synthetic.synthetic_image(self.seed, self.split, i, self.size, self.num_classes)[0]
 
-    def describe(self, i: int) -> str:
-        return f"synthetic {self.split}[{i}]"
 
-
-class StoreSource(StoreReader):
-    """A prepared store (see store.py)."""
-
-    def describe(self, i: int) -> str:
-        return f"{self.path} record {i}"
+StoreSource = StoreReader     # a prepared store (see store.py)
 
 
 # --------------------------------------------------------------------------------- dataset
@@ -222,7 +194,8 @@ def open_split(source: str = "synthetic", root=None, split: str = "train", optio
     if source == "synthetic":
         n_classes = o.num_classes or synthetic.DEFAULT_CLASSES
         src = SyntheticSource(o.seed, split, o.images or synthetic.DEFAULT_IMAGES[split], size, n_classes)
-        stats = synthetic_stats(o.seed, size, n_classes)
+        # from a fixed prefix of the training split (synthetic.stats_indices)
+        stats = source_stats(SyntheticSource(o.seed, "train", len(synthetic.stats_indices(size)), size, n_classes))
     elif path is None:
         what = "folders holding train/ and val/ stores made by `twogpu-alexnet prepare`" if source == "store" else \
             "a folder holding train/ and val/ class folders"
@@ -257,10 +230,7 @@ def _open_store(root: Path, split: str, size: int):
     check_same_classes(train_meta["classes"], src.classes, train_path, path)
     if train_meta["size"] != src.size:
         raise UserError(f"stores {train_path} and {path} have different image sizes; prepare both with --size {size}.")
-    stats_path = train_path / "stats.pt"
-    if not stats_path.exists():
-        raise UserError(f"store {train_path} has no stats.pt; run `twogpu-alexnet stats --data {train_path}`.")
-    return src, load_stats(stats_path)[0]
+    return src, store_stats(train_path)
 
 
 def _open_folders(root: Path, split: str, size: int):
@@ -268,12 +238,7 @@ def _open_folders(root: Path, split: str, size: int):
     train_listing = list_split(train_dir, "training folder").images()
     listing = train_listing if this_dir == train_dir else list_split(this_dir, f"{split} folder").images()
     check_same_classes(train_listing.classes, listing.classes, train_dir, this_dir)
-    if not listing.files:
-        raise UserError(
-            f"{this_dir} has no image files (.jpg, .jpeg, .png, ...); put the images in {this_dir}/<class>/."
-        )
-    stats = folder_stats(train_listing, size)
-    return FolderSource(listing, size), stats
+    return FolderSource(listing, size), folder_stats(train_listing, size)
 
 
 def _open_cifar_python(root: Path, split: str, size: int):
@@ -289,77 +254,26 @@ def _open_cifar_python(root: Path, split: str, size: int):
 
     train_set = load(True)
     ds = train_set if split == "train" else load(False)
-    stats = array_stats(train_set.data, size)
+    stats = source_stats(ArraySource(train_set.data, train_set.targets, train_set.classes, size))
     return ArraySource(ds.data, ds.targets, ds.classes, size), stats
 
 
 # --------------------------------------------------------------------------------- statistics
 
-def synthetic_stats(seed: int, size: int, num_classes: int) -> Stats:
-    """Stats of the synthetic training split, from a fixed prefix of its images (see synthetic.py)."""
-    acc = StatsAccumulator(size)
-    idx = list(synthetic.stats_indices(size))
-    for lo in range(0, len(idx), 256):
-        images, _ = synthetic.synthetic_images(seed, "train", idx[lo:lo + 256], size, num_classes)
-        acc.add_batch(images)
-    return acc.finish()
-
-
-def array_stats(array, size: int) -> Stats:
-    """Stats of in-memory uint8 N x H x W x 3 images, brought to size x size like the source does."""
-    acc = StatsAccumulator(size)
-    data = torch.as_tensor(np.asarray(array))
-    for lo in range(0, data.shape[0], 1000):
-        chunk = data[lo:lo + 1000].permute(0, 3, 1, 2)
-        if chunk.shape[-1] != size or chunk.shape[-2] != size:
-            chunk = torch.stack([resize_center_crop(img, size) for img in chunk])
-        acc.add_batch(chunk)
-    return acc.finish()
-
-
-def _stats_chunk(task) -> dict:
-    root, files, size = task
-    acc = StatsAccumulator(size)
-    bad = 0
-    for rel in files:
-        try:
-            acc.add(resize_center_crop(decode_rgb(read_bytes(Path(root) / rel)), size))
-        except (CorruptImage, OSError):
-            bad += 1
-    return {"state": acc.state(), "bad": bad, "seen": len(files)}
-
-
 def folder_stats(
     listing: FolderListing, size: int, *, workers: int | None = None, force: bool = False, progress=None
 ) -> Stats:
-    """Stats of a class-folder training split, cached (see ``cache_path_for``) and recomputed when its files change."""
+    """Stats of a class-folder training split, cached (see ``cache_path_for``) and recomputed when its files change.
+
+    ``workers``: processes (default: every core); ``progress(done, total)`` as in :func:`source_stats`.
+    """
     fingerprint = fingerprint_files(listing.files, listing.labels, listing.root)
     path = cache_path_for(listing.root, size)
     if path.exists() and not force:
         stats, payload = load_stats(path)
         if payload.get("fingerprint") == fingerprint and stats.size == size:
             return stats
-    workers = max(1, workers or os.cpu_count() or 1)
-    chunk = max(1, min(2000, -(-len(listing.files) // (4 * workers))))
-    tasks = [(str(listing.root), listing.files[lo:lo + chunk], size) for lo in range(0, len(listing.files), chunk)]
-    acc, done = StatsAccumulator(size), 0
-    if workers == 1 or len(tasks) == 1:
-        results = map(_stats_chunk, tasks)
-        pool = None
-    else:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork"), initializer=init_pool_worker,
-                                   initargs=(os.getpid(),))
-        results = pool.map(_stats_chunk, tasks)
-    try:
-        for result in results:
-            acc.merge(StatsAccumulator.from_state(result["state"]))
-            done += result["seen"]
-            if progress is not None:
-                progress(done, len(listing.files))
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    stats = acc.finish()
+    stats = source_stats(FolderSource(listing, size), workers=worker_count(workers), progress=progress)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_stats(stats, path, {"source": str(listing.root), "fingerprint": fingerprint})
@@ -375,21 +289,13 @@ def compute_split_stats(data, *, size: int = 256, workers: int | None = None, fo
     pixels with ``force``); class folders use the cache of :func:`folder_stats`.
     """
     path = Path(data).expanduser()
-    if (path / "store.json").exists():
+    if not (path / "store.json").exists():
+        listing = list_split(path, "--data folder").images()
+        stats = folder_stats(listing, size, workers=workers, force=force, progress=progress)
+        return stats, cache_path_for(listing.root, size)
+    target = path / "stats.pt"
+    if force or not target.exists():
         reader = StoreSource(path)
-        target = path / "stats.pt"
-        if target.exists() and not force:
-            return load_stats(target)[0], target
-        acc = StatsAccumulator(reader.size)
-        for i in range(len(reader)):
-            acc.add(reader.image(i))
-            if progress is not None and (i % 256 == 255 or i == len(reader) - 1):
-                progress(i + 1, len(reader))
-        stats = acc.finish()
+        stats = source_stats(reader, workers=worker_count(workers), progress=progress)
         save_stats(stats, target, {"source": "store", "fingerprint": reader.meta["fingerprint"]})
-        return stats, target
-    listing = list_split(path, "--data folder").images()
-    if not listing.files:
-        raise UserError(f"{path} has no image files (.jpg, .jpeg, .png, ...); put the images in {path}/<class>/.")
-    stats = folder_stats(listing, size, workers=workers, force=force, progress=progress)
-    return stats, cache_path_for(listing.root, size)
+    return load_stats(target)[0], target

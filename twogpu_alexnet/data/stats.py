@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
+from .decode import CorruptImage
+from .pool import pool_map
 
 STATS_FORMAT = 1
 MIN_SIDE, MAX_SIDE = 8, 4096     # image sides a user may ask for (prepare/stats --size)
+CHUNK = 1000                     # images per pool task (prepare, stats)
 
 
 @dataclass(frozen=True)
@@ -47,22 +50,12 @@ class Stats:
         return self.eigenvalues.clamp_min(0).sqrt()
 
     def to_dict(self) -> dict:
-        return {
-            "format": STATS_FORMAT,
-            "mean_image": self.mean_image,
-            "channel_mean": self.channel_mean,
-            "covariance": self.covariance,
-            "eigenvalues": self.eigenvalues,
-            "eigenvectors": self.eigenvectors,
-            "images": self.images,
-            "pixels": self.pixels,
-        }
+        return {"format": STATS_FORMAT, **{f.name: getattr(self, f.name) for f in fields(self)}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Stats":
-        """The inverse of :meth:`to_dict` (as a training checkpoint's ``data_stats`` holds it)."""
-        return cls(*(torch.as_tensor(d[k], dtype=torch.float64) for k in
-                     ("mean_image", "channel_mean", "covariance", "eigenvalues", "eigenvectors")),
+        """The inverse of :meth:`to_dict` (as a training checkpoint's ``data_stats`` or a stats file holds it)."""
+        return cls(*(torch.as_tensor(d[f.name], dtype=torch.float64) for f in fields(cls)[:5]),
                    int(d["images"]), int(d["pixels"]))
 
     def summary(self) -> dict:
@@ -112,7 +105,7 @@ class StatsAccumulator:
 
     def add_batch(self, images: torch.Tensor) -> None:
         """Add uint8 images N x 3 x size x size at once (same sums as calling ``add`` on each)."""
-        self.sum_image += images.to(torch.int64).sum(dim=0)
+        self.sum_image += images.sum(dim=0, dtype=torch.int64)
         self.sum_outer += _outer_sum(images.permute(1, 0, 2, 3).reshape(3, -1))
         self.images += images.shape[0]
 
@@ -146,6 +139,39 @@ class StatsAccumulator:
         return Stats(mean_image, channel_mean, covariance, eigenvalues, eigenvectors, self.images, pixels)
 
 
+def source_stats(source, *, workers: int = 1, progress=None) -> Stats:
+    """Exact statistics of every image of ``source`` (a sized ``image(i)``: uint8 3 x S x S, S = ``source.size``).
+
+    Images that do not decode are left out, as training leaves them out. With ``workers`` > 1, chunks of
+    images are summed in that many forked processes; ``progress(done, total)`` is called after each chunk.
+    """
+    n = len(source)
+    chunk = max(1, min(CHUNK, -(-n // (4 * workers))))
+    acc, done = StatsAccumulator(source.size), 0
+    for state, seen in pool_map(_chunk_sums, source, [range(lo, min(n, lo + chunk)) for lo in range(0, n, chunk)],
+                                workers):
+        acc.merge(StatsAccumulator.from_state(state))
+        done += seen
+        if progress is not None:
+            progress(done, n)
+    return acc.finish()
+
+
+def _chunk_sums(source, indices: range) -> tuple[dict, int]:
+    """The sums of ``source``'s images at ``indices``, in batches of about 2**20 pixels (bounded memory)."""
+    acc, per_batch = StatsAccumulator(source.size), max(1, 2**20 // source.size**2)
+    for lo in range(0, len(indices), per_batch):
+        images = []
+        for i in indices[lo:lo + per_batch]:
+            try:
+                images.append(source.image(i))
+            except (CorruptImage, OSError):
+                pass
+        if images:
+            acc.add_batch(torch.stack(images))
+    return acc.state(), len(indices)
+
+
 def check_side(size, option: str = "--size") -> int:
     """An image side between MIN_SIDE and MAX_SIDE, or a UserError (checked before any work is done)."""
     if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIDE <= size <= MAX_SIDE:
@@ -158,11 +184,8 @@ def check_side(size, option: str = "--size") -> int:
 
 def save_stats(stats: Stats, path, extra: dict | None = None) -> Path:
     """Write stats (plus ``extra`` identification keys) atomically to ``path``."""
-    path = Path(path)
-    payload = stats.to_dict()
-    payload.update(extra or {})
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
+    path, tmp = Path(path), Path(path).with_name(Path(path).name + ".tmp")
+    torch.save({**stats.to_dict(), **(extra or {})}, tmp)
     os.replace(tmp, path)
     return path
 
@@ -171,10 +194,7 @@ def load_stats(path) -> tuple[Stats, dict]:
     """Read stats written by :func:`save_stats`; returns (stats, the whole payload)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        stats = Stats(
-            payload["mean_image"], payload["channel_mean"], payload["covariance"],
-            payload["eigenvalues"], payload["eigenvectors"], int(payload["images"]), int(payload["pixels"]),
-        )
+        stats = Stats.from_dict(payload)
     except Exception as exc:  # unreadable or foreign file
         raise UserError(
             f"statistics file {path} is unreadable ({type(exc).__name__}); delete it and it will be recomputed."

@@ -1,32 +1,21 @@
-"""The prepared store: the paper's one-time step (shorter side to 256, centre crop) saved for fast reads.
+"""The prepared store: the paper's one-time step (shorter side to S, centre crop) saved for fast reads.
 
-Layout of ``STORE`` (one split; run ``prepare`` once per split)::
+One split per store; docs/data.md lists its files. ``shards/NNNNN.data`` holds one chunk's images: format
+"jpeg" its re-encoded JPEGs back to back (an index entry is byte offset and length), format "raw" an .npy
+array n x 3 x S x S uint8 (an entry is the row, length 1). ``shards/NNNNN.pt`` is the chunk's index.
 
-    STORE/store.json          settings, class names, counts; "complete": true once finished
-    STORE/shards/NNNNN.data   format "jpeg": the chunk's re-encoded JPEGs back to back
-                              format "raw":  a .npy array, n x 3 x S x S uint8 (memory-mapped)
-    STORE/shards/NNNNN.pt     the chunk's index (offsets, lengths, labels, source ids), its skipped
-                              files and its exact statistics sums; written last = the chunk is done
-    STORE/index.pt            all chunks' indexes joined (written when complete)
-    STORE/stats.pt            mean image + RGB PCA of the stored pixels (see stats.py)
-    STORE/skipped.json        every file that was not stored, with the reason
-
-The source file list (sorted, like the class indices) is cut into fixed chunks; each chunk is one
-task for a process pool and is written to temporary names and renamed when finished, so an
-interrupted ``prepare`` resumes with the chunks that are not done, and never stores an image twice.
-Statistics are computed from the pixels as stored (after JPEG re-encoding), i.e. exactly what
-training reads.
+The sorted source file list is cut into fixed chunks, one pool task each. A chunk is written under
+temporary names and renamed when done (its index last), so an interrupted ``prepare`` resumes with the
+chunks not done and never stores an image twice. Statistics are summed from the pixels as stored
+(after JPEG re-encoding), i.e. exactly what training reads.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +26,64 @@ from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 from ..errors import UserError
 from .decode import CorruptImage, decode_rgb, read_bytes, resize_center_crop
 from .folders import FolderListing, list_split
-from .stats import Stats, StatsAccumulator, check_side, fingerprint_files, load_stats, save_stats
+from .pool import pool_map, worker_count
+from .stats import CHUNK, Stats, StatsAccumulator, check_side, fingerprint_files, load_stats, save_stats
 
 STORE_VERSION = 1
 FORMATS = ("jpeg", "raw")
-MAX_CHUNK = 1000
 OPEN_FILES = 64      # file handles a reader keeps open (LRU), per process
 
 
 # ----------------------------------------------------------------------------------- writing
 
-def _settings(size: int, fmt: str, quality: int) -> dict:
+def prepare_store(data, out, *, size: int = 256, fmt: str = "jpeg", quality: int = 90, workers: int | None = None,
+                  chunk_size: int | None = None, max_chunks: int | None = None, progress=None) -> dict:
+    """Run the one-time preprocessing of split folder ``data`` into store ``out`` (resumable).
+
+    ``progress(done, total)`` is called as chunks finish (counts of source files). ``max_chunks``
+    stops after that many new chunks (the store stays incomplete; call again to go on).
+    Returns a summary: ``written``, ``skipped`` (list of {path, reason}), ``complete``, ``reused``
+    (files already done by an earlier run), ``bytes``, ``bytes_per_image``, ``seconds``, ``store``.
+    """
+    settings = _check_settings(size, fmt, quality)
+    listing = list_split(data, "--data folder")
+    out = Path(out).expanduser()
+    _check_output(out)
+    workers, n = worker_count(workers), len(listing.files)
+    meta = _load_or_start(out, listing, settings, chunk_size or max(1, min(CHUNK, math.ceil(n / (4 * workers)))))
+    start, chunks, per_chunk = time.perf_counter(), range(meta["chunks"]), meta["chunk_size"]
+    todo = [c for c in chunks if not _chunk_done(out, c)]
+    done = n - sum(min(per_chunk, n - c * per_chunk) for c in todo)      # files of chunks done by earlier runs
+    result = {"store": str(out), "files": n, "reused": done, "settings": settings}
+    job = {"out": str(out), "root": str(listing.root), **settings, "chunk_size": per_chunk, "files": listing.files,
+           "labels": listing.labels}
+    if progress is not None:
+        progress(done, n)
+    try:
+        for seen in pool_map(_prepare_chunk, job, todo[:max_chunks], workers):
+            done += seen
+            if progress is not None:
+                progress(done, n)
+    except OSError as exc:  # disk full, store folder removed, ... (unreadable images are skipped, not raised)
+        raise UserError(
+            f"writing the store {out} failed ({exc.strerror or exc}); fix that and run the same command again "
+            "to resume."
+        ) from None
+    result["complete"] = all(_chunk_done(out, c) for c in chunks)
+    if not result["complete"]:
+        return {**result, "seconds": time.perf_counter() - start,
+                **dict.fromkeys(("written", "skipped", "bytes", "bytes_per_image"))}
+    if not meta.get("complete"):
+        _finalize(out, meta, list(listing.skipped))
+    return {**result, "seconds": time.perf_counter() - start, **_summary(out, meta)}
+
+
+def _check_settings(size: int, fmt: str, quality: int) -> dict:
+    if fmt not in FORMATS:
+        raise UserError(f"store format {fmt!r} is not one of {', '.join(FORMATS)}; use --format jpeg or --format raw.")
+    check_side(size)
+    if fmt == "jpeg" and not 1 <= quality <= 100:
+        raise UserError(f"--quality {quality} is outside 1..100; use 90-95 for the store.")
     return {"size": size, "format": fmt, "quality": quality if fmt == "jpeg" else None}
 
 
@@ -66,44 +102,41 @@ def _check_output(out: Path) -> None:
 
 def _load_or_start(out: Path, listing: FolderListing, settings: dict, chunk_size: int) -> dict:
     """store.json for this run: the existing one when resuming (after checking it matches), else a new one."""
-    meta_path = out / "store.json"
     fingerprint = fingerprint_files(listing.files, listing.labels, listing.root)
-    if meta_path.exists():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            raise UserError(f"{meta_path} is unreadable; delete {out} and run prepare again.") from None
-        old = {k: meta.get(k) for k in settings}
-        if old != settings:
-            diff = ", ".join(f"{k} {old[k]} (asked {settings[k]})" for k in settings if old[k] != settings[k])
+    if not (out / "store.json").exists():
+        if any(p.name != "shards" for p in out.iterdir()) or any((out / "shards").iterdir()):
             raise UserError(
-                f"store {out} was made with different settings: {diff}; use the same --size/--format/--quality "
-                "to resume it, or choose a new --out folder."
+                f"output folder {out} is not empty and is not a store; choose an empty or new folder with --out."
             )
-        if meta.get("fingerprint") != fingerprint:
-            raise UserError(
-                f"store {out} was started from different files than {listing.root} has now (files added, removed "
-                "or changed); "
-                "delete the store folder or choose a new --out folder."
-            )
+        meta = {"kind": "twogpu-alexnet store", "version": STORE_VERSION, **settings,
+                "source": str(listing.root.resolve()), "classes": listing.classes, "files": len(listing.files),
+                "chunk_size": chunk_size, "chunks": math.ceil(len(listing.files) / chunk_size),
+                "fingerprint": fingerprint, "complete": False}
+        _write(out / "store.json", meta)
         return meta
-    if any(p.name != "shards" for p in out.iterdir()) or any((out / "shards").iterdir()):
+    meta = _read(out, "store.json")
+    old = {k: meta.get(k) for k in settings}
+    if old != settings:
+        diff = ", ".join(f"{k} {old[k]} (asked {settings[k]})" for k in settings if old[k] != settings[k])
         raise UserError(
-            f"output folder {out} is not empty and is not a store; choose an empty or new folder with --out."
+            f"store {out} was made with different settings: {diff}; use the same --size/--format/--quality "
+            "to resume it, or choose a new --out folder."
         )
-    meta = {
-        "kind": "twogpu-alexnet store", "version": STORE_VERSION, **settings,
-        "source": str(listing.root.resolve()), "classes": listing.classes, "files": len(listing.files),
-        "chunk_size": chunk_size, "chunks": math.ceil(len(listing.files) / chunk_size),
-        "fingerprint": fingerprint, "complete": False,
-    }
-    _write_json(meta_path, meta)
+    if meta.get("fingerprint") != fingerprint:
+        raise UserError(
+            f"store {out} was started from different files than {listing.root} has now (files added, removed "
+            "or changed); delete the store folder or choose a new --out folder."
+        )
     return meta
 
 
-def _write_json(path: Path, obj) -> None:
+def _write(path: Path, obj) -> None:
+    """Write ``obj`` (JSON for a .json path, else torch.save) under a temporary name, then rename it."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    if path.suffix == ".json":
+        tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    else:
+        torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
@@ -111,216 +144,107 @@ def _chunk_done(out: Path, chunk: int) -> bool:
     return (out / "shards" / f"{chunk:05d}.pt").exists()
 
 
-def init_pool_worker(parent: int) -> None:
-    """Set up a process-pool worker of prepare or stats: one thread, and exit when process ``parent`` is gone."""
-    torch.set_num_threads(1)
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+class _JpegShard:
+    """A chunk's re-encoded JPEGs back to back; an image's index entry is (byte offset, length)."""
+
+    def __init__(self, path: Path, count: int, size: int, quality: int):
+        self.file, self.quality, self.position = open(path, "wb"), quality, 0
+
+    def add(self, img: torch.Tensor):
+        """Store ``img``; returns the pixels as training will read them, and the index entry."""
+        encoded = encode_jpeg(img.contiguous(), quality=self.quality)
+        self.file.write(encoded.numpy().tobytes())
+        self.position += encoded.numel()
+        return decode_jpeg(encoded, mode=ImageReadMode.RGB), (self.position - encoded.numel(), encoded.numel())
+
+    def close(self) -> None:
+        self.file.close()
 
 
-def _exit_with_parent(parent: int) -> None:
-    """End this pool worker when the prepare process is gone (killed): an orphaned worker would otherwise
-    wait on the task queue forever, or race a resumed run on the same chunk's temporary files."""
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)
+class _RawShard:
+    """A chunk's images as one .npy array, count x 3 x S x S uint8; an image's index entry is (row, 1)."""
+
+    def __init__(self, path: Path, count: int, size: int, quality):
+        self.array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, 3, size, size))
+        self.rows = 0
+
+    def add(self, img: torch.Tensor):
+        self.array[self.rows] = img.numpy()
+        self.rows += 1
+        return img, (self.rows - 1, 1)
+
+    def close(self) -> None:
+        self.array.flush()
+        del self.array
 
 
-def _prepare_chunk(task: dict) -> dict:
-    """Decode, resize/crop and store one chunk; returns its summary. Runs in a pool worker."""
-    out, chunk, root = Path(task["out"]), task["chunk"], Path(task["root"])
-    size, fmt, quality = task["size"], task["format"], task["quality"]
-    files, labels, ids = task["files"], task["labels"], task["ids"]
-    data_path = out / "shards" / f"{chunk:05d}.data"
-    tmp_data = data_path.with_name(data_path.name + ".tmp")
-    offsets, lengths, kept_labels, kept_ids, skipped = [], [], [], [], []
-    acc = StatsAccumulator(size)
-    position = 0
-    array = None
-    if fmt == "raw":
-        array = np.lib.format.open_memmap(tmp_data, mode="w+", dtype=np.uint8, shape=(len(files), 3, size, size))
-        sink = None
-    else:
-        sink = open(tmp_data, "wb")
+SHARDS = {"jpeg": _JpegShard, "raw": _RawShard}
+
+
+def _source_image(path: Path, size: int):
+    """(image, None): the file decoded and brought to size x size; or (None, the reason it cannot be stored)."""
+    if not path.name.lower().endswith(IMG_EXTENSIONS):
+        return None, f"not an image file name (extension {path.suffix or 'none'})"
     try:
-        for rel, label, file_id in zip(files, labels, ids):
-            path = root / rel
-            if not rel.lower().endswith(IMG_EXTENSIONS):
-                skipped.append(
-                    {"path": str(path), "reason": f"not an image file name (extension {Path(rel).suffix or 'none'})"}
-                )
+        return resize_center_crop(decode_rgb(read_bytes(path)), size), None
+    except CorruptImage as exc:
+        return None, str(exc)
+    except OSError as exc:
+        return None, f"unreadable ({exc.strerror or exc})"
+
+
+def _prepare_chunk(job: dict, chunk: int) -> int:
+    """Store chunk ``chunk`` of ``job`` (made by prepare_store) and its index; returns its count of source files."""
+    shards, size = Path(job["out"]) / "shards", job["size"]
+    ids = range(chunk * job["chunk_size"], min(len(job["files"]), (chunk + 1) * job["chunk_size"]))
+    data_path = shards / f"{chunk:05d}.data"
+    tmp = data_path.with_name(data_path.name + ".tmp")
+    shard = SHARDS[job["format"]](tmp, len(ids), size, job["quality"])
+    acc, rows, skipped = StatsAccumulator(size), [], []
+    try:
+        for i in ids:
+            path = Path(job["root"]) / job["files"][i]
+            img, reason = _source_image(path, size)
+            if img is None:
+                skipped.append({"path": str(path), "reason": reason})
                 continue
-            try:
-                img = resize_center_crop(decode_rgb(read_bytes(path)), size)
-            except CorruptImage as exc:
-                skipped.append({"path": str(path), "reason": str(exc)})
-                continue
-            except OSError as exc:
-                skipped.append({"path": str(path), "reason": f"unreadable ({exc.strerror or exc})"})
-                continue
-            if fmt == "jpeg":
-                encoded = encode_jpeg(img.contiguous(), quality=quality)
-                stored = decode_jpeg(encoded, mode=ImageReadMode.RGB)     # the pixels training will see
-                sink.write(encoded.numpy().tobytes())
-                offsets.append(position)
-                lengths.append(encoded.numel())
-                position += encoded.numel()
-            else:
-                stored = img
-                array[len(offsets)] = img.numpy()
-                offsets.append(len(offsets))
-                lengths.append(1)
+            stored, (offset, length) = shard.add(img)
             acc.add(stored)
-            kept_labels.append(label)
-            kept_ids.append(file_id)
+            rows.append((offset, length, job["labels"][i], i))
     finally:
-        if sink is not None:
-            sink.close()
-        if array is not None:
-            array.flush()
-            del array
-    os.replace(tmp_data, data_path)
-    summary = {
-        "chunk": chunk,
-        "offsets": torch.tensor(offsets, dtype=torch.int64),
-        "lengths": torch.tensor(lengths, dtype=torch.int64),
-        "labels": torch.tensor(kept_labels, dtype=torch.int64),
-        "ids": torch.tensor(kept_ids, dtype=torch.int64),
-        "paths": [files[i - ids[0]] for i in kept_ids],
-        "skipped": skipped,
-        "bytes": data_path.stat().st_size,
-    }
-    # exact statistics sums; the mean-image sum fits int32 for chunks of up to 8M/255 images
-    state = acc.state()
-    state["sum_image"] = state["sum_image"].to(torch.int32)
-    stats_path = out / "shards" / f"{chunk:05d}.stats.pt"
-    torch.save(state, stats_path.with_name(stats_path.name + ".tmp"))
-    os.replace(stats_path.with_name(stats_path.name + ".tmp"), stats_path)
-    index_path = out / "shards" / f"{chunk:05d}.pt"
-    torch.save(summary, index_path.with_name(index_path.name + ".tmp"))
-    os.replace(index_path.with_name(index_path.name + ".tmp"), index_path)
-    return {"chunk": chunk, "written": len(offsets), "seen": len(files), "skipped": skipped}
+        shard.close()
+    os.replace(tmp, data_path)
+    state = acc.state()      # exact sums; the mean-image sum fits int32 for chunks of up to 8M/255 images
+    _write(shards / f"{chunk:05d}.stats.pt", {**state, "sum_image": state["sum_image"].to(torch.int32)})
+    offsets, lengths, labels, kept = torch.tensor(rows, dtype=torch.int64).reshape(-1, 4).T.contiguous()
+    _write(shards / f"{chunk:05d}.pt", {                     # written last: its presence marks the chunk done
+        "chunk": chunk, "offsets": offsets, "lengths": lengths, "labels": labels, "ids": kept,
+        "paths": [job["files"][i] for i in kept.tolist()], "skipped": skipped, "bytes": data_path.stat().st_size,
+    })
+    return len(ids)
 
 
-def _run_chunks(todo, task, workers: int, done: int, n: int, progress) -> int:
-    """Run the chunks in ``todo`` (in a process pool when workers > 1); returns the files done so far."""
-    if workers == 1 or len(todo) <= 1:
-        for c in todo:
-            done += _prepare_chunk(task(c))["seen"]
-            if progress is not None:
-                progress(done, n)
-        return done
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork"), initializer=init_pool_worker,
-                             initargs=(os.getpid(),)) as pool:
-        pending = {pool.submit(_prepare_chunk, task(c)) for c in todo}
-        try:
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    done += fut.result()["seen"]
-                if progress is not None:
-                    progress(done, n)
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
-    return done
-
-
-def prepare_store(data, out, *, size: int = 256, fmt: str = "jpeg", quality: int = 90, workers: int | None = None,
-                  chunk_size: int | None = None, max_chunks: int | None = None, progress=None) -> dict:
-    """Run the one-time preprocessing of split folder ``data`` into store ``out`` (resumable).
-
-    ``progress(done, total)`` is called as chunks finish (counts of source files). ``max_chunks``
-    stops after that many new chunks (the store stays incomplete; call again to go on).
-    Returns a summary: ``written``, ``skipped`` (list of {path, reason}), ``complete``, ``reused``
-    (files already done by an earlier run), ``bytes``, ``bytes_per_image``, ``seconds``, ``store``.
-    """
-    if fmt not in FORMATS:
-        raise UserError(f"store format {fmt!r} is not one of {', '.join(FORMATS)}; use --format jpeg or --format raw.")
-    check_side(size)
-    if fmt == "jpeg" and not 1 <= quality <= 100:
-        raise UserError(f"--quality {quality} is outside 1..100; use 90-95 for the store.")
-    listing = list_split(data, "--data folder")
-    out = Path(out).expanduser()
-    _check_output(out)
-    workers = max(1, workers or os.cpu_count() or 1)
-    n = len(listing.files)
-    if chunk_size is None:
-        chunk_size = max(1, min(MAX_CHUNK, math.ceil(n / (4 * workers))))
-    meta = _load_or_start(out, listing, _settings(size, fmt, quality), chunk_size)
-    chunk_size = meta["chunk_size"]
-    start = time.perf_counter()
-    chunks = list(range(meta["chunks"]))
-    todo = [c for c in chunks if not _chunk_done(out, c)]
-    reused = n - sum(min(chunk_size, n - c * chunk_size) for c in todo)
-    if max_chunks is not None:
-        todo = todo[:max_chunks]
-    done = reused
-    if progress is not None:
-        progress(done, n)
-
-    def task(c):
-        lo, hi = c * chunk_size, min(n, (c + 1) * chunk_size)
-        return {"out": str(out), "chunk": c, "root": str(listing.root), "size": size, "format": fmt, "quality": quality,
-                "files": listing.files[lo:hi], "labels": listing.labels[lo:hi], "ids": list(range(lo, hi))}
-
-    try:
-        done = _run_chunks(todo, task, workers, done, n, progress)
-    except OSError as exc:  # disk full, store folder removed, ... (unreadable images are skipped, not raised)
-        raise UserError(
-            f"writing the store {out} failed ({exc.strerror or exc}); fix that and run the same "
-            f"command again to resume."
-        ) from None
-    complete = all(_chunk_done(out, c) for c in chunks)
-    if meta.get("complete"):                          # finished earlier: report what is there
-        result = {"store": str(out), "complete": True, "files": n, "reused": n, "seconds": time.perf_counter() - start,
-                  "settings": _settings(size, fmt, quality)}
-        result.update(_summary(out, meta))
-        return result
-    result = {
-        "store": str(out),
-        "complete": complete,
-        "files": n,
-        "reused": reused,
-        "seconds": time.perf_counter() - start,
-        "settings": _settings(size, fmt, quality),
-    }
-    if not complete:
-        result.update({"written": None, "skipped": None, "bytes": None, "bytes_per_image": None})
-        return result
-    result.update(_finalize(out, meta, list(listing.skipped)))
-    return result
-
-
-def _finalize(out: Path, meta: dict, walk_skipped: list) -> dict:
+def _finalize(out: Path, meta: dict, walk_skipped: list) -> None:
     """Join the chunk indexes, statistics and skipped lists (``walk_skipped``: what listing the folder left
     out); mark the store complete."""
-    parts = [torch.load(out / "shards" / f"{c:05d}.pt", weights_only=True) for c in range(meta["chunks"])]
-    index = {
-        "shard": torch.cat([torch.full((len(p["labels"]),), p["chunk"], dtype=torch.int32) for p in parts]),
-        "offset": torch.cat([p["offsets"] for p in parts]),
-        "length": torch.cat([p["lengths"] for p in parts]),
-        "label": torch.cat([p["labels"] for p in parts]),
-        "id": torch.cat([p["ids"] for p in parts]),
-    }
-    torch.save(index, out / "index.pt.tmp")
-    os.replace(out / "index.pt.tmp", out / "index.pt")
+    shards = out / "shards"
+    parts = [torch.load(shards / f"{c:05d}.pt", weights_only=True) for c in range(meta["chunks"])]
+    index = {key: torch.cat([p[key + "s"] for p in parts]) for key in ("offset", "length", "label", "id")}
+    index["shard"] = torch.cat([torch.full((len(p["labels"]),), p["chunk"], dtype=torch.int32) for p in parts])
+    _write(out / "index.pt", index)
     (out / "paths.txt").write_text("".join(rel + "\n" for part in parts for rel in part["paths"]),
                                       encoding="utf-8", errors="surrogateescape")
     skipped = walk_skipped + [s for p in parts for s in p["skipped"]]
-    _write_json(out / "skipped.json", skipped)
-    written = int(index["label"].numel())
-    if written:
-        acc = StatsAccumulator(meta["size"])
-        for c in range(meta["chunks"]):
-            acc.merge(StatsAccumulator.from_state(torch.load(out / "shards" / f"{c:05d}.stats.pt", weights_only=True)))
+    _write(out / "skipped.json", skipped)
+    acc = StatsAccumulator(meta["size"])
+    for c in range(meta["chunks"]):
+        acc.merge(StatsAccumulator.from_state(torch.load(shards / f"{c:05d}.stats.pt", weights_only=True)))
+    if acc.images:
         save_stats(acc.finish(), out / "stats.pt", {"source": "store", "fingerprint": meta["fingerprint"]})
-    meta.update({"complete": True, "written": written, "skipped": len(skipped),
-                 "bytes": sum(int(p["bytes"]) for p in parts)})
-    _write_json(out / "store.json", meta)
+    meta.update(complete=True, written=acc.images, skipped=len(skipped), bytes=sum(int(p["bytes"]) for p in parts))
+    _write(out / "store.json", meta)
     for c in range(meta["chunks"]):                   # the sums are in stats.pt now
-        (out / "shards" / f"{c:05d}.stats.pt").unlink(missing_ok=True)
-    return _summary(out, meta)
+        (shards / f"{c:05d}.stats.pt").unlink(missing_ok=True)
 
 
 def _summary(out: Path, meta: dict) -> dict:
@@ -337,21 +261,34 @@ def _summary(out: Path, meta: dict) -> dict:
 def read_store_meta(path) -> dict:
     """store.json of a finished store, or a UserError saying what to run."""
     path = Path(path).expanduser()
-    meta_path = path / "store.json"
-    if not meta_path.exists():
+    if not (path / "store.json").exists():
         raise UserError(
-            f"{path} is not a prepared store (no store.json); run `twogpu-alexnet prepare --data "
-            f"SRC --out {path}` first."
+            f"{path} is not a prepared store (no store.json); run `twogpu-alexnet prepare --data SRC --out {path}` "
+            "first."
         )
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError):
-        raise UserError(f"{meta_path} is unreadable; delete {path} and run prepare again.") from None
+    meta = _read(path, "store.json")
     if not meta.get("complete"):
         raise UserError(
             f"store {path} is incomplete (prepare was interrupted); run the same prepare command again to finish it."
         )
     return meta
+
+
+def _read(store: Path, name: str):
+    """``store/name`` (store.json or index.pt), or a UserError: unreadable, make the store again."""
+    try:
+        path = store / name
+        return json.loads(path.read_text()) if path.suffix == ".json" else torch.load(path, weights_only=True)
+    except Exception:  # missing, truncated or foreign file
+        raise UserError(f"{store / name} is unreadable; delete {store} and run prepare again.") from None
+
+
+def store_stats(path) -> Stats:
+    """The statistics of store ``path`` (its stats.pt), or a UserError saying how to compute them."""
+    path = Path(path)
+    if not (path / "stats.pt").exists():
+        raise UserError(f"store {path} has no stats.pt; run `twogpu-alexnet stats --data {path}` to compute it.")
+    return load_stats(path / "stats.pt")[0]
 
 
 class StoreReader:
@@ -360,17 +297,9 @@ class StoreReader:
     def __init__(self, path):
         self.path = Path(path).expanduser()
         self.meta = read_store_meta(self.path)
-        try:
-            index = torch.load(self.path / "index.pt", weights_only=True)
-        except Exception:  # missing, truncated or foreign file
-            raise UserError(
-                f"{self.path / 'index.pt'} is unreadable; delete {self.path} and run prepare again."
-            ) from None
-        self.shard = index["shard"]
-        self.offset = index["offset"]
-        self.length = index["length"]
+        index = _read(self.path, "index.pt")
+        self.shard, self.offset, self.length, self.ids = index["shard"], index["offset"], index["length"], index["id"]
         self.labels = index["label"].tolist()
-        self.ids = index["id"]
         self.classes: list[str] = self.meta["classes"]
         self.size: int = self.meta["size"]
         self.format: str = self.meta["format"]
@@ -419,12 +348,7 @@ class StoreReader:
             raise CorruptImage(f"store record {i} does not decode ({exc})") from None
 
     def stats(self) -> Stats:
-        path = self.path / "stats.pt"
-        if not path.exists():
-            raise UserError(
-                f"store {self.path} has no stats.pt; run `twogpu-alexnet stats --data {self.path}` to compute it."
-            )
-        return load_stats(path)[0]
+        return store_stats(self.path)
 
     def source_paths(self) -> list[str]:
         """Source path (relative to the prepared folder) of every stored image, in store order.

@@ -1,20 +1,10 @@
 """A built-in dataset with no files: images are a pure function of (seed, split, index).
 
-Two kinds of classes, so that both kinds of first-layer kernels the paper shows are useful:
-
-* colour classes (the first ``num_classes // 2``): a smooth isotropic blob texture in luminance plus
-  a colour cast of the class's hue. The texture is drawn the same way for every colour class, so
-  these classes differ ONLY in colour.
-* shape classes (the rest): a luminance pattern of the class's kind -- vertical stripes, horizontal
-  stripes, a checkerboard, concentric rings, a diagonal plaid (then the same five at higher spatial
-  frequency for more classes) with random phase and +-4 degree tilt -- plus a colour cast of a
-  uniformly random hue. These differ ONLY in a colour-independent property (orientation, texture).
-  Every pattern kind is its own mirror image, so horizontal-flip augmentation keeps the class (single
-  oblique orientations would not: a flip turns 36 degrees into 144).
-
-Every image also carries independent Gaussian pixel noise (std 24 per channel). Labels cycle:
-``label = index % num_classes``, so any prefix of a split is balanced. Images are generated at the
-store size (32 for a 32 input, 256 for a 224 input, which is then cropped like any other image).
+Colour classes (the first ``num_classes // 2``) share one blob texture and differ ONLY in the hue of a
+colour cast; shape classes (the rest: stripes, checkerboard, rings, plaid, then the same at higher
+frequency) have a random hue and differ ONLY in the pattern. Every pattern is its own mirror image, so
+flip augmentation keeps the class. Gaussian pixel noise (std 24) everywhere; ``label = index %
+num_classes``, so any prefix of a split is balanced. docs/data.md ("Synthetic") has the details.
 """
 from __future__ import annotations
 

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
-from .folders import list_split
-from .loader import Collate
-from .split import FolderSource, StoreSource
-from .store import prepare_store
-from .transforms import Pipeline, geometry_for
+from .data.folders import list_split
+from .data.loader import Collate
+from .data.split import FolderSource, StoreSource
+from .data.store import prepare_store
+from .data.transforms import Pipeline, geometry_for
+from .errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -164,8 +164,8 @@ def folder_image_size(path) -> tuple[int, int]:
 
 def _loaders(root: Path, count: int, geometry, workers: int, device, seconds: float) -> dict:
     """Wall-time images/s through make_loader (N workers; the GPU when given; the GPU cache)."""
-    from .loader import make_loader
-    from .split import DataOptions, open_split
+    from .data.loader import make_loader
+    from .data.split import DataOptions, open_split
 
     out = {}
     if not workers and device is None:
