@@ -15,6 +15,8 @@
 #             (cuda:0,cuda:0 on one) in bf16 + channels_last, resumed as grouped, resumed again with
 #             channels_last off; checks the three epochs and the checkpoint
 #   bench     bench model: grouped, two-tower, torchvision alexnet, stock LRN; bf16 + channels_last
+#   data      bench data on 1,024 generated 500x375 JPEG photos: per worker, then the loader with
+#             nproc - 2 workers to batches finished on the GPU, and from the GPU cache
 #   dropout   the towers' dropout masks are independent draws (two GPUs; skipped on one)
 #   compile   bench options: float32 against bf16 + channels_last + torch.compile, with the time left
 # Exit status: 0 when every stage passed (or was skipped as not applicable), 1 otherwise.
@@ -112,6 +114,27 @@ stage_bench() {
   echo "see bench.log for the rows"
 }
 
+stage_data() {
+  local photos="$OUT/photos" n=1024 workers=$(($(nproc) > 2 ? $(nproc) - 2 : 1)) args
+  args=(--images "$n" --workers "$workers" --device "$DEV" --seconds 4)
+  [ "$DRY" = 1 ] && n=16 && args=(--images "$n" --workers 1 --seconds 0.2 --batch 8)
+  "$PYTHON" - "$photos" "$n" <<'PY' || return 1
+import sys
+from pathlib import Path
+from PIL import Image
+from twogpu_alexnet.data.synthetic import class_names, synthetic_images
+out, n = Path(sys.argv[1]), int(sys.argv[2])
+images, labels = synthetic_images(0, "train", range(n), 256)
+names = class_names()
+for i, (img, y) in enumerate(zip(images, labels.tolist())):   # ImageNet's mean photo size, quality 90
+    folder = out / names[y]
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img.permute(1, 2, 0).numpy()).resize((500, 375), Image.BICUBIC).save(folder / f"{i}.jpg", quality=90)
+PY
+  COLUMNS=200 "$PYTHON" -m twogpu_alexnet bench data --data "$photos" "${args[@]}" || return 1
+  echo "see data.log for the rows"
+}
+
 stage_dropout() {
   if [ "$DRY" != 1 ] && [ "$NGPU" -lt 2 ]; then
     echo "SKIP: one GPU (the towers share its generator)"
@@ -188,7 +211,7 @@ stage() {  # stage NAME LIMIT_S WHAT: run one stage body under min(LIMIT_S, budg
       echo
     } >>"$SUMMARY"
   fi
-  if [ $rc -eq 0 ] && { [ "$name" = bench ] || [ "$name" = compile ]; }; then  # the rows themselves
+  if [ $rc -eq 0 ] && { [ "$name" = bench ] || [ "$name" = data ] || [ "$name" = compile ]; }; then  # the rows themselves
     { echo; grep -v -e '^see ' -e '^W[0-9]' "$log" | sed 's/^/      /'; echo; } >>"$SUMMARY"
   fi
 }
@@ -197,6 +220,7 @@ stage env "${LIMIT_ENV:-30}" "GPU names and link, torch / CUDA / cuDNN, /dev/shm
 stage pytest "${LIMIT_PYTEST:-150}" "pytest -m gpu"
 stage train "${LIMIT_TRAIN:-150}" "trainer, $PRESET preset: two-tower bf16 + channels_last, resumed grouped, then flipped"
 stage bench "${LIMIT_BENCH:-75}" "bench model rows (bf16 + channels_last, batch $BATCH)"
+stage data "${LIMIT_DATA:-90}" "bench data: per worker, then the loader with nproc - 2 workers to the GPU, and the GPU cache"
 stage dropout "${LIMIT_DROPOUT:-40}" "dropout masks independent across towers"
 stage compile "${LIMIT_COMPILE:-$BUDGET}" "torch.compile with the time left (bench options)"
 

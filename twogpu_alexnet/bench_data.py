@@ -9,16 +9,20 @@ training batch (random crop, reflection, paper colour noise, mean image) on the 
 Each of (b)-(d) is the worker part (decode, crop, reflect, collate uint8) plus the arithmetic part
 (``finish``) once per batch; ``*_finish_share`` says how much of the time the arithmetic takes.
 
-``shm_bytes_per_image``: what one image costs in shared memory between worker and trainer (uint8 view).
-With ``workers`` > 0 the JPEG store is also read through ``make_loader`` with that many worker
-processes (wall time, ``loader_img_s``), and with a CUDA ``device`` the batches are finished there
-(``device_img_s``) and read from the GPU cache (``cache_img_s``).
+``shm_bytes_per_image``: what one image costs in shared memory between worker and trainer (uint8 view;
+``nvjpeg_shm_bytes_per_image``: the stored JPEG's bytes, which workers send with ``data.decode = "gpu"``).
+With ``workers`` > 0 each source (JPEG store, raw store, folders) is also read through ``make_loader``
+with that many worker processes, in wall time and batches of ``batch``: to finished batches on the CPU
+(``loader_img_s``, ``raw_loader_img_s``, ``folders_loader_img_s``); with a CUDA ``device`` also to
+batches finished there (``device_img_s``, ``raw_device_img_s``, ``folders_device_img_s``), decoded there
+by nvJPEG (``nvjpeg_device_img_s``) and read from the GPU cache (``cache_img_s``).
 """
 from __future__ import annotations
 
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -89,7 +93,7 @@ def _reference(files, input_size: int):
 
 
 def bench_data(data, *, images: int = 200, seconds: float = 3.0, input_size: int = 224, workers: int = 0,
-               device=None, workdir=None, progress=None) -> dict:
+               batch: int = 256, device=None, workdir=None, progress=None) -> dict:
     """Measure the rows of the module docstring on up to ``images`` files of split folder ``data``.
 
     ``seconds``: CPU seconds per pipeline. ``progress(stage)`` is called with "prepare", then "measure".
@@ -100,6 +104,8 @@ def bench_data(data, *, images: int = 200, seconds: float = 3.0, input_size: int
         raise UserError(f"--seconds {seconds} must be more than 0; use e.g. --seconds 3.")
     if workers < 0:
         raise UserError(f"--workers {workers} must be 0 or more; use e.g. --workers 4.")
+    if batch < 1:
+        raise UserError(f"--batch {batch} must be at least 1; use e.g. --batch 256.")
     listing = list_split(data, "--data folder").images()
     step = max(1, len(listing.files) // images)
     picked = list(range(0, len(listing.files), step))[:images]
@@ -112,17 +118,20 @@ def bench_data(data, *, images: int = 200, seconds: float = 3.0, input_size: int
             subset = _subset(listing, picked, tmp)
             if progress:
                 progress("prepare")
-            splits = tmp / "splits"            # a store root (train/, val/) for make_loader
-            prepared = prepare_store(subset, splits / "train", size=geometry.image_size, workers=1)
-            os.symlink(splits / "train", splits / "val")
-            prepare_store(subset, tmp / "raw", size=geometry.image_size, fmt="raw", workers=1)
-            store, raw_store = StoreSource(splits / "train"), StoreSource(tmp / "raw")
+            roots = {name: tmp / name for name in ("store", "raw", "folders")}  # train/ and val/ for make_loader
+            prepared = prepare_store(subset, roots["store"] / "train", size=geometry.image_size)
+            prepare_store(subset, roots["raw"] / "train", size=geometry.image_size, fmt="raw")
+            roots["folders"].mkdir()
+            os.symlink(subset, roots["folders"] / "train")
+            for root in roots.values():
+                os.symlink(root / "train", root / "val")
+            store, raw_store = StoreSource(roots["store"] / "train"), StoreSource(roots["raw"] / "train")
             if len(store) == 0:
                 raise UserError(f"none of the {len(picked)} benchmark images in {listing.root} could be "
                                 f"decoded; point --data at a folder of readable images.")
             result = _measure(listing, picked, store, raw_store, geometry, seconds, progress)
-            result["store_bytes_per_image"] = prepared["bytes_per_image"]
-            result.update(_loaders(splits, len(store), geometry, workers, device, seconds))
+            result["store_bytes_per_image"] = result["nvjpeg_shm_bytes_per_image"] = prepared["bytes_per_image"]
+            result.update(_loaders(roots, len(store), geometry, workers, device, seconds, batch))
     finally:
         torch.set_num_threads(threads)
     return result
@@ -162,22 +171,28 @@ def folder_image_size(path) -> tuple[int, int]:
         return im.size
 
 
-def _loaders(root: Path, count: int, geometry, workers: int, device, seconds: float) -> dict:
-    """Wall-time images/s through make_loader (N workers; the GPU when given; the GPU cache)."""
+def _loaders(roots: dict, count: int, geometry, workers: int, device, seconds: float, batch: int) -> dict:
+    """Wall-time images/s through make_loader with N workers, per source (the module docstring's names)."""
     from .data.loader import make_loader
     from .data.split import DataOptions, open_split
 
-    out = {}
     if not workers and device is None:
-        return out
-    split = open_split("store", root, "train", DataOptions(input_size=geometry.input_size))
-    runs = {"loader": dict(workers=workers, device="cpu")}
+        return {}
+    options = DataOptions(input_size=geometry.input_size)
+    sources = {"": ("store", roots["store"]), "raw_": ("store", roots["raw"]),
+               "folders_": ("imagefolder", roots["folders"])}
+    runs = {f"{prefix}loader": (source, root, options, dict(device="cpu"))
+            for prefix, (source, root) in sources.items()}
     if device is not None and torch.device(device).type == "cuda":
-        runs.update(device=dict(workers=workers, device=device), cache=dict(workers=workers, device=device, cache=True))
-    for name, kw in runs.items():
-        loader = make_loader(split, batch_size=min(BATCH, count), drop_last=True, **kw)
+        runs.update({f"{prefix}device": (source, root, options, dict(device=device))
+                     for prefix, (source, root) in sources.items()})
+        runs["nvjpeg_device"] = ("store", roots["store"], replace(options, decode="gpu"), dict(device=device))
+        runs["cache"] = ("store", roots["store"], options, dict(device=device, cache=True))
+    out = {"loader_workers": workers, "loader_batch": min(batch, count)}
+    for name, (source, root, opts, kw) in runs.items():
+        split = open_split(source, root, "train", opts)
+        loader = make_loader(split, batch_size=min(batch, count), workers=workers, drop_last=True, **kw)
         out[f"{name}_img_s"] = _wall_rate(loader, seconds)
-    out["loader_workers"] = workers
     return out
 
 

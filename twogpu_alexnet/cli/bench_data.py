@@ -25,6 +25,7 @@ def add_parser(bench_subparsers) -> None:
     p.add_argument("--seconds", type=float, default=3.0, help="CPU seconds per pipeline (default: 3)")
     p.add_argument("--input-size", type=int, default=224, help="network input size (default: 224)")
     p.add_argument("--workers", type=int, default=0, help="also measure the loader with N workers (default: 0, off)")
+    p.add_argument("--batch", type=int, default=256, help="batch size of the --workers rows (default: 256)")
     p.add_argument("--device", help="also measure batches finished on this CUDA device, e.g. cuda:0")
     add_json_flag(p)
     p.set_defaults(run=run)
@@ -37,7 +38,7 @@ def run(args) -> int:
     stages = {"prepare": "preparing temporary stores...", "measure": "measuring (pipelines take turns)..."}
     with console.status("") as status:
         result = bench_data(args.data, images=args.images, seconds=args.seconds, input_size=args.input_size,
-                            workers=args.workers, device=args.device,
+                            workers=args.workers, batch=args.batch, device=args.device,
                             progress=lambda stage: status.update(stages[stage]))
     if args.json:
         print_json(result)
@@ -60,11 +61,18 @@ def table(result: dict) -> Table:
     for key, name in rows:
         rate = result[f"{key}_img_s"]
         t.add_row(name, f"{rate:,.0f}", f"{rate / ref:.2f}x", f"{100 * result[f'{key}_finish_share']:.0f}%")
-    for key, name in (("loader", "JPEG store, {n} workers, CPU batches (wall)"),
-                      ("device", "JPEG store, {n} workers, finished on the GPU (wall)"),
-                      ("cache", "GPU cache (wall)")):
-        if f"{key}_img_s" in result:
-            t.add_row(name.format(n=result["loader_workers"]), f"{result[f'{key}_img_s']:,.0f}", "", "")
+    where = {"loader": "finished on the CPU", "device": "finished on the GPU"}
+    for prefix, source in (("", "JPEG store"), ("raw_", "raw store"), ("folders_", "raw files")):
+        for kind, text in where.items():
+            if f"{prefix}{kind}_img_s" in result:
+                t.add_row(f"{source}, {result['loader_workers']} workers, batches of {result['loader_batch']} "
+                          f"{text} (wall)", f"{result[f'{prefix}{kind}_img_s']:,.0f}", "", "")
+    if "nvjpeg_device_img_s" in result:
+        t.add_row("JPEG store, data.decode=gpu (nvJPEG), finished on the GPU (wall)",
+                  f"{result['nvjpeg_device_img_s']:,.0f}", "", "")
+    if "cache_img_s" in result:
+        t.add_row("data.cache=gpu, finished on the GPU (wall)", f"{result['cache_img_s']:,.0f}", "", "")
     t.caption = (f"shared memory per image: {result['shm_bytes_per_image']:,} bytes (uint8; float32 would be "
-                 f"{result['float32_bytes_per_image']:,})")
+                 f"{result['float32_bytes_per_image']:,}; data.decode=gpu sends the JPEG: "
+                 f"{result['nvjpeg_shm_bytes_per_image']:,.0f})")
     return t
