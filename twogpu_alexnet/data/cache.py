@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import UserError
 from .decode import CorruptImage
-from .loader import Batch, EpochBatchSampler, Loader
+from .loader import Batch, EpochBatchSampler, Loader, per_tower
 from .split import Split
 from .transforms import PARAMS, ten_views
 
@@ -58,7 +58,8 @@ def fill_cache(split: Split, device, workers: int = 0) -> tuple[torch.Tensor, to
 
 
 class CachedLoader(Loader):
-    """A :class:`Loader` whose batches come from the device cache instead of worker processes."""
+    """A :class:`Loader` whose batches come from the device cache instead of worker processes (with one device
+    per tower the cache lives on the first, which finishes each batch and copies it on to the others)."""
 
     def __init__(self, split: Split, sampler: EpochBatchSampler, device, finish: bool, workers: int = 0):
         super().__init__(split, None, sampler, device, finish)
@@ -77,7 +78,7 @@ class CachedLoader(Loader):
             torch.zeros(len(keys), PARAMS, dtype=torch.float64)
         views = device_views(self.images, index.to(self.device), params.to(self.device), pipe)
         x = pipe.finish(views, params) if self.finish else views
-        return Batch(x, labels, drawn - len(keys), index)
+        return Batch(per_tower([x], self.slots, self.owner), labels, drawn - len(keys), index)
 
 
 def device_views(images: torch.Tensor, index: torch.Tensor, params: torch.Tensor, pipe) -> torch.Tensor:

@@ -210,29 +210,6 @@ class Loader:
         return self.split.pipeline.finish(images, params.to(device)) if self.finish else images
 
 
-class SentOn:
-    """A loader that finishes on its first device only (``data.cache = "gpu"``, :class:`CachedLoader`), with its
-    finished float batches copied on to the other towers' devices (:func:`per_tower`)."""
-
-    def __init__(self, loader: Loader, device):
-        self.loader = loader
-        self.slots, self.owner = device_slots(device)
-
-    def __getattr__(self, name):
-        return getattr(self.loader, name)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        for b in self.batches():
-            yield b.images, b.labels, b.skipped
-
-    def batches(self):
-        for b in self.loader.batches():
-            yield b._replace(images=per_tower([b.images], self.slots, self.owner))
-
-
 def per_tower(done: list, slots, owner) -> "torch.Tensor | TowerInputs":
     """One tensor per distinct device (``slots``) -> what a loader yields: that tensor alone with one device,
     else one entry per tower (``owner``: each entry's device). With one tensor for several devices (one device
@@ -366,9 +343,7 @@ def make_loader(split: Split, batch_size: int = 128, shuffle: bool = True, worke
     if cache:
         from .cache import CachedLoader
 
-        slots, _ = device_slots(device)
-        cached = CachedLoader(split, sampler, slots[0], finish, workers)
-        return cached if len(slots) == 1 else SentOn(cached, device)
+        return CachedLoader(split, sampler, device, finish, workers)
     shape = split.pipeline.sample_shape
     check_shared_memory(batch_size * sample_bytes(split), workers, prefetch_factor)
     extra = ({"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": _worker_init}
