@@ -43,6 +43,27 @@ def test_raw_store_round_trips_pixels_exactly(tmp_path, data_write_images):
         original = torch.from_numpy(images[paths[i]]).permute(2, 0, 1)
         assert torch.equal(reader.image(i), original)
         assert reader.labels[i] == int(paths[i][1])
+    # rows are stored in H, W, C order, so an image comes back in that memory order without a transposition
+    assert reader.meta["layout"] == "hwc" and reader.image(0).movedim(0, -1).is_contiguous()
+    shard = np.load(tmp_path / "store" / "shards" / "00000.data", mmap_mode="r")
+    assert shard.shape[1:] == (24, 24, 3)
+
+
+def test_raw_store_of_the_older_layout_reads_as_before(tmp_path, data_write_images):
+    """Raw stores made before the layout was recorded hold n x 3 x S x S rows: still read correctly."""
+    images = {f"c{i % 2}/im{i}.png": _smooth(16, 16, i) for i in range(4)}
+    data_write_images(tmp_path / "src", images)
+    prepare_store(tmp_path / "src", tmp_path / "store", size=16, fmt="raw", workers=1)
+    for shard_path in (tmp_path / "store" / "shards").glob("*.data"):        # rewrite the rows as C, H, W
+        np.save(shard_path.with_suffix(".npy"), np.ascontiguousarray(np.load(shard_path).transpose(0, 3, 1, 2)))
+        shard_path.with_suffix(".npy").replace(shard_path)
+    meta = json.loads((tmp_path / "store" / "store.json").read_text())
+    del meta["layout"]
+    (tmp_path / "store" / "store.json").write_text(json.dumps(meta))
+    reader = StoreSource(tmp_path / "store")
+    paths = reader.source_paths()
+    for i in range(len(reader)):
+        assert torch.equal(reader.image(i), torch.from_numpy(images[paths[i]]).permute(2, 0, 1))
 
 
 def test_jpeg_store_round_trips_within_jpeg_tolerance_and_resizes(tmp_path, data_write_images):

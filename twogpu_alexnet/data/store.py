@@ -2,7 +2,9 @@
 
 One split per store; docs/data.md lists its files. ``shards/NNNNN.data`` holds one chunk's images: format
 "jpeg" its re-encoded JPEGs back to back (an index entry is byte offset and length), format "raw" an .npy
-array n x 3 x S x S uint8 (an entry is the row, length 1). ``shards/NNNNN.pt`` is the chunk's index.
+array n x S x S x 3 uint8, pixels in the order decoders give them (an entry is the row, length 1; stores
+made before ``"layout": "hwc"`` was recorded hold n x 3 x S x S and are read as such). ``shards/NNNNN.pt``
+is the chunk's index.
 
 The sorted source file list is cut into fixed chunks, one pool task each. A chunk is written under
 temporary names and renamed when done (its index last), so an interrupted ``prepare`` resumes with the
@@ -56,7 +58,7 @@ def prepare_store(data, out, *, size: int = 256, fmt: str = "jpeg", quality: int
     done = n - sum(min(per_chunk, n - c * per_chunk) for c in todo)      # files of chunks done by earlier runs
     result = {"store": str(out), "files": n, "reused": done, "settings": settings}
     job = {"out": str(out), "root": str(listing.root), **settings, "chunk_size": per_chunk, "files": listing.files,
-           "labels": listing.labels}
+           "labels": listing.labels, "layout": meta.get("layout", "chw")}
     if progress is not None:
         progress(done, n)
     try:
@@ -112,6 +114,8 @@ def _load_or_start(out: Path, listing: FolderListing, settings: dict, chunk_size
                 "source": str(listing.root.resolve()), "classes": listing.classes, "files": len(listing.files),
                 "chunk_size": chunk_size, "chunks": math.ceil(len(listing.files) / chunk_size),
                 "fingerprint": fingerprint, "complete": False}
+        if settings["format"] == "raw":
+            meta["layout"] = "hwc"                    # rows as decoders give pixels: crops need no transposition
         _write(out / "store.json", meta)
         return meta
     meta = _read(out, "store.json")
@@ -147,8 +151,8 @@ def _chunk_done(out: Path, chunk: int) -> bool:
 class _JpegShard:
     """A chunk's re-encoded JPEGs back to back; an image's index entry is (byte offset, length)."""
 
-    def __init__(self, path: Path, count: int, size: int, quality: int):
-        self.file, self.quality, self.position = open(path, "wb"), quality, 0
+    def __init__(self, path: Path, count: int, job: dict):
+        self.file, self.quality, self.position = open(path, "wb"), job["quality"], 0
 
     def add(self, img: torch.Tensor):
         """Store ``img``; returns the pixels as training will read them, and the index entry."""
@@ -162,14 +166,17 @@ class _JpegShard:
 
 
 class _RawShard:
-    """A chunk's images as one .npy array, count x 3 x S x S uint8; an image's index entry is (row, 1)."""
+    """A chunk's images as one .npy array, count x S x S x 3 uint8 (x 3 x S x S in a "chw" store being resumed);
+    an image's index entry is (row, 1)."""
 
-    def __init__(self, path: Path, count: int, size: int, quality):
-        self.array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, 3, size, size))
+    def __init__(self, path: Path, count: int, job: dict):
+        size, self.hwc = job["size"], job["layout"] == "hwc"
+        shape = (count, size, size, 3) if self.hwc else (count, 3, size, size)
+        self.array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
         self.rows = 0
 
     def add(self, img: torch.Tensor):
-        self.array[self.rows] = img.numpy()
+        self.array[self.rows] = (img.movedim(0, -1) if self.hwc else img).numpy()
         self.rows += 1
         return img, (self.rows - 1, 1)
 
@@ -199,7 +206,7 @@ def _prepare_chunk(job: dict, chunk: int) -> int:
     ids = range(chunk * job["chunk_size"], min(len(job["files"]), (chunk + 1) * job["chunk_size"]))
     data_path = shards / f"{chunk:05d}.data"
     tmp = data_path.with_name(data_path.name + ".tmp")
-    shard = SHARDS[job["format"]](tmp, len(ids), size, job["quality"])
+    shard = SHARDS[job["format"]](tmp, len(ids), job)
     acc, rows, skipped = StatsAccumulator(size), [], []
     try:
         for i in ids:
@@ -303,6 +310,7 @@ class StoreReader:
         self.classes: list[str] = self.meta["classes"]
         self.size: int = self.meta["size"]
         self.format: str = self.meta["format"]
+        self.hwc = self.meta.get("layout") == "hwc"     # raw rows in H, W, C order (older raw stores: C, H, W)
         self._handles: OrderedDict = OrderedDict()
 
     def __len__(self) -> int:
@@ -341,7 +349,8 @@ class StoreReader:
     def image(self, i: int) -> torch.Tensor:
         """Image ``i`` as stored: uint8, 3 x S x S."""
         if self.format == "raw":
-            return torch.from_numpy(np.array(self._handle(int(self.shard[i]))[int(self.offset[i])]))
+            row = torch.from_numpy(np.array(self._handle(int(self.shard[i]))[int(self.offset[i])]))
+            return row.movedim(-1, 0) if self.hwc else row
         try:
             return decode_jpeg(self.encoded(i), mode=ImageReadMode.RGB)
         except RuntimeError as exc:
