@@ -75,14 +75,15 @@ class SyntheticSource:
         self.labels = [i % num_classes for i in range(count)]
         self.cache = None
         if count * 3 * size * size <= MATERIALIZE_BYTES:
-            self.cache, _ = synthetic.synthetic_images(seed, split, range(count), size, num_classes)
+            images, _ = synthetic.synthetic_images(seed, split, range(count), size, num_classes)
+            self.cache = images.permute(0, 2, 3, 1).contiguous()   # H, W, C memory, as decoders give pixels
 
     def __len__(self):
         return len(self.labels)
 
     def image(self, i: int) -> torch.Tensor:
         if self.cache is not None:
-            return self.cache[i]
+            return self.cache[i].movedim(-1, 0)
         return synthetic.synthetic_image(self.seed, self.split, i, self.size, self.num_classes)[0]
 
 
