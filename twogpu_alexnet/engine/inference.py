@@ -78,9 +78,7 @@ def eval_split(data: "str | os.PathLike", input_size: int, *, views: int = 1, st
     from ..data.transforms import Pipeline, geometry_for
 
     geometry = geometry_for(input_size)
-    listing = list_split(data, "--data folder").images()
-    if not listing.files:
-        raise UserError(f"--data {data} has no image files (.jpg, .jpeg, .png, ...); put them in {data}/<class>/")
+    listing = list_split(data, "--data folder").images()     # a folder without image files is a UserError there
     if stats is None or stats.size != geometry.image_size:
         stats = folder_stats(listing, geometry.image_size)     # cached beside the data (or in the user cache)
     pipeline = Pipeline(stats, geometry, train=False, color_noise="none", views=views)
