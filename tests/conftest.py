@@ -47,6 +47,25 @@ def data_write_images():
     return write
 
 
+
+@pytest.fixture
+def data_jpeg_store(tmp_path, data_write_images):
+    """Data tests: ``data_jpeg_store(size, shape, per_class, seed)`` -> a store root whose train/ (and val/, the
+    same store) holds ``per_class`` random ``shape`` (H, W) JPEGs in classes a and b, prepared at ``size``."""
+    import numpy as np
+
+    from twogpu_alexnet.data.store import prepare_store
+
+    def make(size: int, shape=(40, 50), per_class: int = 3, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        data_write_images(tmp_path / "src", {f"{c}/{i}.jpg": rng.integers(0, 255, (*shape, 3)) for c in "ab"
+                                             for i in range(per_class)})
+        prepare_store(tmp_path / "src", tmp_path / "store" / "train", size=size, workers=1)
+        (tmp_path / "store" / "val").symlink_to(tmp_path / "store" / "train")
+        return tmp_path / "store"
+
+    return make
+
 @pytest.fixture
 def notes():
     """Engine tests: a reporter that keeps the messages a run or an evaluation shows (``notes.lines``)."""

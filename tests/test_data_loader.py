@@ -199,15 +199,9 @@ def test_gpu_batches_equal_the_cpu_batches(synthetic_train, cache):
 
 
 @pytest.mark.parametrize("train,views", [(True, 1), (False, 10)])
-def test_decoding_on_the_device_gives_the_worker_batches(tmp_path, data_write_images, train, views):
+def test_decoding_on_the_device_gives_the_worker_batches(tmp_path, data_jpeg_store, train, views):
     """data.decode=gpu: workers send a JPEG store's bytes, the loader decodes them on its device ("cpu" here)."""
-    from twogpu_alexnet.data.store import prepare_store
-
-    rng = np.random.default_rng(6)
-    files = {f"{c}/{i}.jpg": rng.integers(0, 255, (40, 50, 3)) for c in "ab" for i in range(6)}
-    data_write_images(tmp_path / "src", files)
-    prepare_store(tmp_path / "src", tmp_path / "store" / "train", size=32, workers=1)
-    (tmp_path / "store" / "val").symlink_to(tmp_path / "store" / "train")
+    data_jpeg_store(32, per_class=6, seed=6)
     options = DataOptions(input_size=32, seed=1)
     cpu = open_split("store", tmp_path / "store", "train", options, train=train, views=views)
     gpu = open_split("store", tmp_path / "store", "train", DataOptions(input_size=32, seed=1, decode="gpu"),
@@ -220,18 +214,13 @@ def test_decoding_on_the_device_gives_the_worker_batches(tmp_path, data_write_im
 
 
 
-def test_shared_memory_estimate_for_jpeg_batches(tmp_path, data_write_images, monkeypatch):
+def test_shared_memory_estimate_for_jpeg_batches(tmp_path, data_jpeg_store, monkeypatch):
     """data.decode=gpu sends JPEG bytes through /dev/shm, not uint8 views: the check counts the largest JPEG."""
     from collections import namedtuple
 
     from twogpu_alexnet.data import loader as loader_module
-    from twogpu_alexnet.data.store import prepare_store
 
-    rng = np.random.default_rng(8)
-    data_write_images(tmp_path / "src", {f"{c}/{i}.jpg": rng.integers(0, 255, (40, 50, 3)) for c in "ab"
-                                         for i in range(3)})
-    prepare_store(tmp_path / "src", tmp_path / "store" / "train", size=256, workers=1)
-    (tmp_path / "store" / "val").symlink_to(tmp_path / "store" / "train")
+    data_jpeg_store(256, seed=8)
     views = open_split("store", tmp_path / "store", "train", DataOptions(input_size=224))
     jpegs = open_split("store", tmp_path / "store", "train", DataOptions(input_size=224, decode="gpu"))
     largest = int(jpegs.dataset.source.length.max())
@@ -245,15 +234,10 @@ def test_shared_memory_estimate_for_jpeg_batches(tmp_path, data_write_images, mo
     with pytest.raises(UserError, match="shm-size"):
         make_loader(views, batch_size=4, workers=2, seed=0)
 
-@pytest.mark.gpu
-def test_nvjpeg_decoding_is_close_to_the_cpu_decoder(tmp_path, data_write_images):
-    from twogpu_alexnet.data.store import prepare_store
 
-    rng = np.random.default_rng(7)
-    data_write_images(tmp_path / "src", {f"{c}/{i}.jpg": rng.integers(0, 255, (300, 400, 3)) for c in "ab"
-                                         for i in range(4)})
-    prepare_store(tmp_path / "src", tmp_path / "store" / "train", size=256, workers=1)
-    (tmp_path / "store" / "val").symlink_to(tmp_path / "store" / "train")
+@pytest.mark.gpu
+def test_nvjpeg_decoding_is_close_to_the_cpu_decoder(tmp_path, data_jpeg_store):
+    data_jpeg_store(256, shape=(300, 400), per_class=4, seed=7)
     cpu = open_split("store", tmp_path / "store", "train", DataOptions(input_size=224))
     gpu = open_split("store", tmp_path / "store", "train", DataOptions(input_size=224, decode="gpu"))
     a = _batches(make_loader(cpu, batch_size=4, workers=0, seed=3), 0)

@@ -1,6 +1,5 @@
 """Loaders for two towers: each distinct device receives the uint8 batch and finishes it there; entries on one
 device share one tensor, and a loader with one distinct device yields plain tensors as before."""
-import numpy as np
 import pytest
 import torch
 
@@ -88,14 +87,8 @@ def test_the_gpu_cache_finishes_once_and_sends_the_batch_on(synthetic_train, mon
     assert [torch.equal(x[1], b.images[1]) for (x, _, _), b in zip(loader, pair)] == [True] * 3
 
 
-def test_jpeg_bytes_are_decoded_on_the_first_device_and_sent_on(tmp_path, data_write_images, monkeypatch):
-    from twogpu_alexnet.data.store import prepare_store
-
-    rng = np.random.default_rng(6)
-    data_write_images(tmp_path / "src", {f"{c}/{i}.jpg": rng.integers(0, 255, (40, 50, 3)) for c in "ab"
-                                         for i in range(4)})
-    prepare_store(tmp_path / "src", tmp_path / "store" / "train", size=32, workers=1)
-    (tmp_path / "store" / "val").symlink_to(tmp_path / "store" / "train")
+def test_jpeg_bytes_are_decoded_on_the_first_device_and_sent_on(tmp_path, data_jpeg_store, monkeypatch):
+    data_jpeg_store(32, per_class=4, seed=6)
     split = open_split("store", tmp_path / "store", "train", DataOptions(input_size=32, seed=1, decode="gpu"))
     one = _batches(make_loader(split, batch_size=4, workers=0, seed=3), 0)
     monkeypatch.setattr(loader_module, "device_slots", _every_entry_its_own_device)
