@@ -116,7 +116,7 @@ stage_bench() {
 
 stage_data() {
   local photos="$OUT/photos" n=1024 workers=$(($(nproc) > 2 ? $(nproc) - 2 : 1)) args
-  args=(--images "$n" --workers "$workers" --device "$DEV" --seconds 4)
+  args=(--images "$n" --workers "$workers" --device "$DEV" --seconds 2 --batch 128)
   [ "$DRY" = 1 ] && n=16 && args=(--images "$n" --workers 1 --seconds 0.2 --batch 8)
   "$PYTHON" - "$photos" "$n" <<'PY' || return 1
 import sys
@@ -220,7 +220,7 @@ stage env "${LIMIT_ENV:-30}" "GPU names and link, torch / CUDA / cuDNN, /dev/shm
 stage pytest "${LIMIT_PYTEST:-150}" "pytest -m gpu"
 stage train "${LIMIT_TRAIN:-150}" "trainer, $PRESET preset: two-tower bf16 + channels_last, resumed grouped, then flipped"
 stage bench "${LIMIT_BENCH:-75}" "bench model rows (bf16 + channels_last, batch $BATCH)"
-stage data "${LIMIT_DATA:-90}" "bench data: per worker, then the loader with nproc - 2 workers to the GPU, and the GPU cache"
+stage data "${LIMIT_DATA:-120}" "bench data: per worker, then the loader with nproc - 2 workers to the GPU, and the GPU cache"
 stage dropout "${LIMIT_DROPOUT:-40}" "dropout masks independent across towers"
 stage compile "${LIMIT_COMPILE:-$BUDGET}" "torch.compile with the time left (bench options)"
 
