@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Time-boxed device check: what one GPU for ten minutes (or two GPUs) can prove about this code.
 #
-#   OUT=gpu-check launch/gpu_check.sh                 # every GPU this machine shows; 480 s in all
+#   OUT=gpu-check launch/gpu_check.sh                 # every GPU this machine shows; 540 s in all
 #   BUDGET=900 OUT=gpu-check launch/gpu_check.sh      # more time (stages keep their own limits)
 #   CUDA_VISIBLE_DEVICES=0 OUT=gpu-check launch/gpu_check.sh    # as a one-GPU machine
 #   DRY=1 OUT=/tmp/dry launch/gpu_check.sh            # rehearsal: every stage on the CPU in tiny sizes
@@ -27,7 +27,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHON="${PYTHON:-python3}"
 export DRY="${DRY:-0}"
 export OUT="${OUT:-gpu-check-$(date +%Y%m%d-%H%M%S)}"
-BUDGET="${BUDGET:-480}"
+BUDGET="${BUDGET:-540}"
 export TRAIN_STEPS="${TRAIN_STEPS:-100}"   # training steps per epoch (three epochs: two-tower, grouped, flipped)
 export TRAIN_BATCH="${TRAIN_BATCH:-64}"     # the trainer's batch (synthetic 224 images cost ~15-40 ms of CPU each)
 export BATCH="${BATCH:-256}"                # bench model batch
@@ -115,8 +115,9 @@ stage_bench() {
 }
 
 stage_data() {
-  local photos="$OUT/photos" n=1024 workers=$(($(nproc) > 2 ? $(nproc) - 2 : 1)) args
-  args=(--images "$n" --workers "$workers" --device "$DEV" --seconds 2 --batch 128)
+  local photos n=1024 workers=$(($(nproc) > 2 ? $(nproc) - 2 : 1)) args
+  photos="$(mktemp -d)" && trap 'rm -rf "$photos"' RETURN
+  args=(--images "$n" --workers "$workers" --device "$DEV" --seconds 1.5 --batch 128)
   [ "$DRY" = 1 ] && n=16 && args=(--images "$n" --workers 1 --seconds 0.2 --batch 8)
   "$PYTHON" - "$photos" "$n" <<'PY' || return 1
 import sys
@@ -217,10 +218,10 @@ stage() {  # stage NAME LIMIT_S WHAT: run one stage body under min(LIMIT_S, budg
 }
 
 stage env "${LIMIT_ENV:-30}" "GPU names and link, torch / CUDA / cuDNN, /dev/shm"
-stage pytest "${LIMIT_PYTEST:-150}" "pytest -m gpu"
+stage pytest "${LIMIT_PYTEST:-120}" "pytest -m gpu"
 stage train "${LIMIT_TRAIN:-150}" "trainer, $PRESET preset: two-tower bf16 + channels_last, resumed grouped, then flipped"
 stage bench "${LIMIT_BENCH:-75}" "bench model rows (bf16 + channels_last, batch $BATCH)"
-stage data "${LIMIT_DATA:-120}" "bench data: per worker, then the loader with nproc - 2 workers to the GPU, and the GPU cache"
+stage data "${LIMIT_DATA:-90}" "bench data: per worker, then the loader with nproc - 2 workers to the GPU, and the GPU cache"
 stage dropout "${LIMIT_DROPOUT:-40}" "dropout masks independent across towers"
 stage compile "${LIMIT_COMPILE:-$BUDGET}" "torch.compile with the time left (bench options)"
 

@@ -77,7 +77,7 @@ def test_bench_data_rows_and_bad_numbers(data_split, capsys):
         assert f"{source}, 1 workers, batches of 3 finished on the CPU" in out, out
     assert "shared memory per image: 3,072 bytes" in out                 # 3 x 32 x 32 uint8
     for flag, value in (("--seconds", "0"), ("--seconds", "-1"), ("--images", "0"), ("--workers", "-1"),
-                        ("--batch", "0")):
+                        ("--batch", "0"), ("--device", "banana"), ("--device", "cpu")):
         assert main(["bench", "data", "--data", str(data_split), flag, value]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and flag in err[0]

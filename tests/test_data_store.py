@@ -270,3 +270,31 @@ def test_absurd_sizes_are_one_sentence(tmp_path, data_write_images):
         with pytest.raises(UserError, match=rf"--size {size!r} is outside 8..4096"):
             prepare_store(tmp_path / "src", tmp_path / "other", size=size, workers=1)
     assert not (tmp_path / "other").exists()
+
+
+def test_an_error_in_the_progress_callback_stops_the_pool_at_once(tmp_path, data_write_images, monkeypatch):
+    """The caller's loop over the pool's results raising (e.g. Ctrl-C in a progress bar) ends the pool there:
+    the chunks not started are cancelled instead of running on in the background."""
+    from twogpu_alexnet.data import store as store_module
+
+    data_write_images(tmp_path / "src", {f"c{i % 2}/im{i:02d}.png": _smooth(16, 16, i) for i in range(24)})
+    source_image = store_module._source_image
+
+    def slow(path, size):                          # 0.3 s a chunk (the forked workers inherit it)
+        time.sleep(0.3)
+        return source_image(path, size)
+
+    monkeypatch.setattr(store_module, "_source_image", slow)
+
+    class Stop(Exception):
+        pass
+
+    def progress(done, total):
+        if done:
+            raise Stop
+
+    with pytest.raises(Stop) as caught:
+        prepare_store(tmp_path / "src", tmp_path / "store", size=16, workers=2, chunk_size=1, progress=progress)
+    time.sleep(4)                     # ``caught`` keeps the traceback, so prepare_store's frame stays alive
+    done = len(list((tmp_path / "store" / "shards").glob("[0-9][0-9][0-9][0-9][0-9].pt")))   # chunks done
+    assert caught.value and 1 <= done <= 12, done   # the first, those running and the few already queued (not 24)

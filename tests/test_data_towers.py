@@ -120,3 +120,26 @@ def test_a_gpu_and_the_cpu_each_get_the_cpu_batch(synthetic_train, cache):
     same = _batches(make_loader(synthetic_train, batch_size=16, workers=2, seed=7, device=("cuda:0", "cuda")), 1)
     assert all(type(b.images) is torch.Tensor and b.images.is_cuda and torch.equal(b.images.cpu(), a.images)
                for a, b in zip(cpu, same))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("workers", [0, 2])
+def test_two_gpu_slots_each_copy_on_their_side_stream(synthetic_train, monkeypatch, workers):
+    """Two CUDA "devices" on one GPU: two side streams, two events, a TowerInputs of two CUDA tensors, each the
+    CPU batch (what two GPUs run; the model's work between batches is simulated by a long kernel)."""
+    cpu = _batches(make_loader(synthetic_train, batch_size=16, workers=workers, seed=7), 1)
+    monkeypatch.setattr(loader_module, "device_slots", _every_entry_its_own_device)
+    loader = make_loader(synthetic_train, batch_size=16, workers=workers, seed=7, device=("cuda:0", "cuda:0"))
+    loader.set_epoch(1)
+    got = []
+    for b in loader.batches():
+        torch.cuda._sleep(10_000_000)                       # the compute stream is busy while the next copy runs
+        got.append(b)
+    assert len(got) == len(cpu)
+    for a, b in zip(cpu, got):
+        assert isinstance(b.images, TowerInputs) and b.images[0] is not b.images[1]
+        assert all(x.is_cuda and torch.equal(x.cpu(), a.images) for x in b.images)
+
+
+def test_a_device_given_as_a_number_is_that_gpu():
+    assert loader_module.device_slots(0)[0] == (torch.device("cuda:0"),)

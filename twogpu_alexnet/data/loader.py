@@ -133,7 +133,8 @@ def device_slots(device) -> tuple[tuple[torch.device, ...], tuple[int, ...]]:
     """(the distinct devices of ``device`` -- one device or a sequence, one per tower -- in order of first
     appearance; for each entry the index of its device among them). ``cuda`` and ``cuda:N`` for the current
     GPU are one device."""
-    entries = [torch.device(device)] if isinstance(device, (str, torch.device)) else [torch.device(d) for d in device]
+    one = isinstance(device, (str, int, torch.device))
+    entries = [torch.device(device)] if one else [torch.device(d) for d in device]
     if not entries:
         raise UserError("the loader's device list is empty; pass a device such as cpu or cuda:0, or one per tower.")
     keys = [(d.type, torch.cuda.current_device() if d.type == "cuda" and d.index is None else d.index)
@@ -196,7 +197,7 @@ class Loader:
 
     def _ready(self, staged) -> Batch:
         """The staged batch finished on each of its devices (JPEG bytes: decoded and finished on the first)."""
-        raw, copies = staged
+        raw, copies, _ = staged
         if copies is None:                       # data.decode=gpu: one device decodes, the others get its result
             images, params, labels, skipped, indices = _decoded(raw, self.split, self.device)
             done = [self._finished(images, params, self.device)]
@@ -240,32 +241,37 @@ def _decoded(raw, split: Split, device):
 
 
 def _copy_ahead(raw, slots, streams):
-    """(raw, one (views, params) per device): the batch's H2D copies started, each on its device's side
-    stream (``streams``: None for the CPU), from memory pinned once, non-blocking; a CPU device takes the
-    worker's tensors as they are. JPEG bytes are left to ``Loader._ready`` (copies None)."""
+    """(raw, one (views, params) per device, one event per device): the batch's H2D copies started, each on its
+    device's side stream (``streams``: None for the CPU), from pinned memory, non-blocking, with an event
+    recorded after them; a CPU device takes the worker's tensors as they are. JPEG bytes are left to
+    ``Loader._ready`` (copies None)."""
     images, params = raw[:2]
     if isinstance(images, list):            # JPEG bytes: decoded on the device when the batch is used
-        return raw, None
+        return raw, None, None
     pinned = tuple(t if t.is_pinned() else t.pin_memory() for t in (images, params)) \
-        if any(s is not None for s in streams) else None     # pinned already by the DataLoader's thread
-    copies = []
+        if any(s is not None for s in streams) else None     # pinned already by the DataLoader's thread (workers)
+    copies, events = [], []
     for device, stream in zip(slots, streams):
         if stream is None:
             copies.append((images, params))
+            events.append(None)
             continue
         with torch.cuda.stream(stream):     # queued on the side stream: the compute stream does not wait here
             copies.append(tuple(t.to(device, non_blocking=True) for t in pinned))
-    return raw, copies
+            events.append(torch.cuda.Event())
+            events[-1].record(stream)       # this batch's copies only (the next batch's are queued after it)
+    return raw, copies, events
 
 
 def _arrived(staged, streams):
-    """Make each device's compute stream wait for its copy, and tell the allocator the tensors are used there."""
-    raw, copies = staged
-    for pair, stream in zip(copies or [], streams):
-        if stream is None:
+    """Make each device's compute stream wait for this batch's copy, and tell the allocator the tensors are used
+    there."""
+    raw, copies, events = staged
+    for pair, stream, event in zip(copies or [], streams, events or []):
+        if event is None:
             continue
         current = torch.cuda.current_stream(stream.device)
-        current.wait_stream(stream)          # the sync point: compute on this device starts after the copy
+        current.wait_event(event)            # the sync point: compute on this device starts after the copy
         for t in pair:
             t.record_stream(current)
     return staged

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import closing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -148,12 +149,13 @@ def source_stats(source, *, workers: int = 1, progress=None) -> Stats:
     n = len(source)
     chunk = max(1, min(CHUNK, -(-n // (4 * workers))))
     acc, done = StatsAccumulator(source.size), 0
-    for state, seen in pool_map(_chunk_sums, source, [range(lo, min(n, lo + chunk)) for lo in range(0, n, chunk)],
-                                workers):
-        acc.merge(StatsAccumulator.from_state(state))
-        done += seen
-        if progress is not None:
-            progress(done, n)
+    tasks = [range(lo, min(n, lo + chunk)) for lo in range(0, n, chunk)]
+    with closing(pool_map(_chunk_sums, source, tasks, workers)) as results:    # an error here stops the pool
+        for state, seen in results:
+            acc.merge(StatsAccumulator.from_state(state))
+            done += seen
+            if progress is not None:
+                progress(done, n)
     return acc.finish()
 
 

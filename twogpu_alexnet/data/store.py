@@ -18,6 +18,7 @@ import math
 import os
 import time
 from collections import OrderedDict
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -62,10 +63,11 @@ def prepare_store(data, out, *, size: int = 256, fmt: str = "jpeg", quality: int
     if progress is not None:
         progress(done, n)
     try:
-        for seen in pool_map(_prepare_chunk, job, todo[:max_chunks], workers):
-            done += seen
-            if progress is not None:
-                progress(done, n)
+        with closing(pool_map(_prepare_chunk, job, todo[:max_chunks], workers)) as results:  # an error here stops it
+            for seen in results:
+                done += seen
+                if progress is not None:
+                    progress(done, n)
     except OSError as exc:  # disk full, store folder removed, ... (unreadable images are skipped, not raised)
         raise UserError(
             f"writing the store {out} failed ({exc.strerror or exc}); fix that and run the same command again "
