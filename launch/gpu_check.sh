@@ -132,8 +132,23 @@ for i, (img, y) in enumerate(zip(images, labels.tolist())):   # ImageNet's mean 
     folder.mkdir(parents=True, exist_ok=True)
     Image.fromarray(img.permute(1, 2, 0).numpy()).resize((500, 375), Image.BICUBIC).save(folder / f"{i}.jpg", quality=90)
 PY
-  COLUMNS=200 "$PYTHON" -m twogpu_alexnet bench data --data "$photos" "${args[@]}" || return 1
-  echo "see data.log for the rows"
+  "$PYTHON" -m twogpu_alexnet bench data --data "$photos" "${args[@]}" --json >"$OUT/data.json" || return 1
+  "$PYTHON" - "$OUT/data.json" <<'PY'   # the table, then the summary line: the issue's targets met or not
+import json, sys
+from rich.console import Console
+from twogpu_alexnet.cli.bench_data import table
+r = json.load(open(sys.argv[1]))
+Console(width=200).print(table(r))
+ref = r["reference_img_s"]
+parts = [f"per worker vs reference: raw files {r['raw_img_s'] / ref:.2f}x, JPEG store {r['prepared_img_s'] / ref:.2f}x, "
+         f"raw store {r['prepared_raw_img_s'] / ref:.2f}x"]
+for key, name, target in (("device_img_s", f"JPEG store to the GPU, {r.get('loader_workers')} workers", 25_000),
+                          ("nvjpeg_device_img_s", "nvJPEG", None), ("cache_img_s", "GPU cache", 50_000)):
+    if key in r:
+        verdict = "" if target is None else f" ({'meets' if r[key] >= target else 'below'} the {target:,} target)"
+        parts.append(f"{name} {r[key]:,.0f} images/s{verdict}")
+print("; ".join(parts))
+PY
 }
 
 stage_dropout() {
