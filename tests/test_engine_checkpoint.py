@@ -11,7 +11,8 @@ from twogpu_alexnet.errors import UserError
 
 
 def _payload(value: float) -> dict:
-    return {"model": {"fc8.weight": torch.full((3, 2), value)}, "epoch": int(value), "batch": 0, "step": 7}
+    return {"model": {"fc8.weight": torch.full((3, 2), value)}, "epoch": int(value), "batch": 0, "step": 7,
+            "optimizer": {}, "scheduler": {}, "rng": [], "config": {}, "best_val_top1_error": 0.5}
 
 
 def test_save_and_load_round_trip_with_weights_only(tmp_path):
@@ -79,7 +80,7 @@ def test_foreign_and_missing_files_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="not a twogpu-alexnet training checkpoint"):
         ckpt.load_checkpoint(tmp_path / "plain.pt")
     torch.save({"model": _Unsafe()}, tmp_path / "pickle.pt")  # arbitrary pickled objects are refused
-    with pytest.raises(UserError, match="pickle.pt is not a readable checkpoint"):
+    with pytest.raises(UserError, match="pickle.pt holds pickled Python objects, which are not loaded"):
         ckpt.load_checkpoint(tmp_path / "pickle.pt")
     with pytest.raises(UserError, match="does not exist"):
         ckpt.load_checkpoint(tmp_path / "nothing.pt")
@@ -161,22 +162,22 @@ def test_a_training_run_that_fills_the_disk_exits_2_and_resumes(tmp_path, monkey
 
 
 def test_a_full_disk_while_appending_metrics_is_one_sentence_and_resumes(tmp_path, monkeypatch, capsys):
-    import builtins
     import errno
 
+    from twogpu_alexnet import files
     from twogpu_alexnet.cli import main
 
     run = tmp_path / "run"
-    real_open, appends = builtins.open, []
+    real_open, appends = files.os.open, []
 
-    def open_(file, mode="r", *args, **kwargs):  # epoch 1's lines fit, then the disk is full
-        if str(file).endswith("metrics.jsonl") and "a" in mode:
+    def open_(file, flags, *args, **kwargs):  # epoch 1's lines fit, then the disk is full
+        if str(file).endswith("metrics.jsonl") and flags & os.O_APPEND:
             appends.append(1)
             if len(appends) > 2:
                 raise OSError(errno.ENOSPC, "No space left on device")
-        return real_open(file, mode, *args, **kwargs)
+        return real_open(file, flags, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "open", open_)
+    monkeypatch.setattr(files.os, "open", open_)
     assert main(["train", "--out", str(run)] + _TINY_RUN) == 2
     err = capsys.readouterr().err
     assert f"error: could not write {run / 'metrics.jsonl'} (the disk is full)" in err, err

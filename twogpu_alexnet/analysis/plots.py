@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import files
+
 PLOTS_HINT = "install matplotlib to draw the plots: pip install 'twogpu-alexnet[plots]' (or pip install matplotlib)"
 TOWER_COLORS = ("#4c72b0", "#dd8452")
 
@@ -70,7 +72,7 @@ def save_score_plot(summary: dict, path, title: str | None = None) -> Path | Non
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    files.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return path
 
@@ -99,7 +101,7 @@ def save_training_curves(steps: list[dict], epochs: list[dict], out_dir) -> dict
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / f"{name}.png", dpi=110)
+        files.write_atomic(out / f"{name}.png", lambda f: fig.savefig(f, format="png", dpi=110))
         plt.close(fig)
         written[name] = out / f"{name}.png"
 

@@ -13,6 +13,7 @@ import html
 import math
 from pathlib import Path
 
+from .. import files
 from ..engine.metrics import read_metrics
 from ..errors import UserError
 from ..model.load import load_weights
@@ -96,7 +97,7 @@ def build_report(run_dir, out_dir=None) -> dict:
 
     page = _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad)
     html_path = out / "report.html"
-    html_path.write_text(page, encoding="utf-8")
+    files.write_atomic(html_path, page)
     return {
         "run": str(run),
         "html": str(html_path),

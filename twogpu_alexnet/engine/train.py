@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import files
 from ..data.loader import TowerInputs
 from ..errors import UserError
 from ..model import build_model
@@ -32,7 +33,7 @@ from .metrics import MetricsLog, topk_correct
 from .optim import load_optimizer_state, make_optimizer, optimizer_state
 from .placement import Placement, resolve
 from .progress import Pace, Reporter
-from .rundir import RunFolder, write_error
+from .rundir import RunFolder, resume_hint
 from .schedule import Schedule
 from .signals import StopRequest
 
@@ -272,8 +273,9 @@ def _lr_of(optimizer) -> float:
 # The run.
 
 def train(config: Config, run_dir: "str | os.PathLike", *, resume: bool = False, reporter: Reporter | None = None,
-          stop: StopRequest | None = None, ctx: DistContext | None = None) -> RunResult:
-    """Train per ``config`` into ``run_dir`` (or continue the run there with ``resume=True``).
+          stop: StopRequest | None = None, ctx: DistContext | None = None, from_epoch: int | None = None) -> RunResult:
+    """Train per ``config`` into ``run_dir`` (or continue the run there with ``resume=True``; from the
+    end of epoch ``from_epoch``'s checkpoint instead of the newest one when given).
 
     Returns a :class:`RunResult`; its ``exit_code`` is 0 when done, 130/143 after SIGINT/SIGTERM (a
     checkpoint saved), 3 after a non-finite loss. User mistakes raise UserError before any data is
@@ -298,9 +300,12 @@ def train(config: Config, run_dir: "str | os.PathLike", *, resume: bool = False,
             reporter.message(note)
         payload, resumed_from, notes = None, None, []
         if resume:
-            payload, resumed_from, notes = ckpt.load_latest(run_dir)
+            payload, resumed_from, notes = ckpt.load_latest(run_dir, from_epoch)
             for note in notes:
                 reporter.message(f"{note}; resuming from {resumed_from.name}")
+            if from_epoch is not None:
+                reporter.message(f"rolling back to the end of epoch {from_epoch} ({resumed_from.name}): the run goes "
+                                 "on from there; its later checkpoints and metrics lines are replaced as it goes")
         reporter.message(f"run folder: {run_dir}" + (" (resuming)" if resume else ""))
         reporter.message(placement.note)
 
@@ -429,13 +434,8 @@ class _Run:
         """config.toml: the resolved config (what --resume reads)."""
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            path = self.run_dir / "config.toml"
-            tmp = path.with_name(".config.toml.tmp")
-            try:
-                tmp.write_text(to_toml(self.config))
-                os.replace(tmp, path)
-            except OSError as exc:
-                raise write_error(exc, str(path), self.run_dir) from None
+            files.write_atomic(self.run_dir / "config.toml", to_toml(self.config), then=resume_hint(self.run_dir),
+                               error_folder=self.run_dir)
 
     # ----- the loop ------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -587,7 +587,7 @@ class _Run:
             record.update(epoch_color_fields(summary))
             self.result.color = summary
             if epoch in set(c.analysis.kernel_grid_epochs) | {c.train.epochs}:
-                (self.run_dir / "kernels").mkdir(exist_ok=True)
+                files.make_folder(self.run_dir / "kernels", "kernel grids")
                 save_kernel_grid(weights, self.run_dir / "kernels" / f"epoch_{epoch:03d}.png")
                 self.board.kernel_grid(weights, self.step)
         self.log.write(record)

@@ -45,32 +45,59 @@ def _strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def read_file(path: "str | Path") -> object:
+    """What ``path`` holds, loaded with ``torch.load(weights_only=True)`` on the cpu: the one place a
+    checkpoint file is read. A missing, truncated or foreign file, and pickled Python objects (which
+    could run code when loaded), are one sentence each."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise UserError(f"checkpoint {path} {what}; pass a file such as RUN/checkpoints/last.pt")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, or objects that weights_only refuses
+        if "Weights only load failed" in str(exc):
+            raise UserError(f"{path} holds pickled Python objects, which are not loaded because loading them can "
+                            "run any code; pass a file of tensors written by twogpu-alexnet train or "
+                            "torch.save(model.state_dict())") from None
+        raise UserError(
+            f"{path} is not a readable checkpoint (truncated or not written by torch.save); pass a file written by "
+            "twogpu-alexnet train or torch.save(model.state_dict())"
+        ) from None
+
+
+def check_finite(state: Mapping[str, Tensor], path: "str | Path") -> None:
+    """UserError naming the first tensor of ``state`` that holds NaN or infinity (numbers computed from
+    such weights would mean nothing)."""
+    for key, value in state.items():
+        if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            kind = "NaN" if bool(torch.isnan(value).any()) else "infinite values"
+            raise UserError(f"{path}: {key} holds {kind}; these weights are broken (the training diverged): "
+                            "use an earlier checkpoint")
+
+
 def load_weights(path: "str | Path") -> tuple[dict[str, Tensor], dict]:
     """A training checkpoint or a plain state dict (either layout) -> (canonical state, metadata).
 
     The canonical layout is the two-tower one, except for a checkpoint of a one-tower preset
     (``paper-half``), whose only layout is ``conv1.weight`` ... ``fc8.bias``. Metadata holds the
     checkpoint's other entries (``preset``, ``epoch``, ...), with ``preset`` None for a plain state
-    dict and ``num_classes`` read from fc8.
+    dict and ``num_classes`` read from fc8. Weights holding NaN or infinity are refused.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; pass a file such as RUN/checkpoints/last.pt")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # truncated, not a torch file, or objects that weights_only refuses
-        raise UserError(
-            f"{path} is not a readable checkpoint (truncated, not written by torch.save, or holding more than "
-            "tensors); pass a file written by twogpu-alexnet train or torch.save(model.state_dict())"
-        ) from None
+    obj = read_file(path)
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         state, meta = obj["model"], {k: v for k, v in obj.items() if k != "model"}
+        if not all(isinstance(v, Tensor) for v in state.values()):
+            raise UserError(f"{path}: its model entry holds values that are not tensors; the checkpoint is damaged: "
+                            "use another one")
     elif isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
         state, meta = obj, {}
     else:
         raise UserError(
             f"{path} holds neither a training checkpoint nor a state dict of tensors; pass RUN/checkpoints/last.pt"
         )
+    check_finite(state, path)
     try:
         state = to_layout(state, canonical_layout(meta.get("preset")))
     except UserError as exc:
