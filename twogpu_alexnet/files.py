@@ -56,7 +56,8 @@ def refuse_link(path: "str | os.PathLike", what: str | None = None) -> None:
         raise UserError(f"{path} is a symbolic link (to {os.readlink(path)}); refusing to write "
                         f"{what or 'it'} through it: remove the link and run again")
     if path.is_dir():
-        raise UserError(f"{path} is a folder, where {what or 'a file'} belongs; move the folder away and run again")
+        raise UserError(f"{path} is a folder, but the program writes {what or 'a file'} there; move the folder away "
+                        "and run again")
 
 
 class _Recorded:

@@ -291,6 +291,7 @@ def train(config: Config, run_dir: "str | os.PathLike", *, resume: bool = False,
     validate(config)
     tc = config.train
     rank_batch = distributed.per_rank_batch(tc.batch_size, ctx)
+    distributed.check_rendezvous(ctx)
     placement = resolve(config.model, ctx)
     check_speed(config, placement)
     check_data(config)
@@ -570,6 +571,13 @@ class _Run:
         train_time = p["time_s"]
         loss_total, images, skipped, nonfinite = distributed.sum_across(
             [p["loss_sum"], p["images"], p["skipped"], p["nonfinite"]], ctx)
+        if images == 0 and nonfinite == 0:
+            raise UserError(f"epoch {epoch} trained on no image: all {int(skipped)} training images read were skipped "
+                            "(unreadable, or larger than TWOGPU_ALEXNET_MAX_PIXELS allows); check the images in "
+                            "data.root or raise that limit")
+        if val[2] == 0:
+            raise UserError(f"epoch {epoch} validated on no image: no validation image could be read (unreadable, or "
+                            "larger than TWOGPU_ALEXNET_MAX_PIXELS allows); check the images in data.root's val/")
         lr_used = _lr_of(self.optimizer)
         dropped = self.schedule.end_epoch(epoch, top1)
         is_best = top1 < self.best
@@ -586,10 +594,12 @@ class _Run:
             record["color_score_tower1"] = summary["weights"]["towers"][1]["mean"]
             record.update(epoch_color_fields(summary))
             self.result.color = summary
-            if epoch in set(c.analysis.kernel_grid_epochs) | {c.train.epochs}:
-                files.make_folder(self.run_dir / "kernels", "kernel grids")
-                save_kernel_grid(weights, self.run_dir / "kernels" / f"epoch_{epoch:03d}.png")
-                self.board.kernel_grid(weights, self.step)
+        # the Figure-3 grids asked for, with or without the colour statistics
+        grids = set(c.analysis.kernel_grid_epochs) | ({c.train.epochs} if self.color_on else set())
+        if self.main and save_kernel_grid is not None and epoch in grids:
+            files.make_folder(self.run_dir / "kernels", "kernel grids")
+            save_kernel_grid(weights, self.run_dir / "kernels" / f"epoch_{epoch:03d}.png")
+            self.board.kernel_grid(weights, self.step)
         self.log.write(record)
         self.board.record(record, self.step)
         self.reporter.epoch(record)
