@@ -249,3 +249,14 @@ def test_prepare_on_a_full_disk_is_one_sentence_and_leaves_no_temporary_files(tm
     assert "(the disk is full)" in err and "run the same prepare command again" in err, err
     assert "Traceback" not in err
     assert not [p for p in store.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_hard_link_at_the_lock_or_the_metrics_is_not_written_into(tmp_path):
+    outside = _outside(tmp_path)
+    os.link(outside, tmp_path / ".lock")
+    with pytest.raises(UserError, match=r"\.lock has other names \(hard links\); refusing to write the lock into it"):
+        files.open_lock_file(tmp_path / ".lock")
+    os.link(outside, tmp_path / "metrics.jsonl")
+    with pytest.raises(UserError, match="metrics.jsonl has other names"):
+        files.append_text(tmp_path / "metrics.jsonl", "{}\n")
+    assert outside.read_text() == _OUTSIDE

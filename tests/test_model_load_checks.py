@@ -107,3 +107,15 @@ def test_a_training_checkpoint_without_what_resume_needs_is_one_sentence(tmp_pat
         ckpt.load_checkpoint(tmp_path / "c.pt")
     shutil.copy(tmp_path / "c.pt", tmp_path / "d.pt")
     assert load_weights(tmp_path / "d.pt")[1]["epoch"] == 1  # lenient: its weights still evaluate
+
+
+def test_a_two_tower_state_with_towers_of_different_shapes_is_one_sentence(tmp_path, capsys):
+    state = build_model("cifar", mode="two-tower", devices=("cpu", "cpu")).state_dict()
+    state["towers.1.conv1.weight"] = state["towers.1.conv1.weight"][:5].clone()
+    torch.save(state, tmp_path / "w.pt")
+    with pytest.raises(UserError, match=r"towers.1.conv1.weight is of shape \(5, 3, 5, 5\) but towers.0.conv1.weight "
+                                        r"has shape \(48, 3, 5, 5\); the two towers of a layer must match"):
+        load_weights(tmp_path / "w.pt")
+    assert main(["kernels", "--checkpoint", str(tmp_path / "w.pt"), "--out", str(tmp_path / "k")]) == 2
+    err = capsys.readouterr().err
+    assert "the two towers of a layer must match" in err and "Traceback" not in err

@@ -56,7 +56,7 @@ def read_file(path: "str | Path") -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, not a torch file, or objects that weights_only refuses
-        if "Weights only load failed" in str(exc):
+        if "Weights only load failed" in str(exc) and _pickle_or_zip(path):
             raise UserError(f"{path} holds pickled Python objects, which are not loaded because loading them can "
                             "run any code; pass a file of tensors written by twogpu-alexnet train or "
                             "torch.save(model.state_dict())") from None
@@ -64,6 +64,16 @@ def read_file(path: "str | Path") -> object:
             f"{path} is not a readable checkpoint (truncated or not written by torch.save); pass a file written by "
             "twogpu-alexnet train or torch.save(model.state_dict())"
         ) from None
+
+
+def _pickle_or_zip(path: Path) -> bool:
+    """Whether ``path`` starts as torch's zip format or a pickle does (not text that happens to fail unpickling)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def check_finite(state: Mapping[str, Tensor], path: "str | Path") -> None:
@@ -74,6 +84,20 @@ def check_finite(state: Mapping[str, Tensor], path: "str | Path") -> None:
             kind = "NaN" if bool(torch.isnan(value).any()) else "infinite values"
             raise UserError(f"{path}: {key} holds {kind}; these weights are broken (the training diverged): "
                             "use an earlier checkpoint")
+
+
+def check_towers(state: Mapping[str, Tensor], path: "str | Path") -> None:
+    """UserError when a two-tower state's towers differ: every ``towers.0.K`` has a ``towers.1.K`` of the same
+    shape (the towers of every preset are mirror images)."""
+    for key, value in state.items():
+        if not key.startswith("towers.0."):
+            continue
+        twin = "towers.1." + key[len("towers.0."):]
+        other = state.get(twin)
+        if other is None or tuple(other.shape) != tuple(value.shape):
+            found = "missing" if other is None else f"of shape {tuple(other.shape)}"
+            raise UserError(f"{path}: {twin} is {found} but {key} has shape {tuple(value.shape)}; the two towers "
+                            "of a layer must match: the file is damaged or not an AlexNet state dict")
 
 
 def load_weights(path: "str | Path") -> tuple[dict[str, Tensor], dict]:
@@ -98,6 +122,7 @@ def load_weights(path: "str | Path") -> tuple[dict[str, Tensor], dict]:
             f"{path} holds neither a training checkpoint nor a state dict of tensors; pass RUN/checkpoints/last.pt"
         )
     check_finite(state, path)
+    check_towers(state, path)
     try:
         state = to_layout(state, canonical_layout(meta.get("preset")))
     except UserError as exc:
