@@ -43,8 +43,8 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
-from .. import files
 from ..errors import UserError
+from ..files import write_atomic
 from ..model.load import check_finite
 from ..spec import get_spec
 from . import output_folder
@@ -386,7 +386,7 @@ def save_kernel_grid(state: dict, path, **options) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid = kernel_grid(state, **options)
-    return files.write_atomic(path, lambda f: save_image(grid, f, format="png"))
+    return write_atomic(path, lambda f: save_image(grid, f, format="png"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -424,7 +424,7 @@ def analyze_state(state: dict, out_dir, about: dict, *, init: dict | None = None
     plot = save_score_plot(summary, out / "scores.png", title=title)
     files["scores"] = str(plot) if plot else None
     result = {**about, **summary, "files": files}
-    files.write_atomic(out / "kernels.json", json.dumps(result, indent=1) + "\n")
+    write_atomic(out / "kernels.json", json.dumps(result, indent=1) + "\n")
     return result
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .. import files
 from ..errors import UserError
+from ..files import write_atomic
 from .decode import CorruptImage
 from .pool import pool_map
 
@@ -188,7 +188,7 @@ def check_side(size, option: str = "--size") -> int:
 def save_stats(stats: Stats, path, extra: dict | None = None) -> Path:
     """Write stats (plus ``extra`` identification keys) atomically to ``path``."""
     payload = {**stats.to_dict(), **(extra or {})}
-    return files.write_atomic(path, lambda f: torch.save(payload, f), what=f"statistics file {path}")
+    return write_atomic(path, lambda f: torch.save(payload, f), what=f"statistics file {path}")
 
 
 def load_stats(path) -> tuple[Stats, dict]:

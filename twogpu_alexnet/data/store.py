@@ -217,7 +217,8 @@ def _prepare_chunk(job: dict, chunk: int) -> int:
     ids = range(chunk * job["chunk_size"], min(len(job["files"]), (chunk + 1) * job["chunk_size"]))
     data_path = shards / f"{chunk:05d}.data"
     files.refuse_link(data_path, f"store file {data_path}")
-    for old in shards.glob(f".{chunk:05d}.*.tmp"):  # left by a prepare that was killed while writing this chunk
+    # left by a prepare killed while writing this chunk (also the fixed names of older versions)
+    for old in [*shards.glob(f".{chunk:05d}.*.tmp"), *shards.glob(f"{chunk:05d}.*.tmp")]:
         old.unlink(missing_ok=True)
     tmp = None
     acc, rows, skipped = StatsAccumulator(size), [], []
