@@ -17,7 +17,7 @@ from ..engine.metrics import read_metrics
 from ..errors import UserError
 from ..model.load import load_weights
 from . import output_folder
-from .kernels import specialization
+from .kernels import run_specialization, score_name
 from .plots import PLOTS_HINT, save_training_curves
 
 CURVES = ("loss", "error", "lr", "color_score")
@@ -29,12 +29,13 @@ EPOCH_COLUMNS = (
     ("lr", "lr", "{:.3g}"),
     ("time_s", "time (s)", "{:.0f}"),
     ("skipped", "skipped", "{}"),
-    ("color_score_tower0", "colour score tower 0", "{:.3f}"),
-    ("color_score_tower1", "colour score tower 1", "{:.3f}"),
-    ("learned_color_score_tower0", "learned (W - W0) tower 0", "{:.3f}"),
-    ("learned_color_score_tower1", "learned (W - W0) tower 1", "{:.3f}"),
-    ("color_kernels", "colour kernels", "{}"),
-    ("color_p_value", "colour p (perm.)", "{:.3g}"),
+    ("color_score_tower0", "colour of W, tower 0", "{:.3f}"),
+    ("color_score_tower1", "colour of W, tower 1", "{:.3f}"),
+    ("learned_color_score_tower0", "colour of L, tower 0", "{:.3f}"),
+    ("learned_color_score_tower1", "colour of L, tower 1", "{:.3f}"),
+    ("color_effect_size", "r (of L)", "{:+.2f}"),
+    ("color_p_value", "p (of L)", "{:.2g}"),
+    ("color_split", "split", "{}"),
 )
 
 
@@ -138,7 +139,8 @@ def _last_checkpoint_summary(run: Path):
         return None, "no checkpoints/last.pt in this run"
     try:
         state, meta = load_weights(path)
-        summary = specialization(state, meta.get("conv1_init"))
+        step = meta.get("step") if isinstance(meta.get("step"), int) else None
+        summary = run_specialization(state, meta.get("conv1_init"), run_dir=run, step=step, meta=meta)
     except UserError as exc:
         return None, str(exc)
     summary["epoch"] = meta.get("epoch")
@@ -241,17 +243,18 @@ def _at(epoch) -> str:
 
 
 def _towers_html(t: dict) -> str:
-    learned = t.get("measured") == "learned"
-    rows = [[str(s["tower"]), str(s["n"]), f"{s['mean']:.3f}", f"{t['baseline']:.3f}", f"{s['median']:.3f}",
+    rows = [[str(s["tower"]), str(s["n"]), f"{s['mean']:.3f}", f"{s['median']:.3f}",
              f"{s['q1']:.3f}", f"{s['q3']:.3f}", f"{s['count_above']} ({s['frac_above']:.0%})", f"{s['red_green']:.3f}",
-             f"{s['blue_yellow']:.3f}"] for s in t["towers"]]
-    table = _table(("tower", "kernels", "mean", "random kernels", "median", "q1", "q3", f"> {t['threshold']:g}",
-                    "red-green", "blue-yellow"), rows)
+             f"{s['blue_yellow']:.3f}", f"{s['low_frequency']:.3f}",
+             "" if s.get("moved_median") is None else f"{s['moved_median']:.0%}"] for s in t["towers"]]
+    table = _table(("tower", "kernels", "mean", "median", "q1", "q3", f"> {t['threshold']:g}",
+                    "red-green", "blue-yellow", "low frequency", "moved"), rows)
     where = f"checkpoints/last.pt (epoch {t['epoch']})" if t.get("epoch") is not None else "checkpoints/last.pt"
-    what = "the learned part W - W0 of conv1 (what training added to the step-0 kernels)" if learned else (
-        "conv1's weights W (this checkpoint does not keep conv1 at step 0: the scores include the random init)")
-    return (f"<p>Colour-specificity score (share of a kernel's energy outside gray) of {html.escape(what)}, "
-            f"in {html.escape(where)}:</p>" + table
-            + f"<p>difference {t['difference']:+.3f} (tower 1 - tower 0), permutation p = {t['p_value']:.4g}, "
-            f"Fisher p = {t['fisher_p_value']:.4g} (kernels above {t['threshold']:g}), rank-biserial "
-            f"{t['effect_size']:+.2f}: <b>{html.escape(t['verdict'])}</b> (alpha {t['alpha']:g}).</p>")
+    w = t["weights"]["towers"]
+    return (f"<p>Colour-specificity score (share of a kernel's energy outside gray) of the "
+            f"{html.escape(score_name(t))} of conv1, in {html.escape(where)}:</p>" + table
+            + f"<p><b>{html.escape(t['verdict'])}</b>.</p>"
+            + f"<p class='note'>Descriptive: difference of means {t['difference']:+.3f} (tower 1 - tower 0), "
+            f"Fisher p = {t['fisher_p_value']:.2g} (kernels above {t['threshold']:g}); the weights W score "
+            f"{w[0]['mean']:.3f} / {w[1]['mean']:.3f} (random kernels 0.667), "
+            f"r = {t['weights']['effect_size']:+.2f}.</p>")
