@@ -1,5 +1,6 @@
 """`twogpu-alexnet report` and `kernels` on run folders and checkpoints (analysis/report.py, cli)."""
 import base64
+import html
 import json
 import re
 import sys
@@ -158,7 +159,7 @@ def test_kernels_command_control_and_preset_mismatch(tmp_path, capsys):
     assert main(["kernels", "--checkpoint", str(path), "--out", str(tmp_path / "a")]) == 0
     printed = capsys.readouterr().out
     assert "cifar-onetower" in printed and "arbitrary split" in printed
-    assert "median" in printed and "no significant difference" in printed  # the table and the verdict
+    assert "median" in printed and "no split; weights W" in printed  # the table and the verdict
     assert main(["kernels", "--checkpoint", str(path), "--preset", "paper", "--out", str(tmp_path / "b")]) == 2
     assert "expects (96, 3, 11, 11)" in capsys.readouterr().err
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
@@ -205,9 +206,11 @@ def test_report_builds_from_a_real_short_training_run(tmp_path, capsys):
     assert epochs[0]["color_score_tower0"] == pytest.approx(towers["weights"]["towers"][0]["mean"])
     assert epochs[0]["learned_color_score_tower0"] == pytest.approx(towers["towers"][0]["mean"])
     assert epochs[0]["learned_color_score_tower1"] == pytest.approx(towers["learned"]["towers"][1]["mean"])
-    assert epochs[0]["color_kernels"] == towers["gate"]["color_kernels"]
+    # the one verdict: the trainer's epoch line and the report say the same words
+    assert epochs[0]["color_verdict"] == towers["verdict"] and epochs[0]["color_split"] == towers["split"]
     page = (run / "report" / "report.html").read_text()
     assert "Do the towers specialize?" in page and len(_embedded_pngs(page)) >= 1
+    assert html.escape(towers["verdict"]) in page
 
 
 def test_kernels_command_without_matplotlib(tmp_path, monkeypatch, capsys):
