@@ -355,7 +355,7 @@ def score_name(result: dict) -> str:
     if result.get("measured") != "learned":
         return "weights W"
     c = result.get("init_scale")
-    return "learned part L = W - W0" if c == 1 else f"learned part L = W - {c:.4g}*W0"
+    return "learned part L = W - W0" if c == 1 else f"learned part L = W - {c:.8g}*W0"
 
 
 def verdict_sentence(result: dict) -> str:
