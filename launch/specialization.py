@@ -185,20 +185,23 @@ def main() -> int:
             jobs.append((run, args))
     print(f"{len(jobs)} of {len(names)} runs to train or continue ({steps} steps each)", file=sys.stderr, flush=True)
     failed = run_all(out, jobs, parallel, out / "logs")
-    from twogpu_alexnet.cli import main as cli
+    from rich.console import Console
 
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        code = cli(["kernels", "--compare", *map(str, names), "--json"])
-    if code != 0:
-        print("error: kernels --compare failed; see the runs' logs in " + str(out / "logs"), file=sys.stderr)
+    from twogpu_alexnet.analysis.compare import compare_runs
+    from twogpu_alexnet.cli.kernels import compare_lines, compare_table
+    from twogpu_alexnet.errors import UserError
+
+    try:
+        result = compare_runs(names)  # the protocol's defaults: what `kernels --compare --json` prints
+    except UserError as exc:
+        print(f"error: {exc} (logs in {out / 'logs'})", file=sys.stderr)
         return 1
-    (out / "compare.json").write_text(buffer.getvalue())
-    result = json.loads(buffer.getvalue())
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        cli(["kernels", "--compare", *map(str, names)])
-    table = buffer.getvalue()
+    (out / "compare.json").write_text(json.dumps(result) + "\n")
+    console = Console(file=io.StringIO(), width=140, color_system=None)
+    console.print(compare_table(result))
+    for line in compare_lines(result):
+        console.print(line, soft_wrap=True, markup=False)
+    table = console.file.getvalue()
     (out / "compare.txt").write_text(table)
     import torch
 

@@ -41,7 +41,7 @@ from torchvision.utils import make_grid, save_image
 from ..errors import UserError
 from ..spec import get_spec
 from . import output_folder
-from .plots import save_score_plot
+from .plots import save_kernel_figure, save_score_plot
 
 COLOR_AXES = ("achromatic", "red_green", "blue_yellow")
 # Rows: an orthonormal basis of RGB space, achromatic first, then the two opponent axes.
@@ -557,9 +557,15 @@ def write_analysis(state: dict, summary: dict, out_dir, about: dict, *, init: di
     out = output_folder(out_dir)
     files = {"kernels": str(save_kernel_grid(state, out / "kernels.png"))}
     files["learned"] = None
+    panels = [("weights W", kernel_grid(state))]
     if init is not None and summary.get("measured") == "learned":
-        files["learned"] = str(save_kernel_grid(learned_state(state, init, summary["init_scale"]),
-                                                out / "learned.png"))
+        learned = learned_state(state, init, summary["init_scale"])
+        files["learned"] = str(save_kernel_grid(learned, out / "learned.png"))
+        panels.append((score_name(summary), kernel_grid(learned)))
+    layout = grid_layout(state)
+    figure = save_kernel_figure(panels, out / "figure3.png", title=summary.get("verdict"),
+                                tower_rows=(layout.tower_height / 2, layout.tower_height * 1.5 + layout.gap))
+    files["figure"] = str(figure) if figure else None
     plot = save_score_plot(summary, out / "scores.png", title=title)
     files["scores"] = str(plot) if plot else None
     result = {**about, **summary, "files": files}
