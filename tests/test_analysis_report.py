@@ -75,10 +75,13 @@ def test_report_builds_from_a_run_folder(analysis_run_folder, tmp_path):
     assert result["towers"]["color_specific_tower"] == 1  # the planted split in last.pt
     page = (analysis_run_folder / "report" / "report.html").read_text()
     pngs = _embedded_pngs(page)
-    assert len(pngs) == 4 + 2  # four curves and the two kernel grids, all inline
+    assert len(pngs) == 4 + 2 + 1  # four curves, the two kernel grids and last.pt's W-beside-L figure, all inline
+    assert (analysis_run_folder / "report" / "kernels_last.png").read_bytes() in pngs
+    assert result["preset"] == "cifar" and result["steps_done"] == 12
+    assert "<td>cifar</td>" in page
     assert all(p.startswith(b"\x89PNG") for p in pngs)
     assert (analysis_run_folder / "kernels" / "epoch_003.png").read_bytes() in pngs
-    assert "tower 1 is the colour-specific one" in page
+    assert "tower 1 is the colour-specific one" in page and "alpha 0.05 (alpha" not in page
     assert "&lt;b&gt;not markup&lt;/b&gt;" in page  # config shown escaped
     assert "60.00%" in page  # best top-1 error in the summary table
     assert "src=\"http" not in page and "href=" not in page  # self-contained

@@ -17,8 +17,8 @@ from ..engine.metrics import read_metrics
 from ..errors import UserError
 from ..model.load import load_weights
 from . import output_folder
-from .kernels import run_specialization, score_name
-from .plots import PLOTS_HINT, save_training_curves
+from .kernels import grid_layout, kernel_grid, learned_state, run_specialization, score_name
+from .plots import PLOTS_HINT, save_kernel_figure, save_training_curves
 
 CURVES = ("loss", "error", "lr", "color_score")
 EPOCH_COLUMNS = (
@@ -91,11 +91,12 @@ def build_report(run_dir, out_dir=None) -> dict:
     out = output_folder(out_dir if out_dir else run / "report")
     curves = save_training_curves(steps, epochs, out)
     grids = sorted((run / "kernels").glob("*.png")) if (run / "kernels").is_dir() else []
-    towers, towers_note = _last_checkpoint_summary(run)
+    towers, towers_note, figure = _last_checkpoint_summary(run, out)
     summary = _summary(epochs)
     config = (run / "config.toml").read_text(errors="replace") if (run / "config.toml").is_file() else None
+    summary.update(_run_facts(config, steps, towers))
 
-    page = _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad)
+    page = _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad, figure)
     html_path = out / "report.html"
     html_path.write_text(page, encoding="utf-8")
     return {
@@ -104,6 +105,7 @@ def build_report(run_dir, out_dir=None) -> dict:
         "plots": {name: str(p) for name, p in (curves or {}).items()},
         "plots_missing": None if curves is not None else PLOTS_HINT,
         "kernel_grids": [str(p) for p in grids],
+        "kernel_figure": str(figure) if figure else None,
         "epochs": len(epochs),
         "steps": len(steps),
         "unreadable_lines": bad,
@@ -132,20 +134,45 @@ def _summary(epochs: list[dict]) -> dict:
     }
 
 
-def _last_checkpoint_summary(run: Path):
-    """The colour statistics of checkpoints/last.pt, or (None, why not)."""
+def _last_checkpoint_summary(run: Path, out: Path):
+    """The colour statistics of checkpoints/last.pt and its W-beside-L figure, or (None, why not, None)."""
     path = run / "checkpoints" / "last.pt"
     if not path.is_file():
-        return None, "no checkpoints/last.pt in this run"
+        return None, "no checkpoints/last.pt in this run", None
     try:
         state, meta = load_weights(path)
         step = meta.get("step") if isinstance(meta.get("step"), int) else None
-        summary = run_specialization(state, meta.get("conv1_init"), run_dir=run, step=step, meta=meta)
+        init = meta.get("conv1_init")
+        summary = run_specialization(state, init, run_dir=run, step=step, meta=meta)
     except UserError as exc:
-        return None, str(exc)
+        return None, str(exc), None
     summary["epoch"] = meta.get("epoch")
     summary["preset"] = meta.get("preset")
-    return summary, None
+    panels = [("weights W", kernel_grid(state))]
+    if summary["measured"] == "learned":
+        panels.append((score_name(summary), kernel_grid(learned_state(state, init, summary["init_scale"]))))
+    layout = grid_layout(state)
+    rows = (layout.tower_height / 2, layout.tower_height * 1.5 + layout.gap)
+    figure = save_kernel_figure(panels, out / "kernels_last.png",
+                                title=f"checkpoints/last.pt, epoch {meta.get('epoch')}", tower_rows=rows)
+    return summary, None, figure
+
+
+def _run_facts(config: str | None, steps: list[dict], towers: dict | None) -> dict:
+    """Preset, device, steps and data of the run, from config.toml and the metrics (None where unknown)."""
+    import tomllib
+
+    try:
+        c = tomllib.loads(config) if config else {}
+    except tomllib.TOMLDecodeError:
+        c = {}
+    model, data, train = c.get("model", {}), c.get("data", {}), c.get("train", {})
+    last_step = max((r["step"] for r in steps), default=None)
+    return {"preset": model.get("preset") or (towers or {}).get("preset"),
+            "device": f"{model.get('mode', '?')} on {', '.join(model.get('devices') or []) or 'auto'}"
+            if model else None,
+            "steps_done": last_step, "batch_size": train.get("batch_size"),
+            "data": f"{data.get('source', '?')}: {data.get('root') or '(built in)'}" if data else None}
 
 
 def _number(value) -> bool:
@@ -185,7 +212,7 @@ pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; 
 """
 
 
-def _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad) -> str:
+def _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad, figure=None) -> str:
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(run.name)} - "
         f"twogpu-alexnet report</title>",
@@ -196,6 +223,10 @@ def _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad)
 
     parts.append("<h2>Summary</h2>")
     rows = [
+        ("preset", _cell(summary["preset"], "{}")),
+        ("device", _cell(summary["device"], "{}")),
+        ("data", _cell(summary["data"], "{}")),
+        ("steps (batch)", _cell(summary["steps_done"], "{}") + _cell(summary["batch_size"], " ({})")),
         ("epochs", _cell(summary["last_epoch"], "{}")),
         ("best val top-1 error", _cell(summary["best_val_top1_error"], "{:.2%}") + _at(summary["best_top1_epoch"])),
         ("best val top-5 error", _cell(summary["best_val_top5_error"], "{:.2%}") + _at(summary["best_top5_epoch"])),
@@ -219,9 +250,13 @@ def _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad)
         parts.append(_towers_html(towers))
     else:
         parts.append(f"<p class='note'>No colour statistics: {html.escape(towers_note)}.</p>")
+    if figure:
+        parts.append(f"<figure>{_image(figure, 'conv1 of checkpoints/last.pt: W and the learned part')}<figcaption>"
+                     "conv1 of checkpoints/last.pt: the weights W and the learned part L side by side; tower 0 in "
+                     "the top rows, tower 1 below</figcaption></figure>")
     if grids:
-        parts.append("<p>conv1 kernels as in the paper's Figure 3: tower 0 in the top rows, tower 1 below; "
-                     "each kernel contrast-normalized on its own.</p>")
+        parts.append("<p>conv1 kernels W at the saved epochs, as in the paper's Figure 3: tower 0 in the top rows, "
+                     "tower 1 below; each kernel contrast-normalized on its own.</p>")
         parts += [
             f"<figure>{_image(p, p.stem)}<figcaption>{html.escape(p.stem.replace('_', ' '))}</figcaption></figure>"
             for p in grids
@@ -233,7 +268,8 @@ def _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad)
     present = [c for c in EPOCH_COLUMNS if any(r.get(c[0]) is not None for r in epochs)]
     parts.append(_table([c[1] for c in present], [[_cell(r.get(k), f) for k, _, f in present] for r in epochs]))
     if config is not None:
-        parts.append(f"<h2>Configuration</h2><pre>{html.escape(config)}</pre>")
+        parts.append("<h2>Configuration</h2><p class='note'>config.toml: the settings of the run's latest start "
+                     "(a resume with --set rewrites it).</p>" f"<pre>{html.escape(config)}</pre>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
