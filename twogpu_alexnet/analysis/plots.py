@@ -32,7 +32,7 @@ def save_score_plot(summary: dict, path, title: str | None = None) -> Path | Non
         return None
     import numpy as np
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), gridspec_kw={"width_ratios": [2, 1]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [2, 1]})
     rng = np.random.default_rng(0)
     scores = summary["scores"]
     import matplotlib
@@ -63,7 +63,7 @@ def save_score_plot(summary: dict, path, title: str | None = None) -> Path | Non
         bottom += values
     right.set_ylim(0, 1)
     right.set_ylabel("mean share of kernel energy")
-    right.legend(fontsize=7, loc="lower right")
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)  # off the bars
     if title:  # wrapped, and room kept above the axes, so it is never cut
         fig.suptitle(textwrap.fill(title, 110), fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.9 if title else 1))

@@ -120,7 +120,8 @@ def run(args) -> int:
         console.print(
             f"{result['preset']} has no towers: its two conv1 halves are an arbitrary split (the control).", style="dim"
         )
-    written = [f for f in (result["files"]["kernels"], result["files"].get("learned"), result["files"]["scores"]) if f]
+    files = result["files"]
+    written = [f for f in (files["kernels"], files.get("learned"), files.get("figure"), files["scores"]) if f]
     console.print(f"wrote {', '.join(written)}", soft_wrap=True, markup=False)
     if not result["files"]["scores"]:
         console.print(f"no score plot: {PLOTS_HINT}", style="dim", soft_wrap=True)
