@@ -5,7 +5,8 @@
 that already holds a checkpoint is continued (--resume) up to the same step count; a finished one is
 left alone. conv1 of every epoch checkpoint is copied to OUT/conv1/<run>/epoch_NNN.pt (conv1 of both
 towers, W0, step and epoch: small), so the per-epoch kernels outlive the trainer's pruning. At the end:
-OUT/compare.json (`kernels --compare --json`), OUT/compare.txt (the table) and OUT/summary.md.
+OUT/compare.json (`kernels --compare --json`), OUT/compare.txt (the table), OUT/scores.json (per run and
+epoch: per-kernel scores of W and L, r, p, the verdict) and OUT/summary.md.
 
 Settings come from the environment (launch/specialization.sh sets them): OUT, DATA (train/ and val/),
 DRY (1: the CPU rehearsal), STEPS, EPOCHS, PARALLEL, TOWERS, CONTROL, BATCH, plus the trainer's
@@ -127,6 +128,28 @@ def run_all(out: Path, jobs: list[tuple[Path, list[str]]], parallel: int, log: P
     return failed
 
 
+def epoch_scores(out: Path, runs: list[Path]) -> list[dict]:
+    """Per run and saved epoch: the per-kernel scores of W and L and the per-run statistics (for scores.json)."""
+    import tomllib
+    import torch
+
+    from twogpu_alexnet.analysis.kernels import run_specialization
+
+    rows = []
+    for run in runs:
+        config = tomllib.loads((run / "config.toml").read_text()) if (run / "config.toml").is_file() else {}
+        for path in sorted((out / "conv1" / run.name).glob("epoch_*.pt")):
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            s = run_specialization(saved["conv1"], saved["conv1_init"], run_dir=run, step=saved["step"],
+                                   meta={"config": config})
+            rows.append({"run": run.name, "epoch": saved["epoch"], "step": saved["step"],
+                         "init_scale": s["init_scale"], "split": s["split"], "effect_size": s["effect_size"],
+                         "p_value": s["p_value"], "verdict": s["verdict"], "learned_scores": s["scores"],
+                         "weights_scores": s["weights"]["scores"], "low_frequency_scores": s["low_frequency_scores"],
+                         "moved": s["moved"]})
+    return rows
+
+
 def measured_rate(run: Path) -> float | None:
     """Training images/s of the run's epochs (metrics.jsonl epoch lines' img_s, averaged)."""
     path = run / "metrics.jsonl"
@@ -155,7 +178,8 @@ def summary_md(out: Path, result: dict, table: str, info: dict) -> str:
         f"- wall time {info['wall_s']:.0f} s; training images/s per run (mean of epochs): "
         f"{info['img_s'] if info['img_s'] is None else round(info['img_s'])}",
         f"- torch {info['torch']}, python {info['python']}, commit {info['commit']}",
-        "- every trainer setting: the run folders' config.toml; per-epoch conv1: conv1/<run>/epoch_NNN.pt", "",
+        "- every trainer setting: the run folders' config.toml; per-epoch conv1: conv1/<run>/epoch_NNN.pt; "
+        "per-kernel scores of W and L at every saved epoch: scores.json", "",
         "```", table.rstrip(), "```", "",
         f"**Conclusion:** {result['conclusion']}", "",
     ]
@@ -203,6 +227,7 @@ def main() -> int:
         console.print(line, soft_wrap=True, markup=False)
     table = console.file.getvalue()
     (out / "compare.txt").write_text(table)
+    (out / "scores.json").write_text(json.dumps(epoch_scores(out, names)) + "\n")
     import torch
 
     rates = [r for r in (measured_rate(run) for run in names) if r]

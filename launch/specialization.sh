@@ -18,7 +18,8 @@
 # Running it again continues unfinished runs (and skips finished ones) with the same settings.
 # Writes OUT/runs/<preset>-s<seed>/ (run folders), OUT/conv1/<run>/epoch_NNN.pt (conv1 per epoch),
 # OUT/logs/, OUT/compare.json (`kernels --compare --json`: runs, across, conclusion),
-# OUT/compare.txt and OUT/summary.md. Exit status 0 when every run finished; 2 for bad settings.
+# OUT/compare.txt, OUT/scores.json (per-kernel scores per saved epoch) and OUT/summary.md.
+# Exit status 0 when every run finished; 2 for bad settings.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
@@ -28,9 +29,9 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}"
 
-if [ "$DRY" = "1" ]; then  # tiny: generated 32-px images, the cifar presets, 2 x 1 steps per run, in one process
+if [ "$DRY" = "1" ]; then  # tiny: generated 32-px images, the cifar presets, 2 steps (1 epoch) per run, in one process
   DATA="${DATA:-$OUT/dry-source}"
-  export STEPS="${STEPS:-2}" EPOCHS="${EPOCHS:-2}" PARALLEL=1 TOWERS=cifar CONTROL=cifar-onetower BATCH=4 CONFIG=""
+  export STEPS="${STEPS:-2}" EPOCHS="${EPOCHS:-1}" PARALLEL=1 TOWERS=cifar CONTROL=cifar-onetower BATCH=4 CONFIG=""
   VAL_PER_CLASS=2
   export OMP_NUM_THREADS=1  # tiny tensors: one thread each, no spin-waiting on a busy machine
   export SETTINGS='data.source="imagefolder"

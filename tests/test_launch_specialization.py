@@ -41,9 +41,12 @@ def test_dry_study_keeps_the_protocol_shape(tmp_path):
     # conv1 of every epoch, kept beside the runs
     for r in runs:
         saved = sorted((out / "conv1" / Path(r["run"]).name).glob("epoch_*.pt"))
-        assert [p.name for p in saved] == ["epoch_001.pt", "epoch_002.pt"]
+        assert [p.name for p in saved] == ["epoch_001.pt"]
         last = torch.load(saved[-1], map_location="cpu", weights_only=True)
         assert last["step"] == 2 and sorted(last["conv1"]) == ["towers.0.conv1.weight", "towers.1.conv1.weight"]
+    scores = json.loads((out / "scores.json").read_text())  # per-kernel scores per saved epoch
+    assert len(scores) == 15 and all(len(s["learned_scores"][0]) == 48 and s["step"] == 2 for s in scores)
+    assert [s["split"] for s in scores] == [r["split"] for r in runs]
     summary = (out / "summary.md").read_text()
     assert "10 two-tower runs, 5 controls, 2 steps each" in summary and result["conclusion"] in summary
     # run again: nothing left to train, the same numbers
