@@ -171,7 +171,7 @@ def summary_md(out: Path, result: dict, table: str, info: dict) -> str:
     lines = [
         "# Figure-3 study: summary", "",
         f"- protocol: docs/specialization.md; {a['two_tower_runs']} two-tower runs, {a['control_runs']} controls, "
-        f"{info['steps']} steps each ({info['epochs']} epochs of {info['steps_per_epoch']} steps, batch "
+        f"{info['steps']} steps each ({info['epochs']} epoch(s) of {info['steps_per_epoch']} steps, batch "
         f"{info['batch']})",
         f"- data: {info['data']}; presets {info['towers']} / {info['control']}; device {info['device']}; "
         f"{info['parallel']} run(s) at a time",

@@ -161,7 +161,7 @@ def summary_table(result: dict) -> Table:
             str(t["tower"]), str(t["n"]), f"{t['mean']:.3f}", f"{t['median']:.3f}",
             f"{t['q1']:.3f}", f"{t['q3']:.3f}", f"{t['count_above']} ({100 * t['frac_above']:.0f}%)",
             f"{t['red_green']:.3f}", f"{t['blue_yellow']:.3f}", f"{t['low_frequency']:.3f}",
-            "-" if moved is None else f"{100 * moved:.0f}%",
+            "-" if moved is None else _percent(moved),
         )
     w = result["weights"]["towers"]
     caption = (f"weights W: mean {w[0]['mean']:.3f} / {w[1]['mean']:.3f} (random kernels: {result_baseline():.3f}), "
@@ -172,6 +172,11 @@ def summary_table(result: dict) -> Table:
             caption += "; c taken from the config (no step history in metrics.jsonl)"
     table.caption = caption
     return table
+
+
+def _percent(share: float) -> str:
+    """A movement as a percentage: whole percents, two significant digits below 1%."""
+    return f"{100 * share:.0f}%" if share >= 0.01 else f"{100 * share:.2g}%"
 
 
 def result_baseline() -> float:
@@ -198,7 +203,7 @@ def compare_table(result: dict) -> Table:
         table.add_row(
             Path(r["run"]).name, r["preset"] + (" *" if r["control"] else ""), str(r["steps"]),
             "L" if r["measured"] == "learned" else "W", f"{r['tower0_mean']:.3f}", f"{r['tower1_mean']:.3f}",
-            "-" if moved[0] is None else f"{100 * moved[0]:.0f}% / {100 * moved[1]:.0f}%",
+            "-" if moved[0] is None else f"{_percent(moved[0])} / {_percent(moved[1])}",
             f"{r['effect_size']:+.2f}", f"{r['p_value']:.2g}",
             f"yes (tower {tower})" if r["split"] else "no",
         )
