@@ -259,3 +259,19 @@ def test_report_skips_a_malformed_metrics_line_with_a_note(line, tmp_path, capsy
     steps, epochs, bad = run_metrics(run)
     assert bad == 1 and steps == [] and [e["epoch"] for e in epochs] == [1]
     assert "1 unreadable line(s) in metrics.jsonl were skipped" in (run / "report" / "report.html").read_text()
+
+
+def test_report_shows_every_config_a_resumed_run_used(tmp_path, capsys):
+    run = tmp_path / "resumed"
+    common = ["--set", "train.max_steps_per_epoch=1", "--set", "train.batch_size=8", "--set",
+              "data.synthetic_images=16", "--set", "data.synthetic_val_images=8", "--set", 'model.mode="grouped"',
+              "--set", "analysis.kernel_grid_epochs=[]", "--json"]
+    assert main(["train", "--out", str(run), "--set", "train.epochs=1", "--set", "train.lr=0.0001", *common]) in (0, 3)
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=2", "--set", "train.lr=0.0002",
+                 "--json"]) in (0, 3)
+    capsys.readouterr()
+    result = build_report(run)
+    assert "epoch_001.pt" in result["configs"][0]["checkpoints"] and result["configs"][0]["step"] == 1
+    assert len(result["configs"]) == 2 and result["configs"][1]["step"] == 2
+    page = (run / "report" / "report.html").read_text()
+    assert "lr = 0.0001" in page and "lr = 0.0002" in page and "2 different configurations" in page

@@ -95,8 +95,9 @@ def build_report(run_dir, out_dir=None) -> dict:
     summary = _summary(epochs)
     config = (run / "config.toml").read_text(errors="replace") if (run / "config.toml").is_file() else None
     summary.update(_run_facts(config, steps, towers))
+    configs = checkpoint_configs(run)
 
-    page = _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad, figure)
+    page = _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad, figure, configs)
     html_path = out / "report.html"
     html_path.write_text(page, encoding="utf-8")
     return {
@@ -106,6 +107,7 @@ def build_report(run_dir, out_dir=None) -> dict:
         "plots_missing": None if curves is not None else PLOTS_HINT,
         "kernel_grids": [str(p) for p in grids],
         "kernel_figure": str(figure) if figure else None,
+        "configs": [{"checkpoints": names, "step": step} for names, step, _ in configs],
         "epochs": len(epochs),
         "steps": len(steps),
         "unreadable_lines": bad,
@@ -156,6 +158,29 @@ def _last_checkpoint_summary(run: Path, out: Path):
     figure = save_kernel_figure(panels, out / "kernels_last.png",
                                 title=f"checkpoints/last.pt, epoch {meta.get('epoch')}", tower_rows=rows)
     return summary, None, figure
+
+
+def checkpoint_configs(run: Path) -> list[tuple[list[str], int | None, str]]:
+    """Every distinct config the run's kept checkpoints were written under (a resume with --set changes it):
+    (checkpoint names, the earliest step among them, the config as TOML), earliest first. Tensors are
+    memory-mapped, not read."""
+    import torch
+
+    from ..engine.config import from_dict, to_toml
+
+    found: dict[str, tuple[list[str], int | None]] = {}
+    folder = run / "checkpoints"
+    for path in sorted(folder.glob("*.pt")) if folder.is_dir() else []:
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            text = to_toml(from_dict(payload["config"]))
+        except Exception:  # unreadable, not a training checkpoint, or a config of another version: left out
+            continue
+        step = payload.get("step") if isinstance(payload.get("step"), int) else None
+        names, first = found.get(text, ([], None))
+        found[text] = (names + [path.name], step if first is None or (step is not None and step < first) else first)
+    return sorted(((names, step, text) for text, (names, step) in found.items()),
+                  key=lambda c: (c[1] is None, c[1] or 0))
 
 
 def _run_facts(config: str | None, steps: list[dict], towers: dict | None) -> dict:
@@ -212,7 +237,7 @@ pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; 
 """
 
 
-def _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad, figure=None) -> str:
+def _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad, figure=None, configs=()) -> str:
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(run.name)} - "
         f"twogpu-alexnet report</title>",
@@ -270,6 +295,12 @@ def _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad,
     if config is not None:
         parts.append("<h2>Configuration</h2><p class='note'>config.toml: the settings of the run's latest start "
                      "(a resume with --set rewrites it).</p>" f"<pre>{html.escape(config)}</pre>")
+    if len(configs) > 1:
+        parts.append(f"<p>The kept checkpoints were written under {len(configs)} different configurations (the run "
+                     "was resumed with other settings); earliest first:</p>")
+        for names, step, text in configs:
+            parts.append(f"<p class='note'>{html.escape(', '.join(names))} (from step {html.escape(str(step))}):</p>"
+                         f"<pre>{html.escape(text)}</pre>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
