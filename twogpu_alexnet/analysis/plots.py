@@ -191,6 +191,6 @@ def save_kernel_figure(panels: list[tuple[str, "object"]], path, title: str | No
     fig.tight_layout(rect=(0, 0, 1, 0.85 if title else 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    files.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return path

@@ -49,16 +49,16 @@ def _strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def read_file(path: "str | Path") -> object:
+def read_file(path: "str | Path", *, mmap: bool = False) -> object:
     """What ``path`` holds, loaded with ``torch.load(weights_only=True)`` on the cpu: the one place a
     checkpoint file is read. A missing, truncated or foreign file, and pickled Python objects (which
-    could run code when loaded), are one sentence each."""
+    could run code when loaded), are one sentence each. ``mmap``: tensors mapped, not read (a zip file only)."""
     path = Path(path)
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
         raise UserError(f"checkpoint {path} {what}; pass a file such as RUN/checkpoints/last.pt")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # truncated, not a torch file, or objects that weights_only refuses
         if "Weights only load failed" in str(exc) and _pickle_or_zip(path):
             raise UserError(f"{path} holds pickled Python objects, which are not loaded because loading them can "
