@@ -33,7 +33,8 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 def write_error(exc: OSError, what: str, folder: "str | os.PathLike", then: str | None = None) -> UserError:
     """One sentence for an OSError while writing ``what`` in ``folder`` (a full disk, a quota, a file
     system gone read-only, no permission): the files written before are unchanged; ``then`` is what
-    to do once the cause is fixed (default: run the command again)."""
+    to do once the cause is fixed (default: run the command again; one that goes on with ``--resume``
+    says the previous checkpoints are unchanged)."""
     code = getattr(exc, "errno", None)
     if code in DISK_FULL:
         why, fix = "the disk is full", "free space"
@@ -43,10 +44,8 @@ def write_error(exc: OSError, what: str, folder: "str | os.PathLike", then: str 
         why, fix = f"no permission to write in {folder}", f"give this user write permission on {folder}"
     else:
         why, fix = exc.strerror or str(exc), "fix that"
-    if then is None:
-        return UserError(f"could not write {what} ({why}); the files written before are unchanged: {fix} and "
-                         "run the command again")
-    return UserError(f"could not write {what} ({why}); the previous checkpoints are unchanged: {fix} and {then}")
+    kept = "the previous checkpoints are" if then and "--resume" in then else "the files written before are"
+    return UserError(f"could not write {what} ({why}); {kept} unchanged: {fix} and {then or 'run the command again'}")
 
 
 def refuse_link(path: "str | os.PathLike", what: str | None = None) -> None:
