@@ -207,3 +207,27 @@ def test_store_errors_reach_the_cli_as_one_sentence(tmp_path, data_write_images,
                  "--set", "model.preset=cifar", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and "lists 2 classes" in err and "Traceback" not in err
+
+
+def test_a_feature_cache_with_labels_out_of_range_is_rebuilt(tmp_path, data_write_images, capsys):
+    from twogpu_alexnet import build_model
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "last.pt"
+    torch.save({"model": build_model("cifar", mode="two-tower", devices=("cpu", "cpu")).state_dict(),
+                "preset": "cifar", "num_classes": 10, "epoch": 1}, ckpt)
+    rng = np.random.default_rng(0)
+    data_write_images(tmp_path / "train", {f"{c}/{i}.png": rng.integers(0, 255, (32, 32, 3)) for c in ("x", "y")
+                                           for i in range(3)})
+    args = ["neighbors", "--checkpoint", str(ckpt), "--data", str(tmp_path / "train"), "--queries",
+            str(tmp_path / "train" / "x" / "0.png"), "--k", "2", "--out", str(tmp_path / "nn"),
+            "--cache", str(tmp_path / "cache"), "--json"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    (cache,) = (tmp_path / "cache").glob("fc7-*.pt")
+    entry = torch.load(cache, weights_only=True)
+    torch.save({**entry, "labels": [7] * len(entry["labels"])}, cache)
+    assert main(args) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["cached"] is False and again["queries"] == first["queries"]
+    assert torch.load(cache, weights_only=True)["labels"] == entry["labels"]          # rewritten
