@@ -20,8 +20,6 @@ from twogpu_alexnet.data.split import StoreSource
 from twogpu_alexnet.data.store import prepare_store
 from twogpu_alexnet.errors import UserError
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
 
 def _smooth(h, w, seed=0):
     """A smooth colour image (JPEG reproduces it closely)."""
