@@ -32,8 +32,8 @@ import warnings
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
-from torchcodec.decoders import decode_image as _codec_decode_image
 from torchcodec.decoders import decode_jpeg as _codec_decode_jpeg
+from torchcodec.decoders import decode_png as _codec_decode_png
 from torchcodec.encoders import JpegEncoder
 
 from ..errors import UserError
@@ -214,10 +214,13 @@ def to_rgb8(img: torch.Tensor) -> torch.Tensor:
 
 
 def _decode_codec(data: torch.Tensor, buf: memoryview) -> torch.Tensor:
-    if buf[:8] == PNG_SIGNATURE and len(buf) > 24 and buf[24] == 16:
+    """A JPEG or PNG (known from its header) decoded by torchcodec's decoder for that format."""
+    if buf[:2] == JPEG_SIGNATURE:
+        return _codec_decode_jpeg(data, mode="RGB")
+    if len(buf) > 24 and buf[24] == 16:
         # 16-bit PNG: decoded as stored and brought to 8 bits by to_rgb8 (the high byte)
-        return to_rgb8(_codec_decode_image(data, mode="UNCHANGED", output_dtype="auto"))
-    return to_rgb8(_codec_decode_image(data, mode="RGB"))
+        return to_rgb8(_codec_decode_png(data, mode="UNCHANGED", output_dtype="auto"))
+    return to_rgb8(_codec_decode_png(data, mode="RGB"))
 
 
 def decode_jpeg(data: torch.Tensor) -> torch.Tensor:
