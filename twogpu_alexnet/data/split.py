@@ -302,4 +302,4 @@ def compute_split_stats(data, *, size: int = 256, workers: int | None = None, fo
         reader = StoreSource(path)
         stats = source_stats(reader, workers=worker_count(workers), progress=progress)
         save_stats(stats, target, {"source": "store", "fingerprint": reader.meta["fingerprint"]})
-    return load_stats(target)[0], target
+    return store_stats(path), target
