@@ -270,6 +270,7 @@ def _finalize(out: Path, meta: dict, walk_skipped: list) -> None:
     if acc.images:
         save_stats(acc.finish(), out / "stats.pt", {"source": "store", "fingerprint": meta["fingerprint"]})
     meta.update(complete=True, written=acc.images, skipped=len(skipped), bytes=sum(int(p["bytes"]) for p in parts),
+                shard_bytes=[shard_path(out, c).stat().st_size for c in range(meta["chunks"])],
                 sha256=store_checksums(out, meta["chunks"]))
     _write(out / "store.json", meta)
     for c in range(meta["chunks"]):                   # the sums are in stats.pt now

@@ -160,18 +160,17 @@ def _shard_head(store: Path, chunk: int) -> tuple[int, bytes]:
 
 
 def _check_jpeg_shards(store: Path, meta: dict, cols: dict) -> tuple[dict, int]:
-    sizes, used = {}, torch.unique(cols["shard"]).tolist()
-    for chunk in used:
+    sizes = {}
+    for chunk in range(meta["chunks"]):
         size, head = _shard_head(store, chunk)
         if head.startswith(NPY_MAGIC):
             raise damaged(store, f"store.json says format jpeg but shards/{chunk:05d}.data holds a raw array")
         if head and not head.startswith(JPEG_MAGIC):
             raise damaged(store, f"shards/{chunk:05d}.data does not start with a JPEG")
         sizes[chunk] = size
-    if not used:
-        return sizes, 0
-    limit = torch.zeros(meta["chunks"], dtype=torch.int64)
-    limit[torch.tensor(used)] = torch.tensor([sizes[c] for c in used], dtype=torch.int64)
+    if meta.get("shard_bytes") == [sizes[c] for c in range(meta["chunks"])] or not len(cols["shard"]):
+        return sizes, 0                        # every shard as long as prepare wrote it: nothing to look up per row
+    limit = torch.tensor([sizes[c] for c in range(meta["chunks"])], dtype=torch.int64)
     ends = cols["offset"].long() + cols["length"].long()
     return sizes, int((ends > limit[cols["shard"].long()]).sum())
 
@@ -179,8 +178,7 @@ def _check_jpeg_shards(store: Path, meta: dict, cols: dict) -> tuple[dict, int]:
 def _check_raw_shards(store: Path, meta: dict, cols: dict) -> tuple[dict, int]:
     sizes, side = {}, meta["size"]
     rows = torch.zeros(meta["chunks"], dtype=torch.int64)
-    used = torch.unique(cols["shard"]).tolist()
-    for chunk in used:
+    for chunk in range(meta["chunks"]):
         name = f"shards/{chunk:05d}.data"
         size, head = _shard_head(store, chunk)
         if head.startswith(JPEG_MAGIC):
@@ -201,7 +199,7 @@ def _check_raw_shards(store: Path, meta: dict, cols: dict) -> tuple[dict, int]:
         if size != expected:
             raise damaged(store, f"{name} is {size:,} bytes where its {shape[0]:,} rows need {expected:,} (cut short?)")
         sizes[chunk], rows[chunk] = size, shape[0]
-    if used and bool((cols["offset"].long() >= rows[cols["shard"].long()]).any()):
+    if len(cols["shard"]) and bool((cols["offset"].long() >= rows[cols["shard"].long()]).any()):
         raise damaged(store, "index.pt points at rows beyond the end of their shard")
     return sizes, 0
 
