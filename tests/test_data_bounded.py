@@ -191,3 +191,15 @@ def test_our_codecs_and_a_prepare_raise_no_warning(tmp_path, data_write_images):
         from twogpu_alexnet.data.split import StoreSource
 
         StoreSource(tmp_path / "store").image(0)
+
+
+def test_bench_decoder_rows_measure_the_same_pixels(tmp_path, data_write_images):
+    from twogpu_alexnet.bench_data import decoder_rates
+
+    data_write_images(tmp_path / "src", {f"{c}/{i}.jpg": _photo_like(30, 40, i) for c in "ab" for i in range(2)})
+    result = decoder_rates(tmp_path / "src", images=4, seconds=0.02)
+    assert result["images"] == 4 and (result["mean_height"], result["mean_width"]) == (30, 40)
+    for name in ("decode_rgb", "torchcodec", "torchvision_io", "pil"):
+        assert result[f"{name}_decode_img_s"] > 0
+    assert result["torchcodec_max_diff"] == result["torchvision_io_max_diff"] == 0
+    assert result["pil_max_diff"] <= 2          # PIL's libjpeg may round its colour conversion differently
