@@ -4,7 +4,6 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
-from ..model.summary import summarize
 from ..spec import PRESETS
 from .common import add_json_flag, console_for, print_json
 
@@ -28,6 +27,8 @@ def _shape(dims) -> str:
 
 
 def run(args) -> int:
+    from ..model.summary import summarize
+
     summary = summarize(args.preset, args.num_classes)
     if args.json:
         print_json(summary)

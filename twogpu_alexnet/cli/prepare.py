@@ -1,13 +1,12 @@
 """``twogpu-alexnet prepare``: the paper's one-time step (shorter side 256, centre crop) into a fast store."""
 from __future__ import annotations
 
-import os
-
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..errors import UserError
 from .common import add_json_flag, console_for, late_progress_bar, print_json
+from .options import add_out, add_workers
 
 
 def add_parser(subparsers) -> None:
@@ -23,14 +22,14 @@ def add_parser(subparsers) -> None:
         "twogpu-alexnet prepare --data ILSVRC2012/val --out store/val",
     )
     p.add_argument("--data", required=True, help="split folder whose subfolders are the classes")
-    p.add_argument("--out", required=True, help="store folder to create (or to resume)")
+    add_out(p, what="store folder to create (or to resume)")
     p.add_argument(
         "--size", type=int, default=256, help="stored image side: 256 for 224 inputs (default), 32 for cifar (8..4096)"
     )
     p.add_argument("--format", dest="fmt", choices=("jpeg", "raw"), default="jpeg",
                    help="jpeg: ~20 KB/image at 256 (default); raw: 196,608 B/image at 256, no decoding")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of the store (default: 90)")
-    p.add_argument("--workers", type=int, default=None, help=f"processes (default: all {os.cpu_count()} cores)")
+    add_workers(p, what="processes")
     add_json_flag(p)
     p.set_defaults(run=run)
 

@@ -7,6 +7,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.table import Table
 
 from .common import add_json_flag, console_for, late_progress_bar, print_json
+from .options import add_workers
 
 
 def add_parser(subparsers) -> None:
@@ -26,7 +27,7 @@ def add_parser(subparsers) -> None:
         default=256,
         help="image side the statistics are for: 256 (default) or 32 (class folders only; 8..4096)",
     )
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    add_workers(p, what="processes")
     p.add_argument("--force", action="store_true", help="recompute even if saved statistics are up to date")
     add_json_flag(p)
     p.set_defaults(run=run)

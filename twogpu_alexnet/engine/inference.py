@@ -43,7 +43,12 @@ def read_checkpoint(path: "str | os.PathLike", preset: str | None = None) -> Che
 
 
 def torch_device(device) -> torch.device:
-    """``device`` (e.g. "cpu", "cuda:1") as a torch.device that exists here, or one sentence saying why not."""
+    """``device`` (e.g. "cpu", "cuda:1") as a torch.device that exists here, or one sentence saying why not.
+
+    None or ``"auto"``: cuda:0 when a GPU is present, else the CPU (the default of every command).
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
@@ -71,26 +76,44 @@ def load_network(checkpoint: "str | os.PathLike | Checkpoint", preset: str | Non
 
 
 def eval_split(data: "str | os.PathLike", input_size: int, *, views: int = 1, stats=None):
-    """One folder of class subfolders (``D/<class>/*.JPEG``) as an evaluation split; ``stats`` (the training
-    mean) defaults to the statistics of the folder itself."""
-    from ..data.folders import list_split
-    from ..data.split import FolderSource, Split, SplitDataset, folder_stats
-    from ..data.transforms import Pipeline, geometry_for
+    """ONE split (a store made by ``prepare`` or a folder of class subfolders) as the network must see it:
+    data/ builds it (:func:`twogpu_alexnet.data.split.inference_split`); ``stats`` (the training mean)
+    defaults to the data's own."""
+    from ..data.split import inference_split
 
-    geometry = geometry_for(input_size)
-    listing = list_split(data, "--data folder").images()     # a folder without image files is a UserError there
-    if stats is None or stats.size != geometry.image_size:
-        stats = folder_stats(listing, geometry.image_size)     # cached beside the data (or in the user cache)
-    pipeline = Pipeline(stats, geometry, train=False, color_noise="none", views=views)
-    source = FolderSource(listing, geometry.image_size)
-    return Split(list(listing.classes), SplitDataset(source, pipeline), stats, pipeline, "val", "imagefolder",
-                 str(data))
+    return inference_split(data, input_size, views=views, stats=stats)
+
+
+def class_names(ck: Checkpoint) -> list[str] | None:
+    """The class names the checkpoint was trained on (folder names / wnids), or None (an older checkpoint or a
+    plain state dict)."""
+    names = ck.meta.get("class_names")
+    return [str(n) for n in names] if isinstance(names, (list, tuple)) and names else None
+
+
+def check_classes(ck: Checkpoint, classes: list[str], data) -> None:
+    """One sentence when the data's classes are not the ones the network was trained on (names when the
+    checkpoint carries them, else the count)."""
+    names = class_names(ck)
+    if names is not None and list(classes) != names:
+        extra = [c for c in classes if c not in names]
+        differ = (f"{len(extra)} of its {len(classes)} class folders are unknown to the network (first: {extra[0]!r})"
+                  if extra else f"its {len(classes)} class folders are not the network's {len(names)} classes "
+                  "in the same order")
+        raise UserError(f"{data} is not the data {ck.path} was trained on: {differ}; pass the split of the classes "
+                        f"it was trained on (first of them: {names[0]!r}) or a checkpoint trained on these classes")
+    if len(classes) != ck.meta["num_classes"]:
+        raise UserError(f"{data} has {len(classes)} class folders but the network {ck.path} has "
+                        f"{ck.meta['num_classes']} outputs; pass the split the network was trained for")
 
 
 def open_for_inference(checkpoint, data, *, preset: str | None = None, device="cpu", views: int = 1):
     """(model, checkpoint, split): the network in eval mode on ``device`` and ``data`` as it must see it.
 
-    ``split.stats is checkpoint.stats`` tells whether the training mean was used (else the folder's own).
+    ``split.stats is checkpoint.stats`` tells whether the training mean was used (else the data's own).
+    A split whose classes are not the checkpoint's is refused in one sentence.
     """
     model, ck = load_network(checkpoint, preset, device)
-    return model, ck, eval_split(data, model.spec.input_size, views=views, stats=ck.stats)
+    split = eval_split(data, model.spec.input_size, views=views, stats=ck.stats)
+    check_classes(ck, split.classes, data)
+    return model, ck, split

@@ -146,3 +146,71 @@ class RichReporter(Reporter):
 def reporter_for(console: Console, every: int = 50) -> Reporter:
     """Rich bars when ``console`` is a terminal, plain periodic lines otherwise."""
     return RichReporter(console) if console.is_terminal else PlainReporter(console, every)
+
+
+def clock(seconds: float) -> str:
+    """``H:MM:SS`` (``-:--:--`` when unknown)."""
+    if seconds != seconds or seconds in (float("inf"), float("-inf")) or seconds < 0:
+        return "-:--:--"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class Counter:
+    """``counter(done, total)``: progress of a long count (images evaluated, features computed) with the rate
+    and an ETA taken from the items done since :meth:`start` (not from work handed out).
+
+    On a terminal a rich bar; elsewhere a plain line at every tenth of the total. Nothing shows before the
+    first call, so an error raised before the work starts prints alone.
+    """
+
+    def __init__(self, console: Console, label: str, unit: str = "images", rate_unit: str = "img/s"):
+        self.console, self.label, self.unit, self.rate_unit = console, label, unit, rate_unit
+        self.t0 = None
+        self.done0 = 0
+        self.bar = self.task = None
+        self.next_line = 0
+
+    def start(self, total: int | None = None, done: int = 0) -> None:
+        """Begin timing now (``done`` items already there, e.g. read from a cache)."""
+        self.t0, self.done0 = time.perf_counter(), done
+
+    def numbers(self, done: int, total: int) -> tuple[float, float]:
+        """(items/s, seconds left) from the items done since start; nan before the first item."""
+        if self.t0 is None:
+            self.start(total, done)
+        elapsed = time.perf_counter() - self.t0
+        new = done - self.done0
+        rate = new / elapsed if new > 0 and elapsed > 0 else float("nan")
+        return rate, (total - done) / rate if rate == rate and rate > 0 else float("nan")
+
+    def text(self, done: int, total: int) -> str:
+        rate, left = self.numbers(done, total)
+        shown = "-" if rate != rate else f"{rate:,.0f}" if rate >= 10 else f"{rate:.1f}"
+        return f"{shown} {self.rate_unit}, ETA {clock(left)}"
+
+    def __call__(self, done: int, total: int) -> None:
+        stats = self.text(done, total)
+        if self.console.is_terminal:
+            if self.bar is None:
+                self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                    TextColumn(self.unit), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+                                    console=self.console, transient=False)
+                self.bar.start()
+                self.task = self.bar.add_task(self.label, total=total, stats=stats)
+            self.bar.update(self.task, completed=done, total=total, stats=stats)
+        elif done >= self.next_line or done >= total:
+            self.console.print(f"{self.label}: {done:,}/{total:,} {self.unit}, {stats}", soft_wrap=True)
+            step = max(1, total // 10)
+            self.next_line = (done // step + 1) * step if done < total else float("inf")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -301,7 +301,9 @@ def train(config: Config, run_dir: "str | os.PathLike", *, resume: bool = False,
             payload, resumed_from, notes = ckpt.load_latest(run_dir)
             for note in notes:
                 reporter.message(f"{note}; resuming from {resumed_from.name}")
-        reporter.message(f"run folder: {run_dir}" + (" (resuming)" if resume else ""))
+        reporter.message(f"run folder: {run_dir}" + (f" (resuming from {resumed_from}: epoch {payload['epoch']} done, "
+                                                     f"batch {payload['batch']}, step {payload['step']})"
+                                                     if payload else " (resuming)" if resume else ""))
         reporter.message(placement.note)
 
         if placement.cuda_device is not None:
@@ -627,6 +629,7 @@ class _Run:
                 "progress": dict(self.progress), "best_val_top1_error": self.best, "config": to_dict(c),
                 "mode": self.placement.mode, "world_size": self.ctx.world_size,
                 "data_stats": self.train_split.stats.to_dict(),  # the training mean and RGB PCA, for evaluation
+                "class_names": list(self.train_split.classes),  # folder names / wnids, checked by evaluate, predict
                 "conv1_init": self.conv1_init,  # conv1 at step 0 (None for runs begun before it was kept)
             }
             path = ckpt.save_run_checkpoint(self.run_dir, state, epoch_done=epochs_completed if epoch_file else None,
