@@ -97,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {unknown_command(command)}", file=sys.stderr)
         return 2
     parser = build_parser(command)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:      # --help, --version (0) or a refused option (2): a code, as from a command
+        return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
