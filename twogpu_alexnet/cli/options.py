@@ -24,7 +24,7 @@ def count(text: str, *, low: int, high: int, what: str = "a whole number") -> in
         raise argparse.ArgumentTypeError(f"must be {what} in {low}..{high:,}, got {text!r}")
     value = int(value)
     if not low <= value <= high:
-        raise argparse.ArgumentTypeError(f"must be a whole number in {low}..{high:,}, got {value}")
+        raise argparse.ArgumentTypeError(f"must be {what} in {low}..{high:,}, got {value}")
     return value
 
 

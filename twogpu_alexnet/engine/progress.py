@@ -90,11 +90,18 @@ class PlainReporter(Reporter):
 
     def start(self, epochs, first_epoch, steps_per_epoch):
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
+        self.t0, self.done0 = None, None
 
     def step(self, epoch, batch, loss, lr, img_s):
+        done = (epoch - 1) * self.steps_per_epoch + batch + 1        # steps of the whole run
+        if self.t0 is None:
+            self.t0, self.done0 = time.perf_counter(), done
         if log_due(batch + 1, self.every, self.steps_per_epoch):
+            elapsed, new = time.perf_counter() - self.t0, done - self.done0
+            left = (self.epochs * self.steps_per_epoch - done) * elapsed / new if new > 0 else float("nan")
             self.console.print(f"epoch {epoch}/{self.epochs} step {batch + 1}/{self.steps_per_epoch}: "
-                               f"loss {loss:.4f}, lr {lr:.2g}, {img_s:.0f} images/s", soft_wrap=True)
+                               f"loss {loss:.4f}, lr {lr:.2g}, {img_s:.0f} images/s, run ETA {clock(left)}",
+                               soft_wrap=True)
 
     def epoch(self, record):
         self.console.print(_epoch_line(record), soft_wrap=True)
@@ -104,35 +111,46 @@ class PlainReporter(Reporter):
 
 
 class RichReporter(Reporter):
-    """Two live bars: epochs, and steps in the current epoch with images/s, loss, lr and ETA."""
+    """Two live bars: the whole run (epochs, with an ETA from the steps done) and the steps of the current epoch
+    with images/s, loss, lr and ETA."""
 
     def __init__(self, console: Console):
         self.console = console
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             console=console, transient=False,
         )
         self.epochs_task = self.steps_task = None
+        self.epochs = self.steps_per_epoch = 0
         self.last_update = 0.0
 
     def start(self, epochs, first_epoch, steps_per_epoch):
+        self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
         self.progress.start()
-        self.epochs_task = self.progress.add_task("epochs", total=epochs, completed=first_epoch - 1, stats="")
-        self.steps_task = self.progress.add_task("steps", total=steps_per_epoch, stats="")
+        # the run's bar counts steps (so its ETA moves with every step), and shows epochs
+        self.epochs_task = self.progress.add_task("run", total=epochs * steps_per_epoch,
+                                                  completed=(first_epoch - 1) * steps_per_epoch,
+                                                  count=f"epoch {first_epoch - 1}/{epochs}", stats="")
+        self.steps_task = self.progress.add_task("steps", total=steps_per_epoch, count="", stats="")
 
     def begin_epoch(self, epoch, first_batch):
-        self.progress.reset(self.steps_task, completed=first_batch, description=f"epoch {epoch}", stats="")
+        self.progress.reset(self.steps_task, completed=first_batch, description=f"epoch {epoch}",
+                            count=f"{first_batch}/{self.steps_per_epoch}", stats="")
+        self.progress.update(self.epochs_task, completed=(epoch - 1) * self.steps_per_epoch + first_batch)
 
     def step(self, epoch, batch, loss, lr, img_s):
         stats = f"{img_s:6.0f} img/s" + (f"  loss {loss:.4f}  lr {lr:.2g}" if loss == loss else "")  # nan: no loss
-        self.progress.update(self.steps_task, completed=batch + 1, stats=stats)
+        self.progress.update(self.steps_task, completed=batch + 1, count=f"{batch + 1}/{self.steps_per_epoch}",
+                             stats=stats)
+        self.progress.update(self.epochs_task, completed=(epoch - 1) * self.steps_per_epoch + batch + 1)
 
     def validating(self, epoch, batch, batches):
         self.progress.update(self.steps_task, stats=f"validation {batch}/{batches}")
 
     def epoch(self, record):
-        self.progress.update(self.epochs_task, completed=record["epoch"],
+        self.progress.update(self.epochs_task, completed=record["epoch"] * self.steps_per_epoch,
+                             count=f"epoch {record['epoch']}/{self.epochs}",
                              stats=f"val top-1 {100 * record['val_top1_error']:.1f}%")
         self.progress.console.print(_epoch_line(record), soft_wrap=True)
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.loader import TowerInputs
+from ..data.split import take_subset
 from ..errors import UserError
 from ..model import build_model
 from ..model.load import canonical_layout, load_into, to_layout
@@ -150,7 +151,8 @@ def make_data_loader(config: Config, split, batch_size: int, ctx: DistContext, t
     for key, value in (("data.cache", d.cache), ("data.decode", d.decode)):
         if value == "gpu" and not use_cuda:
             raise UserError(f"{key}=gpu needs a GPU but this run is on the CPU; set {key}={value_off(key)}")
-    workers = d.workers if d.workers >= 0 else max(1, (os.cpu_count() or 1) - 2) if use_cuda else 4
+    cores = os.cpu_count() or 1
+    workers = d.workers if d.workers >= 0 else max(1, cores - 2) if use_cuda else min(4, max(1, cores - 1))
     return make_loader(split, batch_size=batch_size, shuffle=train, workers=workers, seed=config.train.seed,
                        drop_last=train, distributed=ctx.enabled, rank=ctx.rank, world_size=ctx.world_size,
                        device=device, cache=d.cache == "gpu")
@@ -392,7 +394,8 @@ class _Run:
         c = self.config
         requested = c.model.num_classes or None
         train_split = open_data(c, "train", input_size=self.input_size, num_classes=requested, color_noise=self.noise)
-        val_split = open_data(c, "val", input_size=self.input_size, num_classes=requested)
+        val_split = take_subset(open_data(c, "val", input_size=self.input_size, num_classes=requested),
+                                c.train.val_images, c.train.seed)     # train.val_images: a fixed, seeded subset
         for split in (train_split, val_split):
             if split.walk_skipped:
                 n, first = len(split.walk_skipped), split.walk_skipped[0]
