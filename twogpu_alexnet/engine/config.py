@@ -124,7 +124,7 @@ DEMO_TOML = """\
 # The built-in demo: `twogpu-alexnet train` with no arguments runs this.
 # Synthetic 32x32 images (10 classes: 5 told apart by colour, 5 by orientation), the cifar preset
 # (the paper's two-tower topology, scaled down), 2 epochs of 2560 images on whatever device there is:
-# about 20 s on a 2-core CPU (the README's results table), ending under 50% validation top-1 error.
+# under a minute on a 2-core CPU, ending under 50% validation top-1 error (the README's Results).
 # lr 0.001, not the paper's 0.01: on 0..255-scale inputs the cifar preset starts at a loss near 50
 # and diverges at 0.01 with batch 64. channels_last is the one speed option that helps on a CPU.
 [model]
