@@ -174,3 +174,22 @@ def test_printing_survives_an_ascii_stdout(tmp_path):
     out = _run("-m", "twogpu_alexnet", "prepare", "--data", str(tmp_path / "train"), "--out",
                str(tmp_path / "store2"), "--size", "8", "--workers", "0", "--json", env=env)
     assert out.returncode == 0 and json.loads(out.stdout)["written"] == 4
+
+
+HELPS = [c for c in COMMANDS if c not in ("bench", "kernels", "report")] + ["bench model", "bench options",
+                                                                               "bench data"]
+
+
+@pytest.mark.parametrize("command", HELPS)
+def test_every_help_shows_its_examples_one_way_and_they_parse(capsys, command):
+    import shlex
+
+    assert main([*command.split(), "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "Example:" not in text and "\nexamples:\n  twogpu-alexnet " in text
+    block = text.split("\nexamples:\n", 1)[1]
+    examples = [line.strip() for line in block.splitlines() if line.startswith("  twogpu-alexnet ")]
+    for line in examples:
+        argv = shlex.split(line.split("  #")[0])[1:]
+        parser = build_parser(argv[0])
+        parser.parse_args(argv)                 # a renamed option fails here

@@ -2,7 +2,6 @@
 import io
 
 import pytest
-
 from rich.console import Console
 
 from twogpu_alexnet.engine.progress import PlainReporter, RichReporter, reporter_for

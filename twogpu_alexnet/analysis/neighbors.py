@@ -216,7 +216,8 @@ def find_neighbors(checkpoint, data, queries, out_dir, *, k: int = 6, preset: st
     """Nearest training images in fc7 space for each query; writes ``out_dir/neighbors.png``.
 
     ``data``: one split (the training images to search): a store made by ``prepare`` or a folder of class
-    subfolders, of the classes the checkpoint was trained on; ``queries``: image files. The picture (:func:`neighbor_picture`) has one row per query: the query, a gap,
+    subfolders, of the classes the checkpoint was trained on; ``queries``: image files. The picture
+    (:func:`neighbor_picture`) has one row per query: the query, a gap,
     then its ``k`` neighbours, nearest first (``k`` is clamped to the images there, with a note).
     Training features are cached in ``cache_dir`` (default :func:`default_cache_dir`) unless
     ``use_cache`` is False. ``header(dict)`` is called once the inputs are checked, before the feature

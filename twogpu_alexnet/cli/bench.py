@@ -6,7 +6,7 @@ import importlib
 from rich.table import Table
 
 from .common import add_json_flag, console_for, print_json
-from .options import add_batch_size, add_device, add_preset
+from .options import add_batch_size, add_device, add_preset, described
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 LABELS = {"grouped": "grouped", "two_tower": "two-tower", "torchvision": "torchvision alexnet",
@@ -23,18 +23,19 @@ def _add_timing(p, steps: int, repeats: int) -> None:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("bench", help="benchmarks: model (training step), options, data (input pipeline)",
-                              description="Benchmarks measured in one process run. "
-                              "Example: twogpu-alexnet bench model --device cpu")
+                              **described("Benchmarks measured in one process run.",
+                                          "twogpu-alexnet bench model --device cpu"))
     sub = p.add_subparsers(dest="bench", metavar="WHAT", required=True)
     m = sub.add_parser(
         "model",
         help="training-step images/s and TFLOP/s: grouped, two-tower, torchvision's alexnet, stock LRN",
-        description="Training-step rows (224 input; batch 32 on CPU, 128 on GPU; interleaved repeats; medians): "
-        "images/s, ms/step, peak GPU memory per device, achieved TFLOP/s (FLOPs from the layer table) and the "
-        "percentage of --peak-tflops, for the grouped and two-tower executors, torchvision's alexnet and a "
-        "grouped model with the stock LRN per tower, all in the same settings (torchvision only at 224 inputs). "
-        "On a GPU cudnn.benchmark and TF32 are on. "
-        "Example: twogpu-alexnet bench model --device cuda:0 --amp bf16 --channels-last --batch 256",
+        **described("Training-step rows (224 input; batch 32 on CPU, 128 on GPU; interleaved repeats; medians): "
+                    "images/s, ms/step, peak GPU memory per device, achieved TFLOP/s (FLOPs from the layer table) "
+                    "and the percentage of --peak-tflops, for the grouped and two-tower executors, torchvision's "
+                    "alexnet and a grouped model with the stock LRN per tower, all in the same settings "
+                    "(torchvision only at 224 inputs). On a GPU cudnn.benchmark and TF32 are on.",
+                    "twogpu-alexnet bench model --device cpu",
+                    "twogpu-alexnet bench model --device cuda:0 --amp bf16 --channels-last --batch-size 256"),
     )
     add_device(m, what="device for grouped and torchvision")
     m.add_argument("--devices", nargs=2, metavar=("TOWER0", "TOWER1"), default=None,
@@ -53,9 +54,9 @@ def add_parser(subparsers) -> None:
     o = sub.add_parser(
         "options",
         help="what each speed option (channels_last, bf16/fp16 autocast, compile) buys, against fp32",
-        description="Training-step images/s of one model with one speed option at a time, against float32 "
-        "measured in the same run (interleaved repeats, medians). Example: "
-        "twogpu-alexnet bench options --preset paper --devices cuda:0 --batch 128",
+        **described("Training-step images/s of one model with one speed option at a time, against float32 "
+                    "measured in the same run (interleaved repeats, medians).",
+                    "twogpu-alexnet bench options --preset paper --devices cuda:0 --batch-size 128"),
     )
     add_preset(o, default="paper", what="preset to time (default: paper)")
     o.add_argument("--mode", choices=("grouped", "two-tower"), default="grouped", help="executor (default: grouped)")
@@ -81,7 +82,6 @@ def _memory(mem) -> str:
 
 def run_model(args) -> int:
     from ..bench import bench_model
-
     from ..engine.inference import torch_device
 
     args.device = str(torch_device(args.device))            # one sentence in CLI words for a device not here
@@ -121,7 +121,6 @@ def run_model(args) -> int:
 
 def run_options(args) -> int:
     from ..bench import bench_options
-
     from ..engine.inference import torch_device
 
     for d in args.devices:

@@ -8,9 +8,9 @@ from rich.table import Table
 from .common import add_json_flag, console_for, print_json
 from .options import MAX_IMAGES, add_batch_size, add_device, add_out, add_preset, add_workers, bounded, path_value
 
-EXAMPLE = """example:
-  twogpu-alexnet neighbors --checkpoint runs/cifar/checkpoints/last.pt \\
-      --data cifar10/train --queries cifar10/test/cat/0001.jpg cifar10/test/ship/0002.jpg --k 6 --out nn
+EXAMPLE = """examples:
+  twogpu-alexnet neighbors --checkpoint runs/cifar/checkpoints/last.pt --data cifar10/train --queries q.jpg --out nn
+  twogpu-alexnet neighbors --checkpoint runs/p/checkpoints/last.pt --data store/train --queries a.jpg --k 8 --out nn
 
 Writes DIR/neighbors.png: one row per query, the query first, then its k nearest training images
 by Euclidean distance between fc7 vectors (the last hidden layer). --data is a store made by prepare

@@ -83,3 +83,13 @@ def add_preset(p, *, default: str | None = None,
                what: str = "the preset of the weights (default: from the checkpoint or its shapes)") -> None:
     p.add_argument("--preset", default=default, metavar="P", help=what)
 
+
+
+def described(text: str, *examples: str) -> dict:
+    """``add_parser`` keywords for a command's help: ``text`` wrapped, then an ``examples:`` block with one
+    command per line (the one format of every command's examples)."""
+    import textwrap
+
+    body = "\n".join(textwrap.fill(par, 100) for par in text.split("\n\n"))
+    block = "\n".join(f"  {e}" for e in examples)
+    return {"description": f"{body}\n\nexamples:\n{block}", "formatter_class": argparse.RawDescriptionHelpFormatter}

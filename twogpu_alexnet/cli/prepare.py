@@ -6,20 +6,20 @@ from rich.table import Table
 
 from ..errors import UserError
 from .common import add_json_flag, console_for, late_progress_bar, print_json
-from .options import add_out, add_workers
+from .options import add_out, add_workers, described
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "prepare",
         help="resize one split to 256x256 (shorter side 256, centre crop) into a store that training reads fast",
-        description="The paper's one-time preprocessing of ONE split folder (DIR/<class>/<image>): shorter side "
-        "to --size, centre crop, stored as re-encoded JPEG shards (or raw uint8 arrays) with an index, the "
-        "training statistics (mean image, RGB PCA) and a list of skipped files. Parallel over cores; an "
-        "interrupted run resumes where it stopped when run again with the same arguments. Run it once per "
-        "split and point data.root at the folder holding both stores. "
-        "Example: twogpu-alexnet prepare --data ILSVRC2012/train --out store/train && "
-        "twogpu-alexnet prepare --data ILSVRC2012/val --out store/val",
+        **described("The paper's one-time preprocessing of ONE split folder (DIR/<class>/<image>): shorter side "
+                    "to --size, centre crop, stored as re-encoded JPEG shards (or raw uint8 arrays) with an index, "
+                    "the training statistics (mean image, RGB PCA) and a list of skipped files. Parallel over "
+                    "cores; an interrupted run resumes where it stopped when run again with the same arguments. "
+                    "Run it once per split and point data.root at the folder holding both stores.",
+                    "twogpu-alexnet prepare --data ILSVRC2012/train --out store/train",
+                    "twogpu-alexnet prepare --data ILSVRC2012/val --out store/val"),
     )
     p.add_argument("--data", required=True, help="split folder whose subfolders are the classes")
     add_out(p, what="store folder to create (or to resume)")

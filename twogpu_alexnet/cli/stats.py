@@ -7,18 +7,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.table import Table
 
 from .common import add_json_flag, console_for, late_progress_bar, print_json
-from .options import add_workers
+from .options import add_workers, described
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "stats",
         help="compute the training mean image and RGB PCA (prepare already does this for a store)",
-        description="Per-pixel mean image, per-channel mean and the eigen-decomposition of the 3x3 RGB "
-        "covariance over all training pixels (0..255 scale), for a training split given as class folders or as a "
-        "store made by prepare. The result is saved where training and evaluation pick it up: STORE/stats.pt, "
-        "or beside the class folders (.twogpu-alexnet-stats-SIZE.pt; the user cache if that is read-only). "
-        "Example: twogpu-alexnet stats --data ILSVRC2012/train",
+        **described("Per-pixel mean image, per-channel mean and the eigen-decomposition of the 3x3 RGB "
+                    "covariance over all training pixels (0..255 scale), for a training split given as class "
+                    "folders or as a store made by prepare. The result is saved where training and evaluation "
+                    "pick it up: STORE/stats.pt, or beside the class folders (.twogpu-alexnet-stats-SIZE.pt; the "
+                    "user cache if that is read-only).", "twogpu-alexnet stats --data ILSVRC2012/train"),
     )
     p.add_argument("--data", required=True, help="training split: class folders, or a store made by prepare")
     p.add_argument(

@@ -30,7 +30,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config (configs/*.toml); default: the built-in demo")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
                    help="override one config key, e.g. train.epochs=10 (repeatable; values in TOML syntax)")
-    p.add_argument("--out", metavar="DIR", type=path_value, help="run folder: a new or empty folder, or a run without checkpoints "
+    p.add_argument("--out", metavar="DIR", type=path_value,
+                   help="run folder: a new or empty folder, or a run without checkpoints "
                    "(default: runs/<date>-<time>-<pid>)")
     p.add_argument("--resume", metavar="DIR", type=path_value, help="continue the run in DIR with its saved config")
     add_json_flag(p)

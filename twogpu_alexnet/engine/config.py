@@ -45,7 +45,7 @@ class ModelConfig:
 class DataConfig:
     source: str = "imagefolder"  # synthetic | imagefolder | store | cifar10
     root: str = ""  # folder holding train/ and val/ (or a prepared store); unused for synthetic
-    workers: int = -1  # loader worker processes per rank; -1 = cores - 2 (at least 1) on GPU runs, cores - 1 (1..4) on CPU
+    workers: int = -1  # loader processes per rank; -1 = cores - 2 (at least 1) on GPU runs, cores - 1 (1..4) on CPU
     color_noise: str = "paper"  # PCA colour augmentation: paper | original | none
     synthetic_images: int = 0  # synthetic source: training images (0 = the data package's default)
     synthetic_val_images: int = 0  # synthetic source: validation images (0 = the data package's default)
@@ -76,7 +76,7 @@ class ScheduleConfig:
     patience: int = 2  # plateau: epochs without improvement before a drop
     threshold: float = 0.001  # plateau: an improvement is a drop of val top-1 error by more than this
     max_drops: int = 3  # plateau: at most this many drops
-    milestones: list[int] = field(default_factory=lambda: [25, 51, 79])  # original: lr / 10 from these epochs on; step: lr x factor
+    milestones: list[int] = field(default_factory=lambda: [25, 51, 79])  # original: lr / 10 from these; step: x factor
     conv1_milestones: list[int] = field(default_factory=lambda: [67, 72])  # original: conv1's extra changes
     conv1_factors: list[float] = field(default_factory=lambda: [0.1, 0.0])  # original: conv1 x0.1 at 67, 0 at 72
     color_noise_off_epoch: int = 67  # original: colour noise off from this epoch on (0 = never)
