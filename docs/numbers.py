@@ -1,10 +1,12 @@
-"""Write the README's Results table from docs/numbers.json, the one file that holds the measured numbers.
+"""Write the results tables of the README and the docs from docs/numbers.json, the one file that holds
+the measured numbers.
 
-    python3 docs/numbers.py            # rewrite the table between the two results markers of README.md
-    python3 docs/numbers.py --check    # exit 1 when README.md does not show what numbers.json holds
+    python3 docs/numbers.py            # rewrite the tables between the results markers of each page
+    python3 docs/numbers.py --check    # exit 1 when a page does not show what numbers.json holds
 
-A number is measured once, written into numbers.json with its command, hardware and torch version, and
-quoted from there: the README's table is generated, and the other pages point to it.
+A number is measured once, written into numbers.json with its command, hardware and torch version (and
+the page whose table shows it: ``page``, default README.md), and quoted from there: the tables are
+generated, and the prose points to them.
 """
 from __future__ import annotations
 
@@ -18,8 +20,12 @@ BEGIN = "<!-- results: docs/numbers.py -->"
 END = "<!-- /results -->"
 
 
-def rows(path: Path = DOCS / "numbers.json") -> list[dict]:
-    return json.loads(path.read_text(encoding="utf-8"))["rows"]
+PAGES = {"README.md": README, "docs/training.md": DOCS / "training.md"}
+
+
+def rows(path: Path = DOCS / "numbers.json", page: str = "README.md") -> list[dict]:
+    """The rows ``page`` shows."""
+    return [r for r in json.loads(path.read_text(encoding="utf-8"))["rows"] if r.get("page", "README.md") == page]
 
 
 def table(entries: list[dict]) -> str:
@@ -34,19 +40,22 @@ def render(text: str, entries: list[dict]) -> str:
     head, sep, rest = text.partition(BEGIN)
     _, sep2, tail = rest.partition(END)
     if not sep or not sep2:
-        raise SystemExit(f"{README} has no results markers ({BEGIN} ... {END})")
+        raise SystemExit(f"a page has no results markers ({BEGIN} ... {END})")
     return f"{head}{BEGIN}\n{table(entries)}\n{END}{tail}"
 
 
 def main(argv: list[str]) -> int:
-    text = README.read_text(encoding="utf-8")
-    new = render(text, rows())
-    if "--check" in argv:
+    stale = []
+    for name, path in PAGES.items():
+        text = path.read_text(encoding="utf-8")
+        new = render(text, rows(page=name))
         if new != text:
-            print("README.md's Results table differs from docs/numbers.json; run python3 docs/numbers.py")
-            return 1
-        return 0
-    README.write_text(new, encoding="utf-8")
+            stale.append(name)
+            if "--check" not in argv:
+                path.write_text(new, encoding="utf-8")
+    if stale and "--check" in argv:
+        print(f"the results tables of {', '.join(stale)} differ from docs/numbers.json; run python3 docs/numbers.py")
+        return 1
     return 0
 
 

@@ -50,10 +50,13 @@ def test_checkpoints_carry_their_class_names(run):
 def test_evaluate_reads_a_store_as_training_does_with_a_header_and_counts(run, capsys):
     ckpt = run / "run" / "checkpoints" / "last.pt"
     assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(run / "store" / "val"), "--workers", "0",
-                 "--json"]) == 0
+                 "--batch-size", "4", "--json"]) == 0
     captured = capsys.readouterr()
     out = json.loads(captured.out)
     assert out["images"] == 15 and out["device"] == "cpu" and out["presets"] == ["cifar"]
+    counts = [line.split(",")[0] for line in captured.err.splitlines()[1:]]
+    assert counts == ["evaluate: 4/15 images", "evaluate: 8/15 images", "evaluate: 12/15 images",
+                      "evaluate: 15/15 images"]
     assert captured.err.startswith(f"evaluating {ckpt} (cifar) on {run / 'store' / 'val'}: 15 images, centre view, "
                                    "device cpu\n")
     assert "evaluate: 15/15 images, " in captured.err and "ETA 0:00:00" in captured.err

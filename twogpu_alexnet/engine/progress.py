@@ -176,7 +176,8 @@ def clock(seconds: float) -> str:
 
 class Counter:
     """``counter(done, total)``: progress of a long count (images evaluated, features computed) with the rate
-    and an ETA taken from the items done since :meth:`start` (not from work handed out).
+    and an ETA taken from the items done (not from work handed out), timed from the first report on: the
+    start-up before the first batch (loading the network, starting loader processes) is not a rate.
 
     On a terminal a rich bar; elsewhere a plain line at every tenth of the total. Nothing shows before the
     first call, so an error raised before the work starts prints alone.
@@ -189,14 +190,14 @@ class Counter:
         self.bar = self.task = None
         self.next_line = 0
 
-    def start(self, total: int | None = None, done: int = 0) -> None:
-        """Begin timing now (``done`` items already there, e.g. read from a cache)."""
-        self.t0, self.done0 = time.perf_counter(), done
+    def start(self, total: int | None = None) -> None:
+        """The work begins: the next report is the baseline of the rate."""
+        self.t0 = None
 
     def numbers(self, done: int, total: int) -> tuple[float, float]:
-        """(items/s, seconds left) from the items done since start; nan before the first item."""
+        """(items/s, seconds left) from the items done since the first report; nan at the first."""
         if self.t0 is None:
-            self.start(total, done)
+            self.t0, self.done0 = time.perf_counter(), done
         elapsed = time.perf_counter() - self.t0
         new = done - self.done0
         rate = new / elapsed if new > 0 and elapsed > 0 else float("nan")
