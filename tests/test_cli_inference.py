@@ -130,6 +130,8 @@ def test_export_writes_the_weights_alone_and_every_reader_takes_it(run, tmp_path
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--layout", layout, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["preset"] == "cifar" and info["class_names"] and info["data_stats"]
+    (tmp_path / "plain").write_text("x")
+    assert out.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777    # not mkstemp's 0600
     payload = torch.load(out, weights_only=True)
     assert set(payload) == {"model", "preset", "num_classes", "layout", "class_names", "data_stats"}
     assert ("towers.0.conv1.weight" in payload["model"]) == (layout == "two-tower")

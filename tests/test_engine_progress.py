@@ -89,3 +89,19 @@ def test_pace_sets_the_log_points_and_averages_images_per_second(monkeypatch):
     assert pace.window_rate(world_size=2) == 60 / 4.0  # step lines: all images since the last log point
     now[0] += 1.0
     assert pace.window_rate(world_size=2) == 0.0
+
+
+def test_counter_eta_is_not_fooled_by_chunks_that_finish_together(monkeypatch):
+    """prepare's chunks finish in bursts (two workers end two chunks at once): the rate is files done over
+    the time since the start, so the ETA after the burst is the true one, not a few seconds."""
+    from twogpu_alexnet.engine import progress
+
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    counter = progress.Counter(Console(file=io.StringIO(), width=200), "prepare", unit="files")
+    counter(0, 9469)                        # the start (prepare reports the files done by earlier runs)
+    now[0] = 10.0
+    counter(1000, 9469)
+    now[0] = 10.01
+    rate, left = counter.numbers(2000, 9469)
+    assert rate == pytest.approx(2000 / 10.01) and left == pytest.approx(7469 / rate)   # 37 s, the truth at 200/s

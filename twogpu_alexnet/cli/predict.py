@@ -47,7 +47,8 @@ def run(args) -> int:
         print_json(result)
         return 0
     for item in result["predictions"]:
-        table = Table(title=item["image"], title_justify="left")
+        console.print(item["image"], soft_wrap=True)          # not a table title: those are cut to its width
+        table = Table()
         for col in ("rank", "class", "probability"):
             table.add_column(col, justify="left" if col == "class" else "right")
         for rank, t in enumerate(item["top"], 1):

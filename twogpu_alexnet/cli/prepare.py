@@ -1,11 +1,10 @@
 """``twogpu-alexnet prepare``: the paper's one-time step (shorter side 256, centre crop) into a fast store."""
 from __future__ import annotations
 
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..errors import UserError
-from .common import add_json_flag, console_for, late_progress_bar, print_json
+from .common import add_json_flag, console_for, print_json
 from .options import add_out, add_workers, described
 
 
@@ -36,12 +35,11 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from ..data.store import prepare_store
+    from ..engine.progress import Counter
 
     console = console_for(args)
-    columns = (TextColumn("[bold]prepare[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    try:
-        with late_progress_bar(console, *columns) as progress:
+    try:       # the ETA comes from the files done since the start (chunks finish in bursts)
+        with Counter(console_for(args, stderr=True), "prepare", unit="files", rate_unit="files/s") as progress:
             result = prepare_store(args.data, args.out, size=args.size, fmt=args.fmt, quality=args.quality,
                                    workers=args.workers, progress=progress)
     except KeyboardInterrupt:

@@ -213,6 +213,9 @@ def _save_atomic(obj, path: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)             # a shared file: the usual permissions, not mkstemp's 0600
     except OSError as exc:
         raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose a folder you can write to") from None
     try:
