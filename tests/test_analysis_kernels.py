@@ -156,6 +156,7 @@ def analysis_one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_no_split_for_identically_distributed_towers(analysis_one_thread):
     gen = torch.Generator().manual_seed(123)
     draws, hits, p_values = 400, 0, []

@@ -146,6 +146,7 @@ def test_export_writes_the_weights_alone_and_every_reader_takes_it(run, tmp_path
     assert "is a folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_names_its_checkpoint_and_the_table_shows_every_epoch(run, tmp_path, capsys):
     import shutil
 

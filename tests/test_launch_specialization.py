@@ -12,6 +12,7 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[1] / "launch" / "specialization.sh"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
 def test_dry_mode_writes_run_folders_and_compare_json(tmp_path):
     out = tmp_path / "spec"
