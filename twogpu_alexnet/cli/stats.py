@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .common import add_json_flag, console_for, late_progress_bar, print_json
+from .common import add_json_flag, console_for, print_json
 from .options import add_workers, described
 
 
@@ -38,9 +37,10 @@ def run(args) -> int:
     from ..data.stats import check_side
 
     check_side(args.size)
+    from ..engine.progress import Counter
+
     console = console_for(args)
-    columns = (TextColumn("[bold]stats[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with late_progress_bar(console, *columns, transient=True) as progress:
+    with Counter(console_for(args, stderr=True), "stats") as progress:      # images, img/s, ETA
         stats, path = compute_split_stats(args.data, size=args.size, workers=args.workers, force=args.force,
                                           progress=progress)
     summary = {**stats.summary(), "path": str(path)}
