@@ -60,8 +60,8 @@ def add_parser(subparsers) -> None:
     )
     add_preset(o, default="paper", what="preset to time (default: paper)")
     o.add_argument("--mode", choices=("grouped", "two-tower"), default="grouped", help="executor (default: grouped)")
-    o.add_argument("--devices", nargs="+", default=["cpu"],
-                   help="one device (grouped) or two (two-tower) (default: cpu)")
+    o.add_argument("--devices", nargs="+", default=None, metavar="DEV",
+                   help="one device (grouped) or two (two-tower) (default: auto = cuda:0 when present, else cpu)")
     add_batch_size(o, 64, what="images per training step")
     _add_timing(o, steps=3, repeats=3)
     o.add_argument("--only", nargs="+", metavar="OPTION", help="measure only these options (names as printed)")
@@ -123,10 +123,9 @@ def run_options(args) -> int:
     from ..bench import bench_options
     from ..engine.inference import torch_device
 
-    for d in args.devices:
-        torch_device(d)
+    devices = [str(torch_device(d)) for d in (args.devices or ["auto"] * (2 if args.mode == "two-tower" else 1))]
     console = console_for(args)
-    result = bench_options(args.preset, args.mode, tuple(args.devices), batch=args.batch_size, repeats=args.repeats,
+    result = bench_options(args.preset, args.mode, tuple(devices), batch=args.batch_size, repeats=args.repeats,
                            steps=args.steps, warmup=args.warmup, options=args.only)
     if args.json:
         print_json(result)
