@@ -159,3 +159,26 @@ def test_resume_names_its_checkpoint_and_the_table_shows_every_epoch(run, tmp_pa
     table = captured.out.split("conv1 colour")[0]
     rows = [line for line in table.splitlines() if line.strip().startswith(("│ ", "┃ ")) and "%" in line]
     assert [row.split("│")[1].strip() for row in rows] == ["1", "2"]
+
+
+def test_neighbors_reads_a_store_and_keeps_its_cache_under_the_run(run, tmp_path, monkeypatch, capsys):
+    ckpt = run / "run" / "checkpoints" / "last.pt"
+    query = run / "photos" / "train" / "n02" / "03.png"
+    argv = ["neighbors", "--checkpoint", str(ckpt), "--data", str(run / "store" / "train"), "--queries", str(query),
+            "--k", "2", "--out", str(tmp_path / "nn"), "--workers", "0", "--json"]
+    monkeypatch.delenv("TWOGPU_ALEXNET_CACHE", raising=False)
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    cache = out["cache"]["path"]
+    assert cache.startswith(str(run / "run" / "cache" / "neighbors" / "fc7-")) and not out["cached"]
+    assert out["cache"]["bytes"] == (run / "run" / "cache" / "neighbors" / cache.split("/")[-1]).stat().st_size
+    assert out["images"] == 24 and "fc7 features: 24/24 images" in captured.err and f"feature cache {cache} (new)" \
+        in captured.err
+    nearest = out["queries"][0]["neighbors"][0]
+    assert nearest["path"] == f"{run / 'store' / 'train'}#11" and nearest["class"] == "n02"   # its own stored copy
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["cached"]
+    monkeypatch.setenv("TWOGPU_ALEXNET_CACHE", str(tmp_path / "cache"))
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["cache"]["path"].startswith(str(tmp_path / "cache" / "neighbors"))

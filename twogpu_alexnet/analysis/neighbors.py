@@ -243,7 +243,7 @@ def find_neighbors(checkpoint, data, queries, out_dir, *, k: int = 6, preset: st
     if header:
         header({"checkpoint": str(ck.path), "preset": ck.preset, "device": str(model_device),
                 "images": len(split.dataset), "cache": None if cache is None else str(cache),
-                "cached": cache is not None and _read_cache(cache, split.dataset.source) is not None})
+                "cached": cache is not None and cache.is_file()})       # read (and checked) once, below
     query_feats = fc7_features(model, [torch.stack(query_inputs).to(model_device)])
     db, cached = training_features(model, split, checkpoint=ck.path, preset=ck.preset, batch_size=batch_size,
                                    workers=0 if workers == 0 else worker_count(workers), device=model_device,

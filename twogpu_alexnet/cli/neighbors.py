@@ -53,7 +53,7 @@ def run(args) -> int:
 
     def header(info: dict) -> None:
         cache = "no cache" if info["cache"] is None else \
-            f"features {'read from' if info['cached'] else 'to be cached in'} {info['cache']}"
+            f"feature cache {info['cache']} ({'present' if info['cached'] else 'new'})"
         notes.print(f"neighbors of {info['checkpoint']} ({info['preset']}) among {info['images']:,} images of "
                     f"{args.data}, device {info['device']}; {cache}", soft_wrap=True)
         counter.start(info["images"])
