@@ -147,15 +147,29 @@ def test_workers_minus_one_means_every_core():
     assert args.workers == 0
 
 
-def test_bench_model_device_error_speaks_cli_words(capsys):
+def test_bench_device_errors_speak_cli_words(capsys):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("needs a machine without a GPU")
-    assert main(["bench", "model", "--device", "cuda"]) == 2
-    err = capsys.readouterr().err
-    assert err == "error: --device cuda needs a CUDA GPU and none is available here; use --device cpu\n"
-    assert "mode=" not in err
+    for argv, want in [
+        (["bench", "model", "--device", "cuda"], "--device cuda needs a CUDA GPU and none is available here; use "
+         "--device cpu"),
+        (["bench", "model", "--devices", "cpu", "cuda:1"], "--devices cuda:1 needs a CUDA GPU"),
+        (["bench", "options", "--mode", "two-tower", "--devices", "cpu"], "--mode two-tower takes 2 --devices "
+         "(tower 0, tower 1), got 1: cpu"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {want}") and err.count("\n") == 1 and "mode=" not in err, err
+
+
+def test_val_images_is_bounded_like_every_count():
+    from twogpu_alexnet import UserError
+    from twogpu_alexnet.engine.config import load_config
+
+    with pytest.raises(UserError, match="train.val_images must be 0 or more, got -1"):
+        load_config(None, ["train.val_images=-1"])
 
 
 def test_printing_survives_an_ascii_stdout(tmp_path):

@@ -5,6 +5,7 @@ import importlib
 
 from rich.table import Table
 
+from ..errors import UserError
 from .common import add_json_flag, console_for, print_json
 from .options import add_batch_size, add_device, add_preset, described
 
@@ -86,7 +87,7 @@ def run_model(args) -> int:
 
     args.device = str(torch_device(args.device))            # one sentence in CLI words for a device not here
     for d in args.devices or ():
-        torch_device(d)
+        torch_device(d, "--devices")
     console = console_for(args)
     if not args.json:
         console.print(f"timing training steps on {args.device} (batch {args.batch_size or 'default'}, "
@@ -123,7 +124,11 @@ def run_options(args) -> int:
     from ..bench import bench_options
     from ..engine.inference import torch_device
 
-    devices = [str(torch_device(d)) for d in (args.devices or ["auto"] * (2 if args.mode == "two-tower" else 1))]
+    want = 2 if args.mode == "two-tower" else 1
+    devices = [str(torch_device(d, "--devices")) for d in (args.devices or ["auto"] * want)]
+    if len(devices) != want:
+        raise UserError(f"--mode {args.mode} takes {want} --devices ({'tower 0, tower 1' if want == 2 else 'one'}), "
+                        f"got {len(devices)}: {' '.join(devices)}")
     console = console_for(args)
     result = bench_options(args.preset, args.mode, tuple(devices), batch=args.batch_size, repeats=args.repeats,
                            steps=args.steps, warmup=args.warmup, options=args.only)

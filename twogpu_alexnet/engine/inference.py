@@ -42,8 +42,9 @@ def read_checkpoint(path: "str | os.PathLike", preset: str | None = None) -> Che
     return Checkpoint(Path(path), state, name, meta, Stats.from_dict(d) if isinstance(d, dict) else None)
 
 
-def torch_device(device) -> torch.device:
-    """``device`` (e.g. "cpu", "cuda:1") as a torch.device that exists here, or one sentence saying why not.
+def torch_device(device, option: str = "--device") -> torch.device:
+    """``device`` (e.g. "cpu", "cuda:1") as a torch.device that exists here, or one sentence saying why not
+    (naming ``option``, the command-line option that gave it).
 
     None or ``"auto"``: cuda:0 when a GPU is present, else the CPU (the default of every command).
     """
@@ -52,14 +53,14 @@ def torch_device(device) -> torch.device:
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
-        raise UserError(f"--device {device!r} is not a device name; use cpu, cuda or cuda:N") from None
+        raise UserError(f"{option} {device!r} is not a device name; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device} needs a CUDA GPU and none is available here; use --device cpu")
+        raise UserError(f"{option} {device} needs a CUDA GPU and none is available here; use {option} cpu")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s); use cuda:0 .. "
+        raise UserError(f"{option} {device}: this machine has {torch.cuda.device_count()} GPU(s); use cuda:0 .. "
                         f"cuda:{torch.cuda.device_count() - 1}")
     if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {device} is not supported; use cpu, cuda or cuda:N")
+        raise UserError(f"{option} {device} is not supported; use cpu, cuda or cuda:N")
     return device
 
 
