@@ -121,7 +121,11 @@ def test_training_checkpoint_brings_its_training_mean(photos, tmp_path):
 
     result = evaluate([ckpt, _bias_only(tmp_path / "plain.pt", [0.0] * 6)], photos, workers=0)
     assert result["images"] == 12 and result["presets"] == ["cifar", "cifar"]
-    assert result["notes"] == [f"{tmp_path / 'plain.pt'} carries no training mean; using the mean of {photos} itself"]
+    assert result["notes"][0] == f"{tmp_path / 'plain.pt'} carries no training mean; using the mean of {photos} itself"
+    assert result["notes"][1:] == []           # the first network's training mean is the split's: no folder mean
+    plain = evaluate([_bias_only(tmp_path / "plain.pt", [0.0] * 6)], photos, workers=0)
+    cached = f"the mean of {photos} is cached in {photos.resolve() / '.twogpu-alexnet-stats-32.pt'} ("
+    assert sum(note.startswith(cached) for note in plain["notes"]) == 1
     # each network saw its own mean: the trained one its training mean, the plain one the folder's
     from twogpu_alexnet.engine.inference import load_network
 

@@ -81,6 +81,12 @@ def evaluate(checkpoints, data, *, preset: str | None = None, ten_crop: bool = F
         notes.append("the checkpoint carries no class names (an older run or a plain state dict): the class "
                      f"folders of {data} are taken to be the network's classes in sorted order")
     folder_mean = split.stats if first is None else None
+    if folder_mean is not None and split.source == "imagefolder":       # say where the folder's mean is kept
+        from ..data.stats import cache_path_for
+
+        cached = cache_path_for(split.dataset.source.root, split.dataset.source.size)
+        if cached.is_file():
+            notes.append(f"the mean of {data} is cached in {cached} ({cached.stat().st_size / 2**20:.1f} MiB)")
     finishers = []
     for _, ck in loaded:  # each network sees its own training mean (a plain state dict: the data's)
         stats = ck.stats
