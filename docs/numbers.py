@@ -31,7 +31,8 @@ def rows(path: Path = DOCS / "numbers.json", page: str = "README.md") -> list[di
 def table(entries: list[dict]) -> str:
     lines = ["| figure | value | hardware | torch | command |", "|---|---|---|---|---|"]
     for r in entries:
-        lines.append(f"| {r['figure']} | {r['value']} | {r['hardware']} | {r['torch']} | `{r['command']}` |")
+        command = r.get("command_md") or f"`{r['command']}`"      # command_md: markdown as it is (several commands)
+        lines.append(f"| {r['figure']} | {r['value']} | {r['hardware']} | {r['torch']} | {command} |")
     return "\n".join(lines)
 
 
