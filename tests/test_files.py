@@ -261,3 +261,9 @@ def test_a_hard_link_at_the_lock_or_the_metrics_is_not_written_into(tmp_path):
     with pytest.raises(UserError, match="metrics.jsonl has other names"):
         files.append_text(tmp_path / "metrics.jsonl", "{}\n")
     assert outside.read_text() == _OUTSIDE
+
+
+def test_files_get_the_usual_permissions_not_mkstemps(tmp_path):
+    files.write_atomic(tmp_path / "a.toml", "x = 1\n")
+    (tmp_path / "plain").write_text("x = 1\n")
+    assert (tmp_path / "a.toml").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777

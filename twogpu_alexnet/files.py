@@ -99,6 +99,9 @@ def write_atomic(path: "str | os.PathLike", data_or_writer: "bytes | str | Calla
     tmp = None
     try:
         fd, tmp = temporary_file(path)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # the usual permissions of a new file, not mkstemp's 0600
         with os.fdopen(fd, "wb") as raw:
             f = _Recorded(raw)
             try:
