@@ -24,13 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .engine.step import AMP_DTYPES, train_step
 from .errors import UserError
 from .model import build_model, check_device
 from .model.grouped import GroupedAlexNet
 from .model.init import init_from_spec
 from .spec import Conv, NetSpec, get_spec, layer_shapes
-
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Dense tensor-core peaks from the vendors' datasheets, TFLOP/s, by autocast setting ("none" runs
 # fp32 matmuls and convolutions as TF32 here). Matched by substring of the CUDA device name, in order.
@@ -132,17 +131,11 @@ class Case:
                                          fused=True)  # one kernel per device, not a loop over tensors
         self.scaler = torch.amp.GradScaler(self.devices[0].type, enabled=self.amp == "fp16")
         self.forward = torch.compile(self.model) if self.compile else self.model
-        self.device_type = self.images.device.type
 
     def step(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        dtype = AMP_DTYPES[self.amp]
-        with torch.autocast(self.device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = self.forward(self.images)
-        loss = F.cross_entropy(logits.float(), self.labels)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        """The trainer's step (engine.step.train_step) on this row's batch."""
+        train_step(self.forward, self.optimizer, self.scaler, self.images, self.labels, device=self.images.device,
+                   amp_dtype=AMP_DTYPES[self.amp])
 
 
 def _sync(devices) -> None:

@@ -2,8 +2,8 @@
 
 The records that go to ``metrics.jsonl`` go here too, as scalars at the global step: per log point
 ``train/loss``, ``train/lr``, ``train/img_s``; per epoch ``epoch/train_loss``, ``epoch/val_top1_error``,
-``epoch/val_top5_error``, ``epoch/lr``, ``epoch/img_s`` and ``epoch/color_score_tower0/1``; at the
-analysis epochs the Figure-3 kernel grid as the image ``kernels/conv1``. Off, nothing is imported
+``epoch/val_top5_error``, ``epoch/lr``, ``epoch/img_s`` and ``epoch/color_score_tower0/1``; images
+that epoch-end hooks add (the Figure-3 kernel grid as ``kernels/conv1``). Off, nothing is imported
 and nothing is written. ``tensorboard --logdir RUN`` shows a run (or ``--logdir runs`` all of them).
 """
 from __future__ import annotations
@@ -53,13 +53,11 @@ class Board:
                 self.writer.add_scalar(f"{prefix}/{key}", value, step)
         self.writer.flush()
 
-    def kernel_grid(self, weights: dict, step: int) -> None:
-        """The Figure-3 picture of a two-tower state dict's conv1 kernels."""
+    def image(self, tag: str, image, step: int) -> None:
+        """A 3 x H x W image with values in [0, 1] (the epoch-end kernel grid: ``kernels/conv1``)."""
         if self.writer is None:
             return
-        from ..analysis.kernels import kernel_grid
-
-        self.writer.add_image("kernels/conv1", kernel_grid(weights), step)  # 3 x H x W in [0, 1]
+        self.writer.add_image(tag, image, step)
         self.writer.flush()
 
     def close(self) -> None:
