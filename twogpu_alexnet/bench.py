@@ -1,8 +1,9 @@
 """Model and training-step benchmarks, measured in one process run (``bench model``, ``bench options``).
 
-Every row times full SGD training steps (forward under autocast, float32 cross-entropy, backward,
-momentum update) on one fixed random batch already on the device. Rows are interleaved repeat by
-repeat, so a busy machine slows all of them alike, and medians are reported. Each timed repeat
+Every row times the trainer's own step (:func:`..engine.step.train_step`: forward under autocast,
+float32 cross-entropy, backward, momentum update) on one fixed random batch already on the device.
+Rows are interleaved repeat by repeat, so a busy machine slows all of them alike, and medians are
+reported. Each timed repeat
 waits for every device its model uses before and after; nothing inside a step waits on the host
 (labels live on the head device beforehand and the loss is never read), except the fp16 gradient
 scaler's overflow check.
