@@ -13,7 +13,7 @@ TINY = ["data.synthetic_images=16", "data.synthetic_val_images=8", "train.batch_
 
 def test_hooks_see_each_epoch_and_add_to_its_line_and_grids_need_no_colour_statistics(tmp_path):
     config = load_config(None, TINY + ["analysis.color_stats=false", "analysis.kernel_grid_epochs=[1]"])
-    hooks = epoch_hooks(config.analysis)
+    hooks = epoch_hooks(config)
     assert [type(h) for h in hooks] == [KernelGrids]
     seen = []
 

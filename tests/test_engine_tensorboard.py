@@ -75,7 +75,7 @@ def test_a_run_writes_an_event_file_tensorboard_reads_back(tmp_path):
 
     run = tmp_path / "run"
     config = load_config(None, TINY + ["log.tensorboard=true"])
-    train(config, run, hooks=epoch_hooks(config.analysis))  # the CLI's hooks: colour scores, kernel grid
+    train(config, run, hooks=epoch_hooks(config))  # the CLI's hooks: colour scores, kernel grid
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     records = read_metrics(run / "metrics.jsonl")[0]

@@ -39,7 +39,7 @@ def test_two_step_run_in_each_mode_writes_the_run_folder(mode, devices, tmp_path
     if devices:
         sets.append(f"model.devices={devices}")
     config = tiny(*sets)
-    result = train(config, tmp_path / "run", hooks=epoch_hooks(config.analysis))
+    result = train(config, tmp_path / "run", hooks=epoch_hooks(config))
     assert (result.status, result.exit_code) == ("done", 0)
     assert result.placement.mode == ("grouped" if mode == "auto" and torch.cuda.device_count() < 2 else
                                      mode if mode != "auto" else "two-tower")

@@ -10,12 +10,14 @@ add to the epoch line. The two are independent: the grids are written with the c
 """
 from __future__ import annotations
 
+from ..engine.config import to_dict
 from .kernels import epoch_color_fields, kernel_grid, save_kernel_grid, specialization
 
 
-def epoch_hooks(analysis) -> list:
-    """The hooks an ``[analysis]`` config section (``engine.config.AnalysisConfig``) asks for."""
-    hooks: list = [ColorStats()] if analysis.color_stats else []
+def epoch_hooks(config) -> list:
+    """The hooks a run's config (``engine.config.Config``; its ``[analysis]`` section) asks for."""
+    analysis = config.analysis
+    hooks: list = [ColorStats(meta={"config": to_dict(config)})] if analysis.color_stats else []
     hooks.append(KernelGrids(analysis.kernel_grid_epochs))
     return hooks
 
@@ -23,18 +25,22 @@ def epoch_hooks(analysis) -> list:
 class ColorStats:
     """The towers' colour statistics per epoch; ``summary`` keeps the last epoch's verdict (for the CLI's table)."""
 
-    def __init__(self):
+    def __init__(self, meta: dict | None = None):
+        self.meta = meta or {}  # what the verdict records about the run (its config)
         self.summary: dict | None = None
 
     def __call__(self, event) -> dict:
-        self.summary = summary = color_verdict(event.weights, event.conv1_init)
+        self.summary = summary = color_verdict(event.weights, event.conv1_init, run_dir=event.run_dir,
+                                               step=event.step, meta=self.meta)
         return {"color_score_tower0": summary["weights"]["towers"][0]["mean"],
                 "color_score_tower1": summary["weights"]["towers"][1]["mean"],
                 **epoch_color_fields(summary)}
 
 
-def color_verdict(weights: dict, conv1_init: dict | None) -> dict:
-    """The one call of the colour verdict the trainer's epochs use (learned part W - W0 when W0 is known)."""
+def color_verdict(weights: dict, conv1_init: dict | None, *, run_dir=None, step: int | None = None,
+                  meta: dict | None = None) -> dict:
+    """The one call of the colour verdict at the trainer's epochs (of the learned part W - W0 when W0 is
+    known); ``run_dir``, ``step`` and ``meta`` say where it was taken."""
     return specialization(weights, conv1_init)
 
 

@@ -64,7 +64,7 @@ def run(args) -> int:
         if args.config is None and not args.resume:
             progress.print("no --config: running the built-in demo (configs/demo.toml)", soft_wrap=True)
     reporter = reporter_for(progress, config.train.log_every)
-    hooks = epoch_hooks(config.analysis)  # colour statistics and kernel grids at each epoch's end
+    hooks = epoch_hooks(config)  # colour statistics and kernel grids at each epoch's end
     with StopRequest() as stop:
         result = train(config, run_dir, resume=bool(args.resume), reporter=reporter, stop=stop, ctx=ctx, hooks=hooks)
     if not ctx.is_main:

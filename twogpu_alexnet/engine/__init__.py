@@ -5,7 +5,7 @@
     from twogpu_alexnet.engine.train import train
     from twogpu_alexnet.engine.evaluate import evaluate
     config = load_config("configs/paper-2gpu.toml", ["data.root=/data/imagenet"])
-    result = train(config, "runs/paper", hooks=epoch_hooks(config.analysis))  # colour scores, kernel grids
+    result = train(config, "runs/paper", hooks=epoch_hooks(config))  # colour scores, kernel grids
     print(evaluate(["runs/paper/checkpoints/best.pt"], "/data/imagenet/val", ten_crop=True))
 
 See docs/training.md for every config key, the run folder, checkpoints and exit codes.
