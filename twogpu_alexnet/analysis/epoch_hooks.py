@@ -11,7 +11,7 @@ add to the epoch line. The two are independent: the grids are written with the c
 from __future__ import annotations
 
 from ..engine.config import to_dict
-from .kernels import epoch_color_fields, kernel_grid, save_kernel_grid, specialization
+from .kernels import epoch_color_fields, kernel_grid, run_specialization, save_kernel_grid
 
 
 def epoch_hooks(config) -> list:
@@ -41,7 +41,7 @@ def color_verdict(weights: dict, conv1_init: dict | None, *, run_dir=None, step:
                   meta: dict | None = None) -> dict:
     """The one call of the colour verdict at the trainer's epochs (of the learned part W - W0 when W0 is
     known); ``run_dir``, ``step`` and ``meta`` say where it was taken."""
-    return specialization(weights, conv1_init)
+    return run_specialization(weights, conv1_init, run_dir=run_dir, step=step, meta=meta)
 
 
 class KernelGrids:

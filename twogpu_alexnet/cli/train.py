@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ..errors import UserError
 from .common import add_json_flag, console_for, print_json
+from .options import path_value
 
 DESCRIPTION = """\
 Train AlexNet. With no arguments it runs the built-in demo (synthetic images, the cifar preset,
@@ -29,9 +30,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config (configs/*.toml); default: the built-in demo")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
                    help="override one config key, e.g. train.epochs=10 (repeatable; values in TOML syntax)")
-    p.add_argument("--out", metavar="DIR", help="run folder: a new or empty folder, or a run without checkpoints "
+    p.add_argument("--out", metavar="DIR", type=path_value,
+                   help="run folder: a new or empty folder, or a run without checkpoints "
                    "(default: runs/<date>-<time>-<pid>)")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR with its saved config")
+    p.add_argument("--resume", metavar="DIR", type=path_value, help="continue the run in DIR with its saved config")
     add_json_flag(p)
     p.set_defaults(run=run)
 
@@ -72,8 +74,9 @@ def run(args) -> int:
     if args.json:
         print_json(result_json(result))
     else:
-        if result.epochs:
-            console.print(summary_table(result))
+        epochs = all_epochs(result)
+        if epochs:
+            console.print(summary_table(result, epochs))
         color = next((h.summary for h in hooks if isinstance(h, ColorStats)), None)
         if color:
             console.print(color_table(color))
@@ -99,11 +102,28 @@ def result_json(result) -> dict:
     }
 
 
-def summary_table(result) -> Table:
+def all_epochs(result) -> list[dict]:
+    """Every epoch of the run, the ones before a resume included: the epoch lines of RUN/metrics.jsonl (the
+    last line of each epoch wins), else the epochs of this invocation."""
+    from ..engine.metrics import read_metrics
+
+    try:
+        records, _ = read_metrics(result.run_dir / "metrics.jsonl")
+    except OSError:
+        return list(result.epochs)
+    keys = ("epoch", "train_loss", "val_top1_error", "val_top5_error", "lr", "time_s")
+    by_epoch = {int(r["epoch"]): r for r in records
+                if r.get("kind") == "epoch" and all(k in r for k in keys) and isinstance(r["epoch"], int)}
+    for r in result.epochs:               # this invocation's records are the ones in memory
+        by_epoch[int(r["epoch"])] = r
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def summary_table(result, epochs: list[dict] | None = None) -> Table:
     table = Table(title=f"training run: {result.run_dir}")
     for col in ("epoch", "train loss", "val top-1 err", "val top-5 err", "lr", "time"):
         table.add_column(col, justify="right")
-    for r in result.epochs:
+    for r in result.epochs if epochs is None else epochs:
         table.add_row(str(r["epoch"]), f"{r['train_loss']:.4f}", _pct(r["val_top1_error"]),
                       _pct(r["val_top5_error"]), f"{r['lr']:.2g}", f"{r['time_s']:.1f} s")
     best = "-" if math.isinf(result.best_val_top1_error) else _pct(result.best_val_top1_error)
@@ -115,13 +135,13 @@ def summary_table(result) -> Table:
 
 def color_table(summary: dict) -> Table:
     """The towers' conv1 colour statistics (paper section 6.1): which tower went colour-specific."""
-    table = Table(title="conv1 colour specificity per tower (0 = gray, 1 = pure colour)")
+    from ..analysis.kernels import score_name
+
+    table = Table(title=f"conv1 colour specificity per tower, {score_name(summary)} (0 = gray, 1 = pure colour)")
     for col in ("tower", "kernels", "mean", "median", "q1-q3", "share > 0.5"):
         table.add_column(col, justify="right")
     for t in summary["towers"]:
         table.add_row(str(t["tower"]), str(t["n"]), f"{t['mean']:.3f}", f"{t['median']:.3f}",
                       f"{t['q1']:.2f}-{t['q3']:.2f}", f"{100 * t['frac_above']:.0f}%")
-    tower = summary.get("color_specific_tower")
-    table.caption = (f"colour-specific tower: {'none (no significant difference)' if tower is None else tower}; "
-                     f"permutation p = {summary['p_value']:.3g}")
+    table.caption = summary["verdict"]  # the one colour verdict's sentence
     return table

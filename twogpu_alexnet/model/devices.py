@@ -36,7 +36,9 @@ def check_device(device, *, what: str = "device", count: int | None = None, fix:
     n = cuda_count() if count is None else count
     index = 0 if dev.index is None else dev.index
     if index >= n:
-        exist = "use cpu" if n == 0 else f"use cuda:0 .. cuda:{n - 1} or cpu"
-        raise UserError(f"{what} cuda:{index} does not exist (this machine has {n} CUDA device{'s' * (n != 1)}); "
+        option = f"{what} " if what.startswith("--") else ""  # a command-line option: name it in the advice
+        exist = f"use {option}cpu" if n == 0 else f"use cuda:0 .. cuda:{n - 1} or cpu"
+        given = device if isinstance(device, str) else f"cuda:{index}"
+        raise UserError(f"{what} {given} does not exist (this machine has {n} CUDA device{'s' * (n != 1)}); "
                         f"{fix or exist}")
     return torch.device("cuda", index)
