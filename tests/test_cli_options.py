@@ -153,9 +153,9 @@ def test_bench_device_errors_speak_cli_words(capsys):
     if torch.cuda.is_available():
         pytest.skip("needs a machine without a GPU")
     for argv, want in [
-        (["bench", "model", "--device", "cuda"], "--device cuda needs a CUDA GPU and none is available here; use "
-         "--device cpu"),
-        (["bench", "model", "--devices", "cpu", "cuda:1"], "--devices cuda:1 needs a CUDA GPU"),
+        (["bench", "model", "--device", "cuda"], "--device cuda does not exist (this machine has 0 CUDA devices); "
+         "use --device cpu"),
+        (["bench", "model", "--devices", "cpu", "cuda:1"], "--devices cuda:1 does not exist"),
         (["bench", "options", "--mode", "two-tower", "--devices", "cpu"], "--mode two-tower takes 2 --devices "
          "(tower 0, tower 1), got 1: cpu"),
     ]:

@@ -130,31 +130,26 @@ def test_centre_view_and_mean_subtraction():
 
 @pytest.mark.parametrize("form", ["paper", "original"])
 def test_pca_noise_moves_pixels_along_the_eigenvectors(form):
+    """2,000 images: each worker view finished in one batch, as the loader does."""
     stats = _stats(32, mean=0.0)
     pipe = Pipeline(stats, G32, train=True, color_noise=form, seed=9, pixel_scale=1.0)
     img = torch.full((3, 32, 32), 100, dtype=torch.uint8)
     lam, vecs = stats.eigenvalues, stats.eigenvectors
-    coeffs = []
-    for index in range(2000):
-        p = augment_params(9, 0, index, G32)
-        out = _run(pipe, img, index).double()
-        inside = out[:, 4:28, 4:28]                                        # never padding for any crop
-        shift = inside.reshape(3, -1)
-        assert torch.allclose(shift, shift[:, :1].expand_as(shift), atol=1e-3)   # one RGB shift per image
-        pixel = shift[:, 0]
-        if form == "original":
-            offset = pixel * 1.1 - 100.0                                   # out = (x - mean + offset) / 1.1
-        else:
-            offset = pixel - 100.0
-        z = torch.tensor(p.z, dtype=torch.float64)
-        scale = 0.1 * lam / 255.0 if form == "paper" else 0.1 * lam.sqrt()
-        assert torch.allclose(offset, vecs @ (z * scale), atol=2e-3)
-        assert torch.allclose(offset, color_offset(p.z, stats, form), atol=2e-3)
-        coeffs.append(vecs.T @ offset)                                     # coordinates in the eigenbasis
-    coeffs = torch.stack(coeffs)
-    expected_std = 0.1 * lam / 255.0 if form == "paper" else 0.1 * lam.sqrt()
-    assert torch.allclose(coeffs.std(dim=0), expected_std, rtol=0.06)
-    assert (coeffs.mean(dim=0).abs() < 0.1 * expected_std).all()
+    n = 2000
+    views, rows = zip(*(pipe(img, index, 0) for index in range(n)))
+    out = pipe.finish(torch.stack(views), torch.stack(rows)).double()
+    shift = out[:, :, 4:28, 4:28].reshape(n, 3, -1)                       # never padding for any crop
+    assert torch.allclose(shift, shift[:, :, :1].expand_as(shift), atol=1e-3)  # one RGB shift per image
+    pixel = shift[:, :, 0]
+    offset = pixel * 1.1 - 100.0 if form == "original" else pixel - 100.0  # original: (x - mean + offset) / 1.1
+    z = torch.tensor([augment_params(9, 0, index, G32).z for index in range(n)], dtype=torch.float64)
+    scale = 0.1 * lam / 255.0 if form == "paper" else 0.1 * lam.sqrt()
+    assert torch.allclose(offset, (z * scale) @ vecs.T, atol=2e-3)
+    drawn = torch.stack([color_offset(tuple(row.tolist()), stats, form) for row in z])
+    assert torch.allclose(offset, drawn.double(), atol=2e-3)
+    coeffs = offset @ vecs                                                 # coordinates in the eigenbasis
+    assert torch.allclose(coeffs.std(dim=0), scale, rtol=0.06)
+    assert (coeffs.mean(dim=0).abs() < 0.1 * scale).all()
 
 
 def test_crop_groups_share_position_and_reflection_but_not_colour():

@@ -247,3 +247,15 @@ def test_a_dataset_with_one_class_is_refused_before_training(tmp_path, data_writ
     assert code == 2
     assert "error: the training data has 1 class (only); a classifier needs at least 2 class folders" in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_preset_key_names_every_preset():
+    """model.preset's comment in engine/config.py lists the presets a user can choose (all of spec.PRESETS)."""
+    import inspect
+
+    from twogpu_alexnet.engine import config as config_module
+    from twogpu_alexnet.spec import PRESETS
+
+    source = inspect.getsource(config_module.ModelConfig)
+    comment = source[source.index('preset: str = "paper"'):source.index("mode: str")]
+    assert [name for name in PRESETS if f" {name} " not in comment.replace("|", " ").replace("\n", " ") + " "] == []

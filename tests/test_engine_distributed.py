@@ -14,10 +14,11 @@ import torch.multiprocessing as mp
 from twogpu_alexnet.engine import distributed
 from twogpu_alexnet.engine.distributed import DistContext
 from twogpu_alexnet.engine.optim import make_optimizer
-from twogpu_alexnet.engine.train import forward_loss, sgd_step
+from twogpu_alexnet.engine.step import train_step
 from twogpu_alexnet.errors import UserError
 from twogpu_alexnet.model import build_model
 
+CPU = torch.device("cpu")
 STEPS, BATCH = 2, 8  # per rank; the union batch is 16
 
 
@@ -45,7 +46,7 @@ def _worker(rank: int, port: int, out: str):
         scaler = torch.amp.GradScaler("cuda", enabled=False)
         for x, y in _batches():
             part = slice(rank * BATCH, (rank + 1) * BATCH)  # this rank's half of the union batch
-            sgd_step(forward_loss(net, x[part], y[part], None, "cpu"), opt, scaler)
+            train_step(net, opt, scaler, x[part], y[part], device=CPU)
         total = distributed.sum_across([float(rank + 1)], ctx)
         torch.save({"state": model.state_dict(), "sum": total}, os.path.join(out, f"rank{rank}.pt"))
     finally:
@@ -70,7 +71,7 @@ def test_two_gloo_processes_equal_one_process_on_the_union_batch(tmp_path):
     opt = make_optimizer(model, lr=0.1, momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     for x, y in _batches():
-        sgd_step(forward_loss(model, x, y, None, "cpu"), opt, scaler)
+        train_step(model, opt, scaler, x, y, device=CPU)
     start = _model().state_dict()
     for k, v in model.state_dict().items():
         assert not torch.equal(v, start[k]) or k.endswith("bias"), k  # the steps did move the weights

@@ -78,6 +78,7 @@ def test_gpu_resume_is_bit_identical_with_deterministic_algorithms(tmp_path):
 def test_a_training_step_between_log_points_never_waits_for_the_gpu(tmp_path, monkeypatch, sets):
     """Batch 2 of 3 (not a log point: log_every 3) runs under torch.cuda.set_sync_debug_mode("error"):
     the pinned batch's copies, forward, loss, backward and the update queue without a host sync."""
+    from twogpu_alexnet.engine import step as step_module
     from twogpu_alexnet.engine import train as train_module
 
     real_iter, calls = train_module.rng_neutral_iter, []
@@ -92,7 +93,8 @@ def test_a_training_step_between_log_points_never_waits_for_the_gpu(tmp_path, mo
             finally:
                 torch.cuda.set_sync_debug_mode("default")
 
-    monkeypatch.setattr(train_module, "rng_neutral_iter", strict_second_step)
+    monkeypatch.setattr(train_module, "rng_neutral_iter", strict_second_step)  # the epoch loop
+    monkeypatch.setattr(step_module, "rng_neutral_iter", strict_second_step)  # validation
     _run(tmp_path, *sets, "train.max_steps_per_epoch=3", "train.log_every=3")
     assert len(calls) == 2  # the training loop and validation
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 3

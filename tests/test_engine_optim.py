@@ -7,9 +7,11 @@ import torch
 from twogpu_alexnet.engine.config import ScheduleConfig
 from twogpu_alexnet.engine.optim import load_optimizer_state, make_optimizer, optimizer_state, param_groups
 from twogpu_alexnet.engine.schedule import Schedule
-from twogpu_alexnet.engine.train import forward_loss, sgd_step
+from twogpu_alexnet.engine.step import train_step
 from twogpu_alexnet.model import build_model
 from twogpu_alexnet.model.load import to_layout
+
+CPU = torch.device("cpu")
 
 
 def _groups(preset, mode="grouped"):
@@ -42,10 +44,10 @@ def test_sgd_matches_the_update_rule_by_hand():
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     w0 = model.conv1.weight.detach().clone()
-    sgd_step(forward_loss(model, x, y, None, "cpu"), opt, scaler)
+    train_step(model, opt, scaler, x, y, device=CPU)
     g1 = model.conv1.weight.grad.clone()
     w1 = model.conv1.weight.detach().clone()
-    sgd_step(forward_loss(model, x, y, None, "cpu"), opt, scaler)
+    train_step(model, opt, scaler, x, y, device=CPU)
     g2 = model.conv1.weight.grad.clone()
     v1 = g1 + 5e-4 * w0  # torch's buffer holds gradients: v <- 0.9 v + (g + wd w); w <- w - lr v
     v2 = 0.9 * v1 + g2 + 5e-4 * w1
@@ -60,15 +62,15 @@ def test_optimizer_state_moves_between_layouts():
     opt = make_optimizer(tower, 0.05, 0.9, 5e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     x, y = torch.randn(6, 3, 32, 32), torch.arange(6)
-    sgd_step(forward_loss(tower, x, y, None, "cpu"), opt, scaler)
+    train_step(tower, opt, scaler, x, y, device=CPU)
     saved = optimizer_state(opt, tower)
     assert set(saved["momentum"]) == set(tower.state_dict())  # canonical two-tower names
     grouped = build_model("cifar", mode="grouped", device="cpu", num_classes=10).eval()
     grouped.load_state_dict(to_layout(tower.state_dict(), "grouped"))
     opt_g = make_optimizer(grouped, 0.05, 0.9, 5e-4)
     load_optimizer_state(opt_g, grouped, saved)
-    sgd_step(forward_loss(tower, x, y, None, "cpu"), opt, scaler)
-    sgd_step(forward_loss(grouped, x, y, None, "cpu"), opt_g, scaler)
+    train_step(tower, opt, scaler, x, y, device=CPU)
+    train_step(grouped, opt_g, scaler, x, y, device=CPU)
     for k, v in to_layout(grouped.state_dict(), "two-tower").items():
         torch.testing.assert_close(v, tower.state_dict()[k], rtol=1e-5, atol=1e-6)
 

@@ -35,7 +35,8 @@ def test_two_tower_without_two_gpus_is_one_sentence():
 
 def test_named_devices():
     assert resolve(ModelConfig(mode="two-tower", devices=["cpu", "cpu"]), cuda_count=0).devices == ("cpu", "cpu")
-    with pytest.raises(UserError, match="model.devices names cuda:3 but this machine has 2 GPUs"):
+    with pytest.raises(UserError, match=r"model.devices entry cuda:3 does not exist \(this machine has 2 CUDA "
+                                        r"devices\); name devices that exist or use model.mode=grouped"):
         resolve(ModelConfig(mode="two-tower", devices=["cuda:0", "cuda:3"]), cuda_count=2)
     with pytest.raises(UserError, match="'tpu:0' is not a device"):
         resolve(ModelConfig(mode="grouped", devices=["tpu:0"]), cuda_count=0)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from twogpu_alexnet.engine import step as step_module
 from twogpu_alexnet.engine import train as train_module
 from twogpu_alexnet.engine.checkpoint import load_checkpoint
 from twogpu_alexnet.engine.config import load_config
@@ -65,7 +66,8 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatc
             label_copies.append(kwargs.get("non_blocking", False))
         return real_to(self, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "rng_neutral_iter", recorded)
+    monkeypatch.setattr(train_module, "rng_neutral_iter", recorded)  # the epoch loop's batches
+    monkeypatch.setattr(step_module, "rng_neutral_iter", recorded)  # validation's
     monkeypatch.setattr(torch.Tensor, "to", spy)
     reporter = _Losses()
     result = train(tiny(), tmp_path / "run", reporter=reporter)
@@ -129,9 +131,9 @@ def test_resume_in_mid_epoch_with_another_batch_size_goes_on_from_the_images_see
     """Stopped after 16 of the epoch's 32 images at batch 8, resumed at batch 16: one step on exactly the
     16 images (same order, same augmentation) that batches 3 and 4 of the straight run trained on."""
     fed = []
-    real_prepare = train_module.prepare_batch
-    monkeypatch.setattr(train_module, "prepare_batch", lambda images, *a: fed.append(images.clone()) or
-                        real_prepare(images, *a))
+    real_layout = step_module.model_layout
+    monkeypatch.setattr(step_module, "model_layout", lambda images, *a: fed.append(images.clone()) or
+                        real_layout(images, *a))
     train(tiny(), tmp_path / "a")
     straight, fed[:] = list(fed), []
     stop = StopRequest()

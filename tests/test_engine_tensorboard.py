@@ -5,6 +5,7 @@ import sys
 import pytest
 from PIL import Image
 
+from twogpu_alexnet.analysis.epoch_hooks import epoch_hooks
 from twogpu_alexnet.engine import train as train_module
 from twogpu_alexnet.engine.config import load_config
 from twogpu_alexnet.engine.metrics import read_metrics
@@ -77,7 +78,8 @@ def test_a_run_writes_an_event_file_tensorboard_reads_back(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
-    train(load_config(None, TINY + ["log.tensorboard=true"]), run)
+    config = load_config(None, TINY + ["log.tensorboard=true"])
+    train(config, run, hooks=epoch_hooks(config))  # the CLI's hooks: colour scores, kernel grid
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     records = read_metrics(run / "metrics.jsonl")[0]

@@ -5,11 +5,12 @@ import torch
 
 from twogpu_alexnet.data import TowerInputs
 from twogpu_alexnet.data import loader as loader_module
-from twogpu_alexnet.engine import train as train_module
+from twogpu_alexnet.engine import step as step_module
 from twogpu_alexnet.engine.checkpoint import load_checkpoint
 from twogpu_alexnet.engine.config import load_config
 from twogpu_alexnet.engine.metrics import read_metrics
-from twogpu_alexnet.engine.train import first_rows, prepare_batch, train
+from twogpu_alexnet.engine.step import first_rows, model_layout
+from twogpu_alexnet.engine.train import train
 
 # 4 steps of 8 images per epoch, 12 validation images (batches of 8 and 4)
 TINY = ["data.synthetic_images=32", "data.synthetic_val_images=12", "train.batch_size=8", "train.lr=0.01",
@@ -23,9 +24,9 @@ def _every_entry_its_own_device(device):
     return tuple(entries), tuple(range(len(entries)))
 
 
-def test_prepare_batch_lays_out_each_tower_on_its_own():
+def test_model_layout_lays_out_each_tower_on_its_own():
     x, y = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
-    out = prepare_batch(TowerInputs((x, y, x)), None, torch.device("cpu"), channels_last=True)
+    out = model_layout(TowerInputs((x, y, x)), torch.device("cpu"), channels_last=True)
     assert type(out) is tuple and len(out) == 3 and out[0] is out[2]
     assert all(t.is_contiguous(memory_format=torch.channels_last) for t in out)
     assert torch.equal(out[0], x) and torch.equal(out[1], y)
@@ -39,9 +40,9 @@ def test_a_run_fed_per_tower_batches_equals_the_run_fed_one_tensor(tmp_path, mon
     config = load_config(None, TINY + [f"speed.channels_last={str(channels_last).lower()}"])
     train(config, tmp_path / "one")
     fed = []
-    real_prepare = train_module.prepare_batch
-    monkeypatch.setattr(train_module, "prepare_batch", lambda images, *a: fed.append(type(images)) or
-                        real_prepare(images, *a))
+    real_layout = step_module.model_layout
+    monkeypatch.setattr(step_module, "model_layout", lambda images, *a: fed.append(type(images)) or
+                        real_layout(images, *a))
     monkeypatch.setattr(loader_module, "device_slots", _every_entry_its_own_device)
     result = train(config, tmp_path / "pair")
     assert result.status == "done"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from twogpu_alexnet.analysis.epoch_hooks import epoch_hooks
 from twogpu_alexnet.cli import main
 from twogpu_alexnet.engine.checkpoint import load_checkpoint
 from twogpu_alexnet.engine.config import load_config
@@ -37,7 +38,8 @@ def test_two_step_run_in_each_mode_writes_the_run_folder(mode, devices, tmp_path
     sets = [f"model.mode={mode}", "train.epochs=1", "train.max_steps_per_epoch=2"]
     if devices:
         sets.append(f"model.devices={devices}")
-    result = train(tiny(*sets), tmp_path / "run")
+    config = tiny(*sets)
+    result = train(config, tmp_path / "run", hooks=epoch_hooks(config))
     assert (result.status, result.exit_code) == ("done", 0)
     assert result.placement.mode == ("grouped" if mode == "auto" and torch.cuda.device_count() < 2 else
                                      mode if mode != "auto" else "two-tower")

@@ -1,10 +1,15 @@
-"""Two-tower and grouped executors compute the same function, gradients and SGD steps."""
+"""Two-tower and grouped executors compute the same function, gradients and SGD steps.
+
+float64 on the CPU: the full-size paper network once; the original recipe's layers (LRN -> pool -> ReLU,
+the same-map norm) at the cifar preset's size; the SGD steps on the cifar preset.
+"""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
-from twogpu_alexnet import build_model, to_grouped_state, to_two_tower_state
+from twogpu_alexnet import PRESETS, build_model, to_grouped_state, to_two_tower_state
 from twogpu_alexnet.model.ops import CrossMapNorm
 
 
@@ -14,6 +19,13 @@ def _lrn_window_groups(monkeypatch, model, groups):
     assert norms
     for m in norms:
         monkeypatch.setattr(m, "groups", groups)
+
+
+# the original preset's ops, LRN and same-map norm on the cifar preset's widths: 32 x 32 inputs
+ORIGINAL_32 = replace(PRESETS["cifar"], name="original-32", lrn=PRESETS["original"].lrn,
+                      same_map=PRESETS["original"].same_map,
+                      convs=tuple(replace(c, ops=o.ops) for c, o in zip(PRESETS["cifar"].convs,
+                                                                          PRESETS["original"].convs)))
 
 
 def _loud_init(model, seed=0):
@@ -37,11 +49,11 @@ def _pair(preset, num_classes=10):
 
 
 def _images(preset, n=2, seed=1):
-    size = 224 if preset != "cifar" else 32
+    size = preset.input_size if not isinstance(preset, str) else PRESETS[preset].input_size
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 50
 
 
-@pytest.mark.parametrize("preset", ["paper", "original", "cifar"])
+@pytest.mark.parametrize("preset", ["paper", ORIGINAL_32, "cifar"], ids=["paper", "original-32", "cifar"])
 def test_same_logits_and_gradients(preset):
     towers, grouped = _pair(preset)
     x = _images(preset)
@@ -68,7 +80,7 @@ def test_the_comparison_can_fail_lrn_across_all_channels_is_another_network(monk
     assert (grouped(x) - expected).abs().max() > 1e-6
 
 
-@pytest.mark.parametrize("preset", ["paper", "cifar"])
+@pytest.mark.parametrize("preset", ["cifar", ORIGINAL_32], ids=["cifar", "original-32"])
 def test_one_sgd_step_over_both_towers_gives_the_same_weights(preset):
     towers, grouped = _pair(preset)
     opt_t = torch.optim.SGD(towers.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -172,8 +184,8 @@ def test_forward_and_backward_create_no_tensor_from_host_values():
             self.names.add(str(func))
             return func(*args, **(kwargs or {}))
 
-    x, labels = _images("original", n=1), torch.tensor([3])
-    for model in _pair("original"):
+    x, labels = _images(ORIGINAL_32, n=1), torch.tensor([3])  # every op of the original recipe, at 32 x 32
+    for model in _pair(ORIGINAL_32):
         model.train()
         with Ops() as ops:
             torch.nn.functional.cross_entropy(model(x), labels).backward()

@@ -1,8 +1,9 @@
 """Model and training-step benchmarks, measured in one process run (``bench model``, ``bench options``).
 
-Every row times full SGD training steps (forward under autocast, float32 cross-entropy, backward,
-momentum update) on one fixed random batch already on the device. Rows are interleaved repeat by
-repeat, so a busy machine slows all of them alike, and medians are reported. Each timed repeat
+Every row times the trainer's own step (:func:`..engine.step.train_step`: forward under autocast,
+float32 cross-entropy, backward, momentum update) on one fixed random batch already on the device.
+Rows are interleaved repeat by repeat, so a busy machine slows all of them alike, and medians are
+reported. Each timed repeat
 waits for every device its model uses before and after; nothing inside a step waits on the host
 (labels live on the head device beforehand and the loss is never read), except the fp16 gradient
 scaler's overflow check.
@@ -24,13 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .engine.step import AMP_DTYPES, train_step
 from .errors import UserError
 from .model import build_model, check_device
 from .model.grouped import GroupedAlexNet
 from .model.init import init_from_spec
 from .spec import Conv, NetSpec, get_spec, layer_shapes
-
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Dense tensor-core peaks from the vendors' datasheets, TFLOP/s, by autocast setting ("none" runs
 # fp32 matmuls and convolutions as TF32 here). Matched by substring of the CUDA device name, in order.
@@ -132,17 +132,11 @@ class Case:
                                          fused=True)  # one kernel per device, not a loop over tensors
         self.scaler = torch.amp.GradScaler(self.devices[0].type, enabled=self.amp == "fp16")
         self.forward = torch.compile(self.model) if self.compile else self.model
-        self.device_type = self.images.device.type
 
     def step(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        dtype = AMP_DTYPES[self.amp]
-        with torch.autocast(self.device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = self.forward(self.images)
-        loss = F.cross_entropy(logits.float(), self.labels)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        """The trainer's step (engine.step.train_step) on this row's batch."""
+        train_step(self.forward, self.optimizer, self.scaler, self.images, self.labels, device=self.images.device,
+                   amp_dtype=AMP_DTYPES[self.amp])
 
 
 def _sync(devices) -> None:

@@ -107,9 +107,9 @@ def bench_data(data, *, images: int = 200, seconds: float = 3.0, input_size: int
     if batch < 1:
         raise UserError(f"--batch {batch} must be at least 1; use e.g. --batch 256.")
     if device is not None:
-        from .engine.inference import torch_device
+        from .model.devices import check_device
 
-        device = torch_device(device)                  # one sentence for a device that is not here
+        device = check_device(device, what="--device", kinds=("cpu", "cuda"))  # one sentence for one not here
         if device.type != "cuda":
             raise UserError(f"--device {device} adds GPU rows; leave it out for the CPU rows, or name a GPU (cuda:0)")
     listing = list_split(data, "--data folder").images()

@@ -42,6 +42,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..analysis.epoch_hooks import ColorStats, epoch_hooks
     from ..engine.config import load_config
     from ..engine.distributed import context_from_env
     from ..engine.progress import reporter_for
@@ -71,8 +72,9 @@ def run(args) -> int:
         if args.config is None and not args.resume:
             progress.print("no --config: running the built-in demo (configs/demo.toml)", soft_wrap=True)
     reporter = reporter_for(progress, config.train.log_every)
+    hooks = epoch_hooks(config)  # colour statistics and kernel grids at each epoch's end
     with StopRequest() as stop:
-        result = train(config, run_dir, resume=bool(args.resume), reporter=reporter, stop=stop, ctx=ctx,
+        result = train(config, run_dir, resume=bool(args.resume), reporter=reporter, stop=stop, ctx=ctx, hooks=hooks,
                        from_epoch=args.from_epoch)
     if not ctx.is_main:
         return result.exit_code
@@ -82,8 +84,9 @@ def run(args) -> int:
         epochs = all_epochs(result)
         if epochs:
             console.print(summary_table(result, epochs))
-        if result.color:
-            console.print(color_table(result.color))
+        color = next((h.summary for h in hooks if isinstance(h, ColorStats)), None)
+        if color:
+            console.print(color_table(color))
     return result.exit_code
 
 

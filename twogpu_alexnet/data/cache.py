@@ -4,6 +4,8 @@ Imagenette's 9,469 training images at 256 x 256 are 1.9 GB; a prepared store is 
 loader's workers), and every epoch after that is a gather on the device: each batch's crops are picked
 from the cached images by their parameter rows (the same rows, from the same (seed, epoch, index), the
 workers draw), then finished by the same arithmetic. Batches are identical to the worker path's.
+The loader that serves them is ``loader.CachedLoader``; :func:`device_views` also cuts the views of
+images decoded on the device (``data.decode = "gpu"``).
 """
 from __future__ import annotations
 
@@ -13,9 +15,8 @@ from torch.utils.data import DataLoader
 
 from ..errors import UserError
 from .decode import CorruptImage
-from .loader import Batch, EpochBatchSampler, Loader, per_tower
 from .split import Split
-from .transforms import PARAMS, ten_views
+from .transforms import ten_views
 
 
 class _Stored(torch.utils.data.Dataset):
@@ -55,30 +56,6 @@ def fill_cache(split: Split, device, workers: int = 0) -> tuple[torch.Tensor, to
         readable[lo:lo + len(batch)] = ok
         lo += len(batch)
     return images, readable
-
-
-class CachedLoader(Loader):
-    """A :class:`Loader` whose batches come from the device cache instead of worker processes (with one device
-    per tower the cache lives on the first, which finishes each batch and copies it on to the others)."""
-
-    def __init__(self, split: Split, sampler: EpochBatchSampler, device, finish: bool, workers: int = 0):
-        super().__init__(split, None, sampler, device, finish)
-        self.images, self.readable = fill_cache(split, self.device, workers)
-
-    def batches(self):
-        for keys in self.sampler:
-            yield self._batch(keys)
-
-    def _batch(self, keys) -> Batch:
-        pipe = self.split.pipeline
-        drawn, keys = len(keys), [k for k in keys if self.readable[k[0]]]
-        index = torch.tensor([k[0] for k in keys], dtype=torch.int64)
-        labels = torch.tensor([self.split.dataset.labels[i] for i in index.tolist()], dtype=torch.int64)
-        params = torch.stack([pipe.params(*k) for k in keys]) if pipe.train and keys else \
-            torch.zeros(len(keys), PARAMS, dtype=torch.float64)
-        views = device_views(self.images, index.to(self.device), params.to(self.device), pipe)
-        x = pipe.finish(views, params) if self.finish else views
-        return Batch(per_tower([x], self.slots, self.owner), labels, drawn - len(keys), index)
 
 
 def device_views(images: torch.Tensor, index: torch.Tensor, params: torch.Tensor, pipe) -> torch.Tensor:

@@ -31,6 +31,7 @@ import torch.nn.functional as nnf
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, get_worker_info
 
 from ..errors import UserError
+from .cache import device_views, fill_cache
 from .split import Split
 from .transforms import PARAMS
 
@@ -211,6 +212,30 @@ class Loader:
         return self.split.pipeline.finish(images, params.to(device)) if self.finish else images
 
 
+class CachedLoader(Loader):
+    """A :class:`Loader` whose batches come from the device cache instead of worker processes (with one device
+    per tower the cache lives on the first, which finishes each batch and copies it on to the others)."""
+
+    def __init__(self, split: Split, sampler: EpochBatchSampler, device, finish: bool, workers: int = 0):
+        super().__init__(split, None, sampler, device, finish)
+        self.images, self.readable = fill_cache(split, self.device, workers)
+
+    def batches(self):
+        for keys in self.sampler:
+            yield self._batch(keys)
+
+    def _batch(self, keys) -> Batch:
+        pipe = self.split.pipeline
+        drawn, keys = len(keys), [k for k in keys if self.readable[k[0]]]
+        index = torch.tensor([k[0] for k in keys], dtype=torch.int64)
+        labels = torch.tensor([self.split.dataset.labels[i] for i in index.tolist()], dtype=torch.int64)
+        params = torch.stack([pipe.params(*k) for k in keys]) if pipe.train and keys else \
+            torch.zeros(len(keys), PARAMS, dtype=torch.float64)
+        views = device_views(self.images, index.to(self.device), params.to(self.device), pipe)
+        x = pipe.finish(views, params) if self.finish else views
+        return Batch(per_tower([x], self.slots, self.owner), labels, drawn - len(keys), index)
+
+
 def per_tower(done: list, slots, owner) -> "torch.Tensor | TowerInputs":
     """One tensor per distinct device (``slots``) -> what a loader yields: that tensor alone with one device,
     else one entry per tower (``owner``: each entry's device). With one tensor for several devices (one device
@@ -226,7 +251,6 @@ def per_tower(done: list, slots, owner) -> "torch.Tensor | TowerInputs":
 def _decoded(raw, split: Split, device):
     """``data.decode = "gpu"``: a batch of JPEG bytes decoded on ``device`` (nvJPEG on CUDA), then cut into views
     there exactly as the workers cut them (cache.device_views); images that fail to decode are skipped."""
-    from .cache import device_views
     from .decode import decode_jpeg_batch
 
     encoded, params, labels, skipped, indices = raw
@@ -347,8 +371,6 @@ def make_loader(split: Split, batch_size: int = 128, shuffle: bool = True, worke
     sampler = EpochBatchSampler(len(split.dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
                                 rank=rank, world_size=world_size)
     if cache:
-        from .cache import CachedLoader
-
         return CachedLoader(split, sampler, device, finish, workers)
     shape = split.pipeline.sample_shape
     check_shared_memory(batch_size * sample_bytes(split), workers, prefetch_factor)

@@ -1,47 +1,11 @@
 """The paper's transforms: random crops, reflections, fancy-PCA colour noise, mean subtraction, 10 views.
 
-Pixel scale (``pixel_scale``): the output is (pixel - mean [+ colour noise]) * scale, pixels in 0..255.
-* input 224 (paper, original presets): scale 1 -- the 0..255 scale of the original code, which the
-  paper's initialization (weights std 0.01) assumes.
-* inputs <= 64 (the cifar preset): scale 1 / sigma, sigma = sqrt(trace(RGB covariance) / 3) of the
-  training set, so inputs have unit variance -- what the cifar preset's sqrt(2 / fan_in) initialization
-  assumes (0..255 inputs make its first loss ~50 and training diverges).
-The scale is a pure function of the statistics and the input size, so evaluation with a checkpoint's
-statistics reproduces it. All statistics (mean image, eigenvalues) stay in the 0..255 scale.
-
-Geometry (``geometry_for``):
-* input 224: stored images are 256 x 256; training takes a random 224 x 224 crop (top and left
-  uniform in 0..32) and reflects it with p = 0.5; evaluation takes the centre crop, or 10 views.
-* input 32 (CIFAR-style): images stay 32 x 32; training pads the mean-subtracted image with 4 zeros
-  on every side (zero = the mean, after subtraction) and takes a random 32 x 32 crop of the 40 x 40
-  result (top and left uniform in 0..8), then reflects with p = 0.5; evaluation uses the image
-  itself; 10 views are the five crops of the padded image.
-
-10 views: torchvision's ``ten_crop`` order -- top-left, top-right, bottom-left, bottom-right, centre,
-then the same five crops of the horizontally reflected image (so view 5 is the reflection of view 1,
-view 6 of view 0, view 7 of view 3, view 8 of view 2, view 9 of view 4). Softmax averaging does not
-depend on the order.
-
-Mean image: for a 224 input the centre crop of the mean image is subtracted from every crop and view,
-exactly as Krizhevsky's data provider does (its ``data_mean_crop``). For a 32 input the mean image is
-the image size: it is subtracted before the zero padding, so it moves with the crop.
-
-Crop groups (``crop_group`` = G > 0, the 2012 data provider): the G consecutive images at positions
-k G .. k G + G - 1 of an epoch's order share one crop position and reflection, drawn from (seed, epoch, k);
-the colour noise stays per image.
-
-Two parts, two places. The geometric part (:meth:`Pipeline.__call__`: crop, reflection, padding, the
-10 views) runs in the loader's workers on uint8 pixels and returns the uint8 view with a row of
-parameters (crop top, left, reflection, colour offset). The arithmetic part (:meth:`Pipeline.finish`:
-mean image, colour offset, pixel scale, dtype) runs once per batch wherever the batch is -- the training
-device -- and gives bit for bit the numbers of ``(x - mean + offset) * scale`` per image.
-
-Colour noise (one draw per image each time it is used; z ~ N(0, 1)^3 from the image's seed):
-* ``paper``: add  P (alpha * lambda)  with alpha = 0.1 z, written on [0, 1] intensities as in the
-  paper; in the 0..255 scale used here that is  P (0.1 z * lambda) / 255  (lambda: eigenvalues of the
-  0..255 covariance). Without the 1/255 the formula would shift pixels by hundreds of grey levels.
-* ``original``: (x - mean + 0.1 * P (z * sqrt(lambda))) / 1.1  -- the original code's form.
-* ``none``: no noise.
+Two parts, two places: the geometric part (:meth:`Pipeline.__call__`: crop, reflection, padding, the
+10 views) runs in the loader's workers on uint8 pixels and returns the view with a row of parameters
+(crop top, left, reflection, colour offset); the arithmetic part (:meth:`Pipeline.finish`: mean image,
+colour offset, pixel scale) runs once per batch on the training device. Every draw is a pure function
+of (seed, epoch, index). The exact parameters -- geometry per input size, 10-view order, mean image,
+both colour-noise forms, pixel scale, crop groups -- are in ``docs/data.md`` ("Transforms").
 """
 from __future__ import annotations
 

@@ -35,7 +35,8 @@ CHOICES = {
 
 @dataclass
 class ModelConfig:
-    preset: str = "paper"  # paper | original | paper-onetower | cifar | cifar-onetower
+    preset: str = "paper"  # a key of spec.PRESETS: paper | original | paper-onetower | paper-half |
+    #                        original-half | cifar | cifar-onetower
     mode: str = "auto"  # two-tower (one tower per GPU) | grouped (one device) | auto (two-tower with >= 2 GPUs)
     devices: list[str] = field(default_factory=list)  # [] = automatic; two-tower: [tower 0, tower 1]; grouped: [device]
     num_classes: int = 0  # 0 = the number of classes in the data

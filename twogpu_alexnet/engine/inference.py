@@ -16,6 +16,7 @@ import torch
 
 from ..errors import UserError
 from ..model import build_model
+from ..model.devices import check_device
 from ..model.load import infer_preset, load_into, load_weights
 from ..spec import get_spec
 
@@ -44,24 +45,13 @@ def read_checkpoint(path: "str | os.PathLike", preset: str | None = None) -> Che
 
 def torch_device(device, option: str = "--device") -> torch.device:
     """``device`` (e.g. "cpu", "cuda:1") as a torch.device that exists here, or one sentence saying why not
-    (naming ``option``, the command-line option that gave it).
+    (naming ``option``, the command-line option that gave it): the one device checker, model.devices.
 
     None or ``"auto"``: cuda:0 when a GPU is present, else the CPU (the default of every command).
     """
     if device is None or device == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserError(f"{option} {device!r} is not a device name; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"{option} {device} needs a CUDA GPU and none is available here; use {option} cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise UserError(f"{option} {device}: this machine has {torch.cuda.device_count()} GPU(s); use cuda:0 .. "
-                        f"cuda:{torch.cuda.device_count() - 1}")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"{option} {device} is not supported; use cpu, cuda or cuda:N")
-    return device
+    return check_device(device, what=option, kinds=("cpu", "cuda"))
 
 
 def load_network(checkpoint: "str | os.PathLike | Checkpoint", preset: str | None = None,

@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..errors import UserError
+from ..model.devices import check_device
+from ..model.devices import cuda_count as visible_gpus
 from ..spec import PRESETS
 from .config import ModelConfig
 from .distributed import DistContext
@@ -46,19 +48,8 @@ def _gpus(n: int) -> str:
 
 def _check_named(devices: list[str], cuda_count: int) -> tuple[str, ...]:
     """``devices`` checked and spelled in full (``cuda`` -> ``cuda:0``)."""
-    named = []
-    for name in devices:
-        try:
-            dev = torch.device(name)
-        except (RuntimeError, TypeError):
-            raise UserError(f"model.devices entry {name!r} is not a device; use names like cuda:0 or cpu") from None
-        if dev.type == "cuda" and (dev.index or 0) >= cuda_count:
-            raise UserError(f"model.devices names {name} but this machine has {_gpus(cuda_count)}; "
-                            "name devices that exist or use model.mode=grouped")
-        if dev.type not in ("cuda", "cpu"):
-            raise UserError(f"model.devices entry {name!r}: only cuda:N and cpu are supported")
-        named.append(f"cuda:{dev.index or 0}" if dev.type == "cuda" else "cpu")
-    return tuple(named)
+    return tuple(str(check_device(name, what="model.devices entry", count=cuda_count, kinds=("cpu", "cuda"),
+                                  fix="name devices that exist or use model.mode=grouped")) for name in devices)
 
 
 def _one_tower_grouped(model: ModelConfig) -> ModelConfig:
@@ -74,7 +65,7 @@ def _one_tower_grouped(model: ModelConfig) -> ModelConfig:
 def resolve(model: ModelConfig, ctx: DistContext = DistContext(), cuda_count: int | None = None) -> Placement:
     """The placement for ``model`` in process ``ctx``; UserError when the request cannot be met."""
     if cuda_count is None:
-        cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        cuda_count = visible_gpus()
     model = _one_tower_grouped(model)
     if model.devices:
         if ctx.enabled:

@@ -4,8 +4,8 @@ The records that go to ``metrics.jsonl`` go here too, as scalars at the global s
 ``train/loss``, ``train/lr``, ``train/img_s``; per epoch ``epoch/train_loss``, ``epoch/val_top1_error``,
 ``epoch/val_top5_error``, ``epoch/lr``, ``epoch/img_s``, ``epoch/color_score_tower0/1`` (of W) and the
 colour verdict's numbers (``epoch/learned_color_score_tower0/1``, ``epoch/color_effect_size``,
-``epoch/color_p_value``, ``epoch/color_split``; its sentence as the text ``epoch/color_verdict``); at the
-analysis epochs the Figure-3 kernel grid as the image ``kernels/conv1``. Off, nothing is imported
+``epoch/color_p_value``, ``epoch/color_split``; its sentence as the text ``epoch/color_verdict``); images
+that epoch-end hooks add (the Figure-3 kernel grid as ``kernels/conv1``). Off, nothing is imported
 and nothing is written. ``tensorboard --logdir RUN`` shows a run (or ``--logdir runs`` all of them).
 """
 from __future__ import annotations
@@ -60,13 +60,11 @@ class Board:
             self.writer.add_text("epoch/color_verdict", record["color_verdict"], step)
         self.writer.flush()
 
-    def kernel_grid(self, weights: dict, step: int) -> None:
-        """The Figure-3 picture of a two-tower state dict's conv1 kernels."""
+    def image(self, tag: str, image, step: int) -> None:
+        """A 3 x H x W image with values in [0, 1] (the epoch-end kernel grid: ``kernels/conv1``)."""
         if self.writer is None:
             return
-        from ..analysis.kernels import kernel_grid
-
-        self.writer.add_image("kernels/conv1", kernel_grid(weights), step)  # 3 x H x W in [0, 1]
+        self.writer.add_image(tag, image, step)
         self.writer.flush()
 
     def close(self) -> None:

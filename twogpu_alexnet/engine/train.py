@@ -1,9 +1,15 @@
 """The training loop: the paper's recipe on two towers, one device, or many processes.
 
-Read top to bottom: :func:`train` checks everything it can before touching data or a GPU, builds the
-model where :mod:`.placement` says, one SGD over both towers (:mod:`.optim`), and runs epochs of
-steps; after each epoch it validates (top-1 / top-5 error), steps the schedule, logs the towers'
-colour scores and writes a checkpoint. SIGINT/SIGTERM finish the current step, save and return.
+Read top to bottom, as nanoGPT's ``train.py``: :func:`train` checks everything it can before touching
+data or a GPU and opens the run folder; :class:`_Run` sets up the model where :mod:`.placement` says,
+one SGD over both towers (:mod:`.optim`), the data and the logs, then runs the epoch loop: steps
+(:func:`.step.train_step`), a log point every ``train.log_every`` steps, and at each epoch's end
+validation (:func:`.step.validate`), the schedule, the epoch-end hooks (the CLI wires the colour
+statistics and kernel grids of :mod:`..analysis` in) and a checkpoint. SIGINT/SIGTERM finish the
+current step, save and return. Helpers follow the loop.
+
+Sync points (where the host waits for the device, or ranks for each other) are marked ``# sync:``;
+a step itself queues its work and returns.
 """
 from __future__ import annotations
 
@@ -12,15 +18,14 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import files
-from ..data.loader import TowerInputs
 from ..data.split import take_subset
 from ..errors import UserError
 from ..model import build_model
@@ -30,21 +35,36 @@ from . import checkpoint as ckpt
 from . import distributed, tensorboard
 from .config import Config, to_dict, to_toml, validate
 from .distributed import DistContext
-from .metrics import MetricsLog, topk_correct
+from .metrics import MetricsLog
 from .optim import load_optimizer_state, make_optimizer, optimizer_state
 from .placement import Placement, resolve
 from .progress import Pace, Reporter
 from .rundir import RunFolder, resume_hint
 from .schedule import Schedule
 from .signals import StopRequest
+from .step import AMP_DTYPES, rng_neutral_iter, train_step
+from .step import validate as validate_pass
 
 EXIT_DONE, EXIT_NONFINITE = 0, 3  # user errors exit 2 (the CLI), signals 130 / 143 (signals.py)
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-try:  # the towers' colour statistics each epoch (optional: the trainer works without them)
-    from ..analysis.kernels import epoch_color_fields, run_specialization, save_kernel_grid
-except ImportError:  # pragma: no cover - the analysis package is part of the normal build
-    epoch_color_fields = save_kernel_grid = run_specialization = None
+
+@dataclass
+class EpochEnd:
+    """What an epoch-end hook is shown (rank 0 only, after validation, before the epoch line is written).
+
+    A hook returns a dict of fields to add to the epoch's ``metrics.jsonl`` line (or None).
+    """
+
+    epoch: int
+    step: int  # SGD steps so far
+    last: bool  # the run's last epoch (train.epochs)
+    run_dir: Path
+    weights: dict  # the model in the canonical layout (cpu copies)
+    conv1_init: dict | None  # conv1 at step 0 (canonical layout), None for runs begun before it was kept
+    board: tensorboard.Board  # TensorBoard (does nothing when log.tensorboard is off)
+
+
+EpochHook = Callable[[EpochEnd], "dict | None"]
 
 
 @dataclass
@@ -56,15 +76,383 @@ class RunResult:
     epochs: list[dict] = field(default_factory=list)  # epoch records written by this invocation
     checkpoint: Path | None = None  # the newest checkpoint written (or resumed from)
     best_val_top1_error: float = math.inf
-    color: dict | None = None  # tower_summary of the final weights
     message: str = ""
     images_per_s: float = 0.0
     wall_s: float = 0.0
     nonfinite_skipped: int = 0
 
 
+def train(config: Config, run_dir: "str | os.PathLike", *, resume: bool = False, reporter: Reporter | None = None,
+          stop: StopRequest | None = None, ctx: DistContext | None = None,
+          hooks: Sequence[EpochHook] = (), from_epoch: int | None = None) -> RunResult:
+    """Train per ``config`` into ``run_dir`` (or continue the run there with ``resume=True``; from the
+    end of epoch ``from_epoch``'s checkpoint instead of the newest one when given).
+
+    Returns a :class:`RunResult`; its ``exit_code`` is 0 when done, 130/143 after SIGINT/SIGTERM (a
+    checkpoint saved), 3 after a non-finite loss. User mistakes raise UserError before any data is
+    read or GPU memory taken. ``hooks`` run at each epoch's end on rank 0 (:class:`EpochEnd`).
+    """
+    t_start = time.perf_counter()
+    run_dir = Path(run_dir)
+    reporter = reporter or Reporter()
+    stop = stop or StopRequest()
+    ctx = ctx or distributed.context_from_env()
+    if not ctx.is_main:
+        reporter = Reporter()  # only rank 0 shows progress
+    validate(config)
+    tc = config.train
+    rank_batch = distributed.per_rank_batch(tc.batch_size, ctx)
+    distributed.check_rendezvous(ctx)
+    placement = resolve(config.model, ctx)
+    check_speed(config, placement)
+    check_data(config)
+    tensorboard.check_available(config.log.tensorboard)
+    with RunFolder(run_dir, resume=resume, owner=ctx.is_main) as folder:  # checked, made and locked for the run
+        for note in folder.notes:
+            reporter.message(note)
+        payload, resumed_from, notes = None, None, []
+        if resume:
+            payload, resumed_from, notes = ckpt.load_latest(run_dir, from_epoch)
+            for note in notes:
+                reporter.message(f"{note}; resuming from {resumed_from.name}")
+            if from_epoch is not None:
+                reporter.message(f"rolling back to the end of epoch {from_epoch} ({resumed_from.name}): the run goes "
+                                 "on from there; its later checkpoints and metrics lines are replaced as it goes")
+        reporter.message(f"run folder: {run_dir}" + (f" (resuming from {resumed_from}: epoch {payload['epoch']} done, "
+                                                     f"batch {payload['batch']}, step {payload['step']})"
+                                                     if payload else " (resuming)" if resume else ""))
+        reporter.message(placement.note)
+
+        if placement.cuda_device is not None:
+            torch.cuda.set_device(placement.cuda_device)
+        ctx = distributed.init(ctx, placement.use_cuda)
+        try:
+            with torch_settings(tc.deterministic, config.speed.cudnn_benchmark):
+                run = _Run(config, run_dir, placement, ctx, rank_batch, reporter, stop, payload, resumed_from,
+                           hooks)
+                try:
+                    result = run.run()
+                finally:
+                    run.board.close()
+        finally:
+            reporter.close()
+            distributed.shutdown(ctx)
+    result.wall_s = time.perf_counter() - t_start
+    return result
+
+
+class _Run:
+    """One process's training state (model, optimizer, schedule, data, counters) and its steps.
+
+    Everything the run holds is set up here, in ``__init__``; the methods below only advance it.
+    """
+
+    def __init__(self, config: Config, run_dir: Path, placement: Placement, ctx: DistContext, rank_batch: int,
+                 reporter: Reporter, stop: StopRequest, payload: dict | None, resumed_from: Path | None = None,
+                 hooks: Sequence[EpochHook] = ()):
+        c, tc = config, config.train
+        self.config, self.run_dir, self.placement, self.ctx = config, run_dir, placement, ctx
+        self.rank_batch, self.reporter, self.stop, self.hooks = rank_batch, reporter, stop, tuple(hooks)
+        self.main = ctx.is_main
+        self.device = placement.first_device
+        self.amp_dtype = AMP_DTYPES[c.speed.amp]
+        self.input_size = get_spec(c.model.preset).input_size
+        self.schedule = Schedule(c.schedule)
+        self.result = RunResult(run_dir, "done", EXIT_DONE, placement)
+        # where the run stands: epochs done, the next batch of the epoch in progress, SGD steps taken
+        self.epochs_done = payload["epoch"] if payload else 0
+        self.start_batch = resume_batch(payload, tc.batch_size, reporter) if payload else 0
+        self.step, self.best = 0, math.inf
+        self.progress = _empty_progress()  # sums over the epoch in progress (saved by a mid-epoch stop)
+        self.window: list[tuple[torch.Tensor, int, int, int]] = []  # (loss, images, step, batch) not yet read
+        self.last_loss = math.nan  # the loss last read (shown on the progress bar)
+        self.t_epoch = 0.0  # when this invocation's part of the epoch in progress began
+        self.images_total, self.time_total = 0, 0.0  # training images and seconds in this invocation
+
+        seed_everything(tc.seed)
+        self.noise = None if self.schedule.color_noise_on(self.epochs_done + 1) else "none"
+        self.train_split, self.val_split, self.num_classes = self._open_splits()
+        p = self.placement
+        self.model = build_model(c.model.preset, mode=p.mode, num_classes=self.num_classes,
+                                 devices=p.devices if p.mode == "two-tower" else None,
+                                 device=p.devices[0] if p.mode == "grouped" else None)
+        if c.speed.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # conv1 at step 0, kept in every checkpoint: the colour statistics score what training added to it
+        self.conv1_init = payload.get("conv1_init") if payload else conv1_state(self.model)
+        self.optimizer = make_optimizer(self.model, tc.lr, tc.momentum, tc.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=c.speed.amp == "fp16")
+        torch.manual_seed(tc.seed * 1000 + self.ctx.rank)  # dropout differs across ranks; init is the same on all
+        self.model.seed_dropout(tc.seed, self.ctx.rank)  # each tower's own dropout generator
+        if payload:
+            self.restore(payload, resumed_from)
+        net = distributed.wrap(self.model, self.ctx)
+        self.forward = torch.compile(net) if c.speed.compile else net
+        # two-tower mode: each tower's device gets the uint8 batch and finishes it (one device: a plain tensor)
+        self.input_devices = p.devices if p.mode == "two-tower" else (self.device,)
+        self.train_loader = make_data_loader(c, self.train_split, self.rank_batch, self.ctx, True, self.input_devices)
+        self.val_loader = make_data_loader(c, self.val_split, self.rank_batch, self.ctx, False, self.input_devices)
+        self.steps_per_epoch = len(self.train_loader)
+        if tc.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, tc.max_steps_per_epoch)
+        if self.steps_per_epoch == 0:
+            raise UserError(f"the training split has fewer images than one batch ({self.rank_batch} per process); "
+                            "lower train.batch_size or add images")
+        self.pace = Pace(tc.log_every, self.steps_per_epoch, self.rank_batch * self.ctx.world_size)
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.main)
+        self.write_config()
+        self.log.truncate_after(self.epochs_done, self.step)
+        self.board = tensorboard.open_board(self.run_dir, c.log.tensorboard and self.main,
+                                            purge_step=self.step + 1)  # a fresh start clears too
+
+    # ----- the loop ------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        epochs = self.config.train.epochs
+        if self.epochs_done >= epochs:
+            return self.finish("done", EXIT_DONE, f"nothing to do: {self.epochs_done} of {epochs} epochs already "
+                               "done (raise train.epochs to go on)")
+        self.reporter.start(epochs, self.epochs_done + 1, self.steps_per_epoch)
+        self.forward.train()
+        for epoch in range(self.epochs_done + 1, epochs + 1):
+            ended = self.train_epoch(epoch) or self.end_epoch(epoch)
+            if ended:
+                return ended
+        return self.finish("done", EXIT_DONE,
+                           f"done: {epochs} epochs, best validation top-1 error {100 * self.best:.2f}%")
+
+    def train_epoch(self, epoch: int) -> RunResult | None:
+        """The epoch's training steps; a RunResult when the run must end here (signal, non-finite loss)."""
+        self.begin_epoch(epoch)
+        batch, self.start_batch = self.start_batch, 0
+        self.train_loader.set_epoch(epoch, start_batch=batch)
+        self.reporter.begin_epoch(epoch, batch)
+        for images, labels, skipped in rng_neutral_iter(self.train_loader):
+            if batch >= self.steps_per_epoch:
+                break
+            batch += 1
+            self.progress["skipped"] += int(skipped)
+            stopping = self.stopping()  # sync (ranks, host values): asked before the step, which then finishes
+            if len(labels):  # else every image of this batch was unreadable (counted in skipped)
+                # queued on the device; the loss is read at the next log point (read_window)
+                loss = train_step(self.forward, self.optimizer, self.scaler, images, labels, device=self.device,
+                                  amp_dtype=self.amp_dtype, channels_last=self.config.speed.channels_last,
+                                  keep=self.finite_everywhere if self.config.train.nonfinite == "skip" else None)
+                if loss is not None:
+                    self.step += 1
+                    self.window.append((loss, len(labels), self.step, batch))
+                else:
+                    self.progress["nonfinite"] += 1
+                    self.reporter.message(f"step {self.step + 1} (epoch {epoch}, batch {batch}): non-finite loss, "
+                                          f"batch skipped ({self.progress['nonfinite']} so far)")
+                self.pace.tick(len(labels))
+            if (self.pace.due(batch) or stopping) and (ended := self.read_window(epoch)):  # sync: the log point
+                return ended
+            self.reporter.step(epoch, batch - 1, self.last_loss, _lr_of(self.optimizer), self.pace.img_s)
+            if stopping:
+                self.progress["time_s"] += time.perf_counter() - self.t_epoch
+                return self.interrupt(epoch, batch)
+        return None
+
+    def end_epoch(self, epoch: int) -> RunResult | None:
+        """Validation, the schedule, the epoch-end hooks, the epoch record and the checkpoint.
+
+        A stop during validation ends the run here (the training state saved; the resumed run
+        validates again)."""
+        c, ctx, p = self.config, self.ctx, self.progress
+        t_val = time.perf_counter()
+        p["time_s"] += t_val - self.t_epoch  # the epoch's training time, complete
+        val = validate_pass(self.forward, self.val_loader, len(self.val_split.dataset), self.device, self.amp_dtype,
+                            c.speed.channels_last, ctx, stopping=self.stopping,  # sync: the counts, once per pass
+                            on_batch=lambda done, total: self.reporter.validating(epoch, done, total))
+        if val is None:
+            return self.interrupt(epoch, self.steps_per_epoch)
+        top1, top5, _ = val
+        train_time = p["time_s"]
+        loss_total, images, skipped, nonfinite = distributed.sum_across(  # sync (ranks, host values)
+            [p["loss_sum"], p["images"], p["skipped"], p["nonfinite"]], ctx)
+        if images == 0 and nonfinite == 0:
+            raise UserError(f"epoch {epoch} trained on no image: all {int(skipped)} training images read were skipped "
+                            "(unreadable, or larger than TWOGPU_ALEXNET_MAX_PIXELS allows); check the images in "
+                            "data.root or raise that limit")
+        if val[2] == 0:
+            raise UserError(f"epoch {epoch} validated on no image: no validation image could be read (unreadable, or "
+                            "larger than TWOGPU_ALEXNET_MAX_PIXELS allows); check the images in data.root's val/")
+        lr_used = _lr_of(self.optimizer)
+        dropped = self.schedule.end_epoch(epoch, top1)
+        is_best = top1 < self.best
+        self.best = min(self.best, top1)
+        weights = canonical_state(self.model) if self.main else None  # sync: the weights copied to the host
+        record = {"kind": "epoch", "epoch": epoch, "train_loss": loss_total / max(images, 1),
+                  "val_top1_error": top1, "val_top5_error": top5, "lr": lr_used,
+                  "time_s": train_time + time.perf_counter() - t_val, "img_s": images / max(train_time, 1e-9),
+                  "skipped": int(skipped), "nonfinite_skipped": int(nonfinite),
+                  "color_score_tower0": None, "color_score_tower1": None}
+        if self.main:  # the epoch-end hooks: colour statistics, kernel grids, ... (wired by the CLI)
+            event = EpochEnd(epoch, self.step, epoch == c.train.epochs, self.run_dir, weights, self.conv1_init,
+                             self.board)
+            for hook in self.hooks:
+                record.update(hook(event) or {})
+        self.log.write(record)
+        self.board.record(record, self.step)
+        self.reporter.epoch(record)
+        if dropped:
+            self.reporter.message(f"epoch {epoch}: validation error stopped improving; lr divided by "
+                                  f"{1 / c.schedule.factor:g} (drop {self.schedule.drops} of {c.schedule.max_drops})")
+        r = self.result
+        r.epochs.append(record)
+        r.nonfinite_skipped += int(nonfinite)
+        r.best_val_top1_error = self.best
+        self.images_total += int(images)
+        self.time_total += train_time
+        self.progress = _empty_progress()
+        epoch_file = epoch % c.checkpoint.every == 0 or epoch == c.train.epochs
+        self.save(epochs_completed=epoch, batch=0, epoch_file=epoch_file, is_best=is_best, weights=weights)
+        return None
+
+    # ----- helpers of the loop ---------------------------------------------------------------------
+    def begin_epoch(self, epoch: int) -> None:
+        """The schedule's lr (and, in the original schedule, the colour noise) for ``epoch``."""
+        c = self.config
+        self.schedule.apply(self.optimizer, epoch)
+        if not self.schedule.color_noise_on(epoch) and self.noise != "none":  # the original schedule, epoch 67
+            self.noise = "none"
+            self.train_split = open_data(c, "train", input_size=self.input_size, num_classes=self.num_classes,
+                                         color_noise="none")
+            self.train_loader = make_data_loader(c, self.train_split, self.rank_batch, self.ctx, True,
+                                                 self.input_devices)
+            self.reporter.message(f"epoch {epoch}: colour noise switched off (original schedule)")
+        self.t_epoch = time.perf_counter()
+        self.pace.begin_epoch()
+
+    def stopping(self) -> bool:
+        """Whether a stop was asked (SIGINT/SIGTERM) in any process; host values only."""
+        return distributed.any_across([self.stop.requested], self.ctx)[0]
+
+    def finite_everywhere(self, loss: torch.Tensor) -> bool:
+        """train.nonfinite=skip: the loss of this step is finite in every process (reads it now)."""
+        return not distributed.any_across([not math.isfinite(float(loss.detach()))], self.ctx)[0]  # sync: the loss
+
+    def read_window(self, epoch: int) -> RunResult | None:
+        """The log point: read the losses of the steps since the last one (one transfer), check them,
+        add them to the epoch's sums and write the step line. A RunResult when one was not finite."""
+        losses, self.window = self.window, []
+        values = torch.stack([loss for loss, *_ in losses]).tolist() if losses else []  # sync: the one host read
+        bad = next(((step, batch) for v, (_, _, step, batch) in zip(values, losses) if not math.isfinite(v)), None)
+        loss_sum, any_bad = distributed.sum_across([values[-1] if values else math.nan, float(bad is not None)],
+                                                   self.ctx)
+        if any_bad:
+            where = f"step {bad[0]} (epoch {epoch}, batch {bad[1]})" if bad else f"step {self.step} (epoch {epoch})"
+            last = self.result.checkpoint
+            return self.finish("nonfinite", EXIT_NONFINITE,
+                               f"the loss became non-finite at {where}; training stopped; last good "
+                               f"checkpoint: {last if last else 'none yet'} (lower train.lr, or set "
+                               "train.nonfinite=skip to skip such batches)")
+        if not values:
+            return None
+        for v, (_, n, _, _) in zip(values, losses):
+            self.progress["loss_sum"] += v * n
+            self.progress["images"] += n
+        self.last_loss = values[-1]
+        record = {"kind": "step", "epoch": epoch, "step": self.step, "loss": loss_sum / self.ctx.world_size,
+                  "lr": _lr_of(self.optimizer), "img_s": self.pace.window_rate(self.ctx.world_size)}
+        self.log.write(record)
+        self.board.record(record, self.step)
+        return None
+
+    def interrupt(self, epoch: int, batch: int) -> RunResult:
+        """Save the training state after ``batch`` of ``epoch`` (batch = the last one: validation is left
+        to the resumed run) and end with the signal's exit code."""
+        path = self.save(epochs_completed=epoch - 1, batch=batch)
+        where = f"epoch {epoch}, batch {batch}" + (", before its validation" if batch == self.steps_per_epoch else "")
+        return self.finish("interrupted", self.stop.exit_code,
+                           f"{self.stop.name or 'stop'} received: saved {path} after step {self.step} ({where}); "
+                           f"continue with --resume {self.run_dir}")
+
+    def save(self, epochs_completed: int, batch: int, epoch_file: bool = False, is_best: bool = False,
+             weights: dict | None = None) -> Path:
+        """Write the run's state (rank 0; every rank contributes its generator states)."""
+        rngs = distributed.gather(ckpt.rng_state(), self.ctx)  # sync (ranks); taken last: nothing random after
+        dropout_rngs = distributed.gather(self.model.dropout_rng_state(), self.ctx)
+        path = self.run_dir / "checkpoints" / "last.pt"
+        if self.main:
+            c = self.config
+            state = {
+                "model": weights if weights is not None else canonical_state(self.model),
+                "preset": c.model.preset, "num_classes": self.num_classes,
+                "epoch": epochs_completed, "batch": batch, "step": self.step,
+                "optimizer": optimizer_state(self.optimizer, self.model), "scheduler": self.schedule.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}, "rng": rngs,
+                "dropout_rng": dropout_rngs,
+                "data": {"seed": c.train.seed, "epoch": epochs_completed + 1, "batch": batch},
+                "progress": dict(self.progress), "best_val_top1_error": self.best, "config": to_dict(c),
+                "mode": self.placement.mode, "world_size": self.ctx.world_size,
+                "data_stats": self.train_split.stats.to_dict(),  # the training mean and RGB PCA, for evaluation
+                "class_names": list(self.train_split.classes),  # folder names / wnids, checked by evaluate, predict
+                "conv1_init": self.conv1_init,  # conv1 at step 0 (None for runs begun before it was kept)
+            }
+            path = ckpt.save_run_checkpoint(self.run_dir, state, epoch_done=epochs_completed if epoch_file else None,
+                                            is_best=is_best, keep_last=c.checkpoint.keep_last)
+        self.result.checkpoint = path
+        return path
+
+    def finish(self, status: str, exit_code: int, message: str) -> RunResult:
+        r = self.result
+        r.status, r.exit_code, r.message = status, exit_code, message
+        r.images_per_s = self.images_total / self.time_total if self.time_total > 0 else 0.0
+        self.reporter.message(message)
+        return r
+
+    def _open_splits(self):
+        """The training and validation splits and the number of classes (checked against the config)."""
+        c = self.config
+        requested = c.model.num_classes or None
+        train_split = open_data(c, "train", input_size=self.input_size, num_classes=requested, color_noise=self.noise)
+        val_split = take_subset(open_data(c, "val", input_size=self.input_size, num_classes=requested),
+                                c.train.val_images, c.train.seed)     # train.val_images: a fixed, seeded subset
+        for split in (train_split, val_split):
+            if split.walk_skipped:
+                n, first = len(split.walk_skipped), split.walk_skipped[0]
+                self.reporter.message(f"{split.name}: {n} entr{'y' if n == 1 else 'ies'} of the data folder "
+                                      f"skipped (first: {first['path']}: {first['reason']})")
+        return train_split, val_split, check_classes(train_split.classes, val_split.classes, requested)
+
+    def restore(self, payload: dict, resumed_from: Path | None = None) -> None:
+        load_into(self.model, payload["model"])
+        load_optimizer_state(self.optimizer, self.model, payload["optimizer"])
+        self.schedule.load_state_dict(payload["scheduler"])
+        if payload.get("scaler"):
+            self.scaler.load_state_dict(payload["scaler"])
+        self.step, self.best = int(payload["step"]), float(payload["best_val_top1_error"])
+        self.result.best_val_top1_error = self.best
+        self.result.checkpoint = resumed_from or self.run_dir / "checkpoints" / "last.pt"  # the file read
+        if payload["batch"]:
+            self.progress = dict(payload["progress"])
+        rngs = payload["rng"]
+        if len(rngs) == self.ctx.world_size:
+            ckpt.set_rng_state(rngs[self.ctx.rank])
+            try:  # the towers' dropout generators (absent in older checkpoints: they keep their seed)
+                if "dropout_rng" in payload:
+                    self.model.set_dropout_rng_state(payload["dropout_rng"][self.ctx.rank])
+                else:
+                    self.reporter.message("the checkpoint has no dropout generator states (an older version): "
+                                          "dropout masks start from the seed")
+            except (IndexError, ValueError):
+                self.reporter.message("the checkpoint's dropout generator states do not fit this placement "
+                                      "(another tower count or device type): dropout masks will differ")
+        else:
+            self.reporter.message(f"the checkpoint has random states for {len(rngs)} processes, this run has "
+                                  f"{self.ctx.world_size}: augmentation order is kept, dropout masks will differ")
+
+    def write_config(self) -> None:
+        """config.toml: the resolved config (what --resume reads)."""
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            files.write_atomic(self.run_dir / "config.toml", to_toml(self.config), then=resume_hint(self.run_dir),
+                               error_folder=self.run_dir)
+
+
 # ---------------------------------------------------------------------------------------------
-# Checks that run before any data is read or any GPU memory is taken.
+# Helpers: checks that run before any data is read or any GPU memory is taken, data, weights.
 
 def check_data(config: Config) -> None:
     d = config.data
@@ -123,9 +511,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# ---------------------------------------------------------------------------------------------
-# Data, model, one step, one validation pass.
-
 def open_data(config: Config, split: str, *, input_size: int, num_classes: int | None, color_noise: str | None = None):
     """The data package's split for ``split`` ("train" with augmentation, "val" with one centre view)."""
     from ..data import DataOptions, open_split
@@ -172,491 +557,10 @@ def conv1_state(model) -> dict:
     return to_layout(state, canonical_layout(model.spec.name))
 
 
-def forward_loss(forward, images, labels, amp_dtype, device_type: str):
-    """Cross-entropy of the logits (on the head device) in float32."""
-    with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        logits = forward(images)
-    return F.cross_entropy(logits.float(), labels.to(logits.device, non_blocking=True))
-
-
-def sgd_step(loss, optimizer, scaler, keep=None) -> bool:
-    """Backward and the update; ``keep(loss)``, when given, may veto the update after the backward is
-    queued (train.nonfinite=skip). Returns whether the update was made."""
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if keep is not None and not keep(loss):
-        return False
-    scaler.step(optimizer)
-    scaler.update()
-    return True
-
-
-def prepare_batch(images, split, device: torch.device, channels_last: bool):
-    """The loader's finished batch (already on the training device: make_data_loader) in the model's layout.
-
-    A per-tower batch (``TowerInputs``: two-tower mode on two devices) is laid out tower by tower, each on
-    its own tower's device, and passed on as a plain tuple.
-    """
-    if isinstance(images, TowerInputs):
-        return tuple(images.map(lambda x: _layout(x, channels_last)))
-    return _layout(images.to(device, non_blocking=True), channels_last)
-
-
-def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def first_rows(images, keep: int):
-    """The first ``keep`` images of a batch (of each tower's, for a per-tower batch)."""
-    return images.map(lambda x: x[:keep]) if isinstance(images, TowerInputs) else images[:keep]
-
-
-@torch.no_grad()
-def validate_model(forward, loader, split, device, amp_dtype, channels_last, ctx: DistContext,
-                   stopping=None, on_batch=None) -> tuple[float, float, int] | None:
-    """(top-1 error, top-5 error, images) of one centre view per image, summed over ranks.
-
-    ``stopping()`` is asked before each batch (every rank gets the same answer); when it says so the
-    pass ends at once and returns None. ``on_batch(done, batches)`` follows each batch.
-    """
-    forward.eval()
-    try:
-        # each rank sees every world_size-th image; the sampler pads the last ones with repeats: drop those
-        limit = len(range(ctx.rank, len(split.dataset), ctx.world_size))
-        seen, counts = 0, [0.0, 0.0, 0.0]
-        for i, (images, labels, skipped) in enumerate(rng_neutral_iter(loader)):
-            if stopping is not None and stopping():
-                return None
-            keep = max(0, min(len(labels), limit - seen))
-            seen += len(labels) + skipped
-            if keep > 0:
-                x = prepare_batch(first_rows(images, keep), split, device, channels_last)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    logits = forward(x)
-                top1, top5 = topk_correct(logits.float(), labels[:keep].to(logits.device, non_blocking=True))
-                counts = [counts[0] + top1, counts[1] + top5, counts[2] + keep]
-            if on_batch is not None:
-                on_batch(i + 1, len(loader))
-    finally:
-        forward.train()
-    top1, top5, n = distributed.sum_across(counts, ctx)
-    if n == 0:
-        return math.nan, math.nan, 0
-    return 1 - top1 / n, 1 - top5 / n, int(n)
-
-
-def rng_neutral_iter(loader):
-    """Iterate over ``loader`` without touching the global torch generator.
-
-    A DataLoader iterator draws a worker base seed from the global generator when it starts; the
-    data here does not use it (augmentation is a function of seed, epoch and index), but the draw
-    would shift the dropout masks of a run resumed in mid-epoch. Restoring the state around the
-    start keeps an interrupted-and-resumed run bit-identical to a straight one.
-    """
-    state = torch.get_rng_state()
-    it = iter(loader)
-    try:
-        first = next(it)  # the DataLoader iterator starts here
-    except StopIteration:
-        return
-    finally:
-        torch.set_rng_state(state)
-    yield first
-    yield from it
-
-
 def _lr_of(optimizer) -> float:
     """The lr reported in logs: fc8's weights (the general rate; conv1 may differ in the original schedule)."""
     groups = [g for g in optimizer.param_groups if g["kind"] == "weight"]
     return groups[-1]["lr"]
-
-
-# ---------------------------------------------------------------------------------------------
-# The run.
-
-def train(config: Config, run_dir: "str | os.PathLike", *, resume: bool = False, reporter: Reporter | None = None,
-          stop: StopRequest | None = None, ctx: DistContext | None = None, from_epoch: int | None = None) -> RunResult:
-    """Train per ``config`` into ``run_dir`` (or continue the run there with ``resume=True``; from the
-    end of epoch ``from_epoch``'s checkpoint instead of the newest one when given).
-
-    Returns a :class:`RunResult`; its ``exit_code`` is 0 when done, 130/143 after SIGINT/SIGTERM (a
-    checkpoint saved), 3 after a non-finite loss. User mistakes raise UserError before any data is
-    read or GPU memory taken.
-    """
-    t_start = time.perf_counter()
-    run_dir = Path(run_dir)
-    reporter = reporter or Reporter()
-    stop = stop or StopRequest()
-    ctx = ctx or distributed.context_from_env()
-    if not ctx.is_main:
-        reporter = Reporter()  # only rank 0 shows progress
-    validate(config)
-    tc = config.train
-    rank_batch = distributed.per_rank_batch(tc.batch_size, ctx)
-    distributed.check_rendezvous(ctx)
-    placement = resolve(config.model, ctx)
-    check_speed(config, placement)
-    check_data(config)
-    tensorboard.check_available(config.log.tensorboard)
-    with RunFolder(run_dir, resume=resume, owner=ctx.is_main) as folder:  # checked, made and locked for the run
-        for note in folder.notes:
-            reporter.message(note)
-        payload, resumed_from, notes = None, None, []
-        if resume:
-            payload, resumed_from, notes = ckpt.load_latest(run_dir, from_epoch)
-            for note in notes:
-                reporter.message(f"{note}; resuming from {resumed_from.name}")
-            if from_epoch is not None:
-                reporter.message(f"rolling back to the end of epoch {from_epoch} ({resumed_from.name}): the run goes "
-                                 "on from there; its later checkpoints and metrics lines are replaced as it goes")
-        reporter.message(f"run folder: {run_dir}" + (f" (resuming from {resumed_from}: epoch {payload['epoch']} done, "
-                                                     f"batch {payload['batch']}, step {payload['step']})"
-                                                     if payload else " (resuming)" if resume else ""))
-        reporter.message(placement.note)
-
-        if placement.cuda_device is not None:
-            torch.cuda.set_device(placement.cuda_device)
-        ctx = distributed.init(ctx, placement.use_cuda)
-        try:
-            with torch_settings(tc.deterministic, config.speed.cudnn_benchmark):
-                run = _Run(config, run_dir, placement, ctx, rank_batch, reporter, stop, payload, resumed_from)
-                try:
-                    result = run.run()
-                finally:
-                    run.board.close()
-        finally:
-            reporter.close()
-            distributed.shutdown(ctx)
-    result.wall_s = time.perf_counter() - t_start
-    return result
-
-
-class _Run:
-    """One process's training state (model, optimizer, schedule, data, counters) and its steps.
-
-    Everything the run holds is set up here, in ``__init__``; the methods below only advance it.
-    """
-
-    def __init__(self, config: Config, run_dir: Path, placement: Placement, ctx: DistContext, rank_batch: int,
-                 reporter: Reporter, stop: StopRequest, payload: dict | None, resumed_from: Path | None = None):
-        c, tc = config, config.train
-        self.config, self.run_dir, self.placement, self.ctx = config, run_dir, placement, ctx
-        self.rank_batch, self.reporter, self.stop = rank_batch, reporter, stop
-        self.main = ctx.is_main
-        self.device = placement.first_device
-        self.amp_dtype = AMP_DTYPES[c.speed.amp]
-        self.input_size = get_spec(c.model.preset).input_size
-        self.schedule = Schedule(c.schedule)
-        self.result = RunResult(run_dir, "done", EXIT_DONE, placement)
-        self.color_on = c.analysis.color_stats and run_specialization is not None
-        # where the run stands: epochs done, the next batch of the epoch in progress, SGD steps taken
-        self.epochs_done = payload["epoch"] if payload else 0
-        self.start_batch = resume_batch(payload, tc.batch_size, reporter) if payload else 0
-        self.step, self.best = 0, math.inf
-        self.progress = _empty_progress()  # sums over the epoch in progress (saved by a mid-epoch stop)
-        self.window: list[tuple[torch.Tensor, int, int, int]] = []  # (loss, images, step, batch) not yet read
-        self.last_loss = math.nan  # the loss last read (shown on the progress bar)
-        self.t_epoch = 0.0  # when this invocation's part of the epoch in progress began
-        self.images_total, self.time_total = 0, 0.0  # training images and seconds in this invocation
-
-        seed_everything(tc.seed)
-        self.noise = None if self.schedule.color_noise_on(self.epochs_done + 1) else "none"
-        self.train_split, self.val_split, self.num_classes = self._open_splits()
-        p = self.placement
-        self.model = build_model(c.model.preset, mode=p.mode, num_classes=self.num_classes,
-                                 devices=p.devices if p.mode == "two-tower" else None,
-                                 device=p.devices[0] if p.mode == "grouped" else None)
-        if c.speed.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        # conv1 at step 0, kept in every checkpoint: the colour statistics score what training added to it
-        self.conv1_init = payload.get("conv1_init") if payload else conv1_state(self.model)
-        self.optimizer = make_optimizer(self.model, tc.lr, tc.momentum, tc.weight_decay)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=c.speed.amp == "fp16")
-        torch.manual_seed(tc.seed * 1000 + self.ctx.rank)  # dropout differs across ranks; init is the same on all
-        self.model.seed_dropout(tc.seed, self.ctx.rank)  # each tower's own dropout generator
-        if payload:
-            self.restore(payload, resumed_from)
-        net = distributed.wrap(self.model, self.ctx)
-        self.forward = torch.compile(net) if c.speed.compile else net
-        # two-tower mode: each tower's device gets the uint8 batch and finishes it (one device: a plain tensor)
-        self.input_devices = p.devices if p.mode == "two-tower" else (self.device,)
-        self.train_loader = make_data_loader(c, self.train_split, self.rank_batch, self.ctx, True, self.input_devices)
-        self.val_loader = make_data_loader(c, self.val_split, self.rank_batch, self.ctx, False, self.input_devices)
-        self.steps_per_epoch = len(self.train_loader)
-        if tc.max_steps_per_epoch:
-            self.steps_per_epoch = min(self.steps_per_epoch, tc.max_steps_per_epoch)
-        if self.steps_per_epoch == 0:
-            raise UserError(f"the training split has fewer images than one batch ({self.rank_batch} per process); "
-                            "lower train.batch_size or add images")
-        self.pace = Pace(tc.log_every, self.steps_per_epoch, self.rank_batch * self.ctx.world_size)
-        self.log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.main)
-        self.write_config()
-        self.log.truncate_after(self.epochs_done, self.step)
-        self.board = tensorboard.open_board(self.run_dir, c.log.tensorboard and self.main,
-                                            purge_step=self.step + 1)  # a fresh start clears too
-
-    def _open_splits(self):
-        """The training and validation splits and the number of classes (checked against the config)."""
-        c = self.config
-        requested = c.model.num_classes or None
-        train_split = open_data(c, "train", input_size=self.input_size, num_classes=requested, color_noise=self.noise)
-        val_split = take_subset(open_data(c, "val", input_size=self.input_size, num_classes=requested),
-                                c.train.val_images, c.train.seed)     # train.val_images: a fixed, seeded subset
-        for split in (train_split, val_split):
-            if split.walk_skipped:
-                n, first = len(split.walk_skipped), split.walk_skipped[0]
-                self.reporter.message(f"{split.name}: {n} entr{'y' if n == 1 else 'ies'} of the data folder "
-                                      f"skipped (first: {first['path']}: {first['reason']})")
-        return train_split, val_split, check_classes(train_split.classes, val_split.classes, requested)
-
-    def restore(self, payload: dict, resumed_from: Path | None = None) -> None:
-        load_into(self.model, payload["model"])
-        load_optimizer_state(self.optimizer, self.model, payload["optimizer"])
-        self.schedule.load_state_dict(payload["scheduler"])
-        if payload.get("scaler"):
-            self.scaler.load_state_dict(payload["scaler"])
-        self.step, self.best = int(payload["step"]), float(payload["best_val_top1_error"])
-        self.result.best_val_top1_error = self.best
-        self.result.checkpoint = resumed_from or self.run_dir / "checkpoints" / "last.pt"  # the file read
-        if payload["batch"]:
-            self.progress = dict(payload["progress"])
-        rngs = payload["rng"]
-        if len(rngs) == self.ctx.world_size:
-            ckpt.set_rng_state(rngs[self.ctx.rank])
-            try:  # the towers' dropout generators (absent in older checkpoints: they keep their seed)
-                if "dropout_rng" in payload:
-                    self.model.set_dropout_rng_state(payload["dropout_rng"][self.ctx.rank])
-                else:
-                    self.reporter.message("the checkpoint has no dropout generator states (an older version): "
-                                          "dropout masks start from the seed")
-            except (IndexError, ValueError):
-                self.reporter.message("the checkpoint's dropout generator states do not fit this placement "
-                                      "(another tower count or device type): dropout masks will differ")
-        else:
-            self.reporter.message(f"the checkpoint has random states for {len(rngs)} processes, this run has "
-                                  f"{self.ctx.world_size}: augmentation order is kept, dropout masks will differ")
-
-    def write_config(self) -> None:
-        """config.toml: the resolved config (what --resume reads)."""
-        if self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            files.write_atomic(self.run_dir / "config.toml", to_toml(self.config), then=resume_hint(self.run_dir),
-                               error_folder=self.run_dir)
-
-    # ----- the loop ------------------------------------------------------------------------------
-    def run(self) -> RunResult:
-        epochs = self.config.train.epochs
-        if self.epochs_done >= epochs:
-            return self.finish("done", EXIT_DONE, f"nothing to do: {self.epochs_done} of {epochs} epochs already "
-                               "done (raise train.epochs to go on)")
-        self.reporter.start(epochs, self.epochs_done + 1, self.steps_per_epoch)
-        self.forward.train()
-        for epoch in range(self.epochs_done + 1, epochs + 1):
-            ended = self.train_epoch(epoch) or self.end_epoch(epoch)
-            if ended:
-                return ended
-        return self.finish("done", EXIT_DONE,
-                           f"done: {epochs} epochs, best validation top-1 error {100 * self.best:.2f}%")
-
-    def train_step(self, images, labels) -> torch.Tensor | None:
-        """batch -> forward/loss -> SGD step, all queued on the device: nothing here waits for it.
-
-        Returns the loss (read later, at a log point). With train.nonfinite=skip the loss is checked
-        before the update instead (one read per step) and None means the batch was skipped.
-        """
-        x = prepare_batch(images, self.train_split, self.device, self.config.speed.channels_last)
-        loss = forward_loss(self.forward, x, labels, self.amp_dtype, self.device.type)
-        skip = self.config.train.nonfinite == "skip"
-        if not sgd_step(loss, self.optimizer, self.scaler, keep=self.finite_everywhere if skip else None):
-            return None
-        self.step += 1
-        return loss.detach()
-
-    def train_epoch(self, epoch: int) -> RunResult | None:
-        """The epoch's training steps; a RunResult when the run must end here (signal, non-finite loss)."""
-        self.begin_epoch(epoch)
-        batch, self.start_batch = self.start_batch, 0
-        self.train_loader.set_epoch(epoch, start_batch=batch)
-        self.reporter.begin_epoch(epoch, batch)
-        for images, labels, skipped in rng_neutral_iter(self.train_loader):
-            if batch >= self.steps_per_epoch:
-                break
-            batch += 1
-            self.progress["skipped"] += int(skipped)
-            stopping = self.stopping()  # asked before the step: the step in flight finishes first
-            if len(labels):  # else every image of this batch was unreadable (counted in skipped)
-                loss = self.train_step(images, labels)
-                if loss is not None:
-                    self.window.append((loss, len(labels), self.step, batch))
-                else:
-                    self.progress["nonfinite"] += 1
-                    self.reporter.message(f"step {self.step + 1} (epoch {epoch}, batch {batch}): non-finite loss, "
-                                          f"batch skipped ({self.progress['nonfinite']} so far)")
-                self.pace.tick(len(labels))
-            if (self.pace.due(batch) or stopping) and (ended := self.read_window(epoch)):
-                return ended
-            self.reporter.step(epoch, batch - 1, self.last_loss, _lr_of(self.optimizer), self.pace.img_s)
-            if stopping:
-                self.progress["time_s"] += time.perf_counter() - self.t_epoch
-                return self.interrupt(epoch, batch)
-        return None
-
-    def begin_epoch(self, epoch: int) -> None:
-        """The schedule's lr (and, in the original schedule, the colour noise) for ``epoch``."""
-        c = self.config
-        self.schedule.apply(self.optimizer, epoch)
-        if not self.schedule.color_noise_on(epoch) and self.noise != "none":  # the original schedule, epoch 67
-            self.noise = "none"
-            self.train_split = open_data(c, "train", input_size=self.input_size, num_classes=self.num_classes,
-                                         color_noise="none")
-            self.train_loader = make_data_loader(c, self.train_split, self.rank_batch, self.ctx, True,
-                                                 self.input_devices)
-            self.reporter.message(f"epoch {epoch}: colour noise switched off (original schedule)")
-        self.t_epoch = time.perf_counter()
-        self.pace.begin_epoch()
-
-    def stopping(self) -> bool:
-        """Whether a stop was asked (SIGINT/SIGTERM) in any process; host values only."""
-        return distributed.any_across([self.stop.requested], self.ctx)[0]
-
-    def finite_everywhere(self, loss: torch.Tensor) -> bool:
-        """train.nonfinite=skip: the loss of this step is finite in every process (reads it now)."""
-        return not distributed.any_across([not math.isfinite(float(loss.detach()))], self.ctx)[0]
-
-    def read_window(self, epoch: int) -> RunResult | None:
-        """The log point: read the losses of the steps since the last one (one transfer), check them,
-        add them to the epoch's sums and write the step line. A RunResult when one was not finite."""
-        losses, self.window = self.window, []
-        values = torch.stack([loss for loss, *_ in losses]).tolist() if losses else []  # the one host read
-        bad = next(((step, batch) for v, (_, _, step, batch) in zip(values, losses) if not math.isfinite(v)), None)
-        loss_sum, any_bad = distributed.sum_across([values[-1] if values else math.nan, float(bad is not None)],
-                                                   self.ctx)
-        if any_bad:
-            where = f"step {bad[0]} (epoch {epoch}, batch {bad[1]})" if bad else f"step {self.step} (epoch {epoch})"
-            last = self.result.checkpoint
-            return self.finish("nonfinite", EXIT_NONFINITE,
-                               f"the loss became non-finite at {where}; training stopped; last good "
-                               f"checkpoint: {last if last else 'none yet'} (lower train.lr, or set "
-                               "train.nonfinite=skip to skip such batches)")
-        if not values:
-            return None
-        for v, (_, n, _, _) in zip(values, losses):
-            self.progress["loss_sum"] += v * n
-            self.progress["images"] += n
-        self.last_loss = values[-1]
-        record = {"kind": "step", "epoch": epoch, "step": self.step, "loss": loss_sum / self.ctx.world_size,
-                  "lr": _lr_of(self.optimizer), "img_s": self.pace.window_rate(self.ctx.world_size)}
-        self.log.write(record)
-        self.board.record(record, self.step)
-        return None
-
-    def interrupt(self, epoch: int, batch: int) -> RunResult:
-        """Save the training state after ``batch`` of ``epoch`` (batch = the last one: validation is left
-        to the resumed run) and end with the signal's exit code."""
-        path = self.save(epochs_completed=epoch - 1, batch=batch)
-        where = f"epoch {epoch}, batch {batch}" + (", before its validation" if batch == self.steps_per_epoch else "")
-        return self.finish("interrupted", self.stop.exit_code,
-                           f"{self.stop.name or 'stop'} received: saved {path} after step {self.step} ({where}); "
-                           f"continue with --resume {self.run_dir}")
-
-    def end_epoch(self, epoch: int) -> RunResult | None:
-        """Validation, the schedule, the towers' colour statistics, the epoch record and the checkpoint.
-
-        A stop during validation ends the run here (the training state saved; the resumed run
-        validates again)."""
-        c, ctx, p = self.config, self.ctx, self.progress
-        t_val = time.perf_counter()
-        p["time_s"] += t_val - self.t_epoch  # the epoch's training time, complete
-        val = validate_model(self.forward, self.val_loader, self.val_split, self.device, self.amp_dtype,
-                             c.speed.channels_last, ctx, stopping=self.stopping,
-                             on_batch=lambda done, total: self.reporter.validating(epoch, done, total))
-        if val is None:
-            return self.interrupt(epoch, self.steps_per_epoch)
-        top1, top5, _ = val
-        train_time = p["time_s"]
-        loss_total, images, skipped, nonfinite = distributed.sum_across(
-            [p["loss_sum"], p["images"], p["skipped"], p["nonfinite"]], ctx)
-        if images == 0 and nonfinite == 0:
-            raise UserError(f"epoch {epoch} trained on no image: all {int(skipped)} training images read were skipped "
-                            "(unreadable, or larger than TWOGPU_ALEXNET_MAX_PIXELS allows); check the images in "
-                            "data.root or raise that limit")
-        if val[2] == 0:
-            raise UserError(f"epoch {epoch} validated on no image: no validation image could be read (unreadable, or "
-                            "larger than TWOGPU_ALEXNET_MAX_PIXELS allows); check the images in data.root's val/")
-        lr_used = _lr_of(self.optimizer)
-        dropped = self.schedule.end_epoch(epoch, top1)
-        is_best = top1 < self.best
-        self.best = min(self.best, top1)
-        weights = canonical_state(self.model) if self.main else None
-        record = {"kind": "epoch", "epoch": epoch, "train_loss": loss_total / max(images, 1),
-                  "val_top1_error": top1, "val_top5_error": top5, "lr": lr_used,
-                  "time_s": train_time + time.perf_counter() - t_val, "img_s": images / max(train_time, 1e-9),
-                  "skipped": int(skipped), "nonfinite_skipped": int(nonfinite),
-                  "color_score_tower0": None, "color_score_tower1": None}
-        if self.color_on and self.main:
-            summary = run_specialization(weights, self.conv1_init, run_dir=self.run_dir, step=self.step,
-                                         meta={"config": to_dict(c)})  # the one colour verdict
-            record["color_score_tower0"] = summary["weights"]["towers"][0]["mean"]
-            record["color_score_tower1"] = summary["weights"]["towers"][1]["mean"]
-            record.update(epoch_color_fields(summary))
-            self.result.color = summary
-        # the Figure-3 grids asked for, with or without the colour statistics
-        grids = set(c.analysis.kernel_grid_epochs) | ({c.train.epochs} if self.color_on else set())
-        if self.main and save_kernel_grid is not None and epoch in grids:
-            files.make_folder(self.run_dir / "kernels", "kernel grids")
-            save_kernel_grid(weights, self.run_dir / "kernels" / f"epoch_{epoch:03d}.png")
-            self.board.kernel_grid(weights, self.step)
-        self.log.write(record)
-        self.board.record(record, self.step)
-        self.reporter.epoch(record)
-        if dropped:
-            self.reporter.message(f"epoch {epoch}: validation error stopped improving; lr divided by "
-                                  f"{1 / c.schedule.factor:g} (drop {self.schedule.drops} of {c.schedule.max_drops})")
-        r = self.result
-        r.epochs.append(record)
-        r.nonfinite_skipped += int(nonfinite)
-        r.best_val_top1_error = self.best
-        self.images_total += int(images)
-        self.time_total += train_time
-        self.progress = _empty_progress()
-        epoch_file = epoch % c.checkpoint.every == 0 or epoch == c.train.epochs
-        self.save(epochs_completed=epoch, batch=0, epoch_file=epoch_file, is_best=is_best, weights=weights)
-        return None
-
-    # ----- checkpoints and the result ---------------------------------------------------------------
-    def save(self, epochs_completed: int, batch: int, epoch_file: bool = False, is_best: bool = False,
-             weights: dict | None = None) -> Path:
-        """Write the run's state (rank 0; every rank contributes its generator states)."""
-        rngs = distributed.gather(ckpt.rng_state(), self.ctx)  # taken last: nothing random happens after
-        dropout_rngs = distributed.gather(self.model.dropout_rng_state(), self.ctx)
-        path = self.run_dir / "checkpoints" / "last.pt"
-        if self.main:
-            c = self.config
-            state = {
-                "model": weights if weights is not None else canonical_state(self.model),
-                "preset": c.model.preset, "num_classes": self.num_classes,
-                "epoch": epochs_completed, "batch": batch, "step": self.step,
-                "optimizer": optimizer_state(self.optimizer, self.model), "scheduler": self.schedule.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}, "rng": rngs,
-                "dropout_rng": dropout_rngs,
-                "data": {"seed": c.train.seed, "epoch": epochs_completed + 1, "batch": batch},
-                "progress": dict(self.progress), "best_val_top1_error": self.best, "config": to_dict(c),
-                "mode": self.placement.mode, "world_size": self.ctx.world_size,
-                "data_stats": self.train_split.stats.to_dict(),  # the training mean and RGB PCA, for evaluation
-                "class_names": list(self.train_split.classes),  # folder names / wnids, checked by evaluate, predict
-                "conv1_init": self.conv1_init,  # conv1 at step 0 (None for runs begun before it was kept)
-            }
-            path = ckpt.save_run_checkpoint(self.run_dir, state, epoch_done=epochs_completed if epoch_file else None,
-                                            is_best=is_best, keep_last=c.checkpoint.keep_last)
-        self.result.checkpoint = path
-        return path
-
-    def finish(self, status: str, exit_code: int, message: str) -> RunResult:
-        r = self.result
-        r.status, r.exit_code, r.message = status, exit_code, message
-        r.images_per_s = self.images_total / self.time_total if self.time_total > 0 else 0.0
-        self.reporter.message(message)
-        return r
 
 
 def _empty_progress() -> dict:

@@ -7,29 +7,13 @@ from ..errors import UserError
 from ..spec import NetSpec, get_spec
 from .base import AlexNetBase
 from .convert import to_grouped_state, to_two_tower_state
+from .devices import check_device
 from .grouped import GroupedAlexNet
 from .init import init_from_spec
 from .towers import TwoTowerAlexNet
 
 MODES = ("two-tower", "grouped", "auto")
-
-
-def check_device(device) -> torch.device:
-    """``device`` as a torch.device (``cuda`` -> ``cuda:0``); UserError if it is not a name or does not exist."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserError(f"{device!r} is not a device name; use e.g. 'cuda:0' or 'cpu'") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = 0 if dev.index is None else dev.index
-        if index >= count:
-            raise UserError(
-                f"device cuda:{index} does not exist (this machine has {count} CUDA device{'s' * (count != 1)}); "
-                "use mode='grouped' to run both towers on one device, or name devices that exist"
-            )
-        dev = torch.device("cuda", index)
-    return dev
+_TWO_TOWER_FIX = "use mode='grouped' to run both towers on one device, or name devices that exist"
 
 
 def resolve_mode(mode: str, spec: NetSpec | None = None) -> str:
@@ -74,7 +58,7 @@ def build_model(
             raise UserError(
                 f"two-tower mode needs two devices, one per tower, got {devices!r}; e.g. devices=('cuda:0', 'cuda:1')"
             )
-        model = TwoTowerAlexNet(spec, tuple(check_device(d) for d in devices))
+        model = TwoTowerAlexNet(spec, tuple(check_device(d, fix=_TWO_TOWER_FIX) for d in devices))
     else:
         if device is None:
             device = devices[0] if devices else ("cuda:0" if torch.cuda.is_available() else "cpu")

@@ -136,4 +136,4 @@ class AlexNetBase(nn.Module):
         The two-tower executor also takes one such tensor per tower (a tuple or list, tower 0 first; the same
         images, e.g. a loader's ``TowerInputs``): each tower reads its own, so no tower waits for another's copy.
         """
-        return self.fc8(self._hidden(self._check_input(x)))
+        return self._modules[self.spec.head.name](self._hidden(self._check_input(x)))

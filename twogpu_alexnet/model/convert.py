@@ -12,7 +12,9 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-HEAD = "fc8"
+from ..spec import Head
+
+HEAD = Head.name  # the head: one layer, the same tensor in both layouts
 _TOWER_KEY = re.compile(r"^towers\.([01])\.(.+)$")
 
 

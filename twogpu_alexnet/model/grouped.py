@@ -34,7 +34,7 @@ class GroupedAlexNet(AlexNetBase):
             shape = self._shapes[layer.name]
             self._add_fc(self, layer, shape.in_channels, n * shape.out_channels, self.dropout_generators, device)
         head = self._shapes[spec.head.name]
-        self.fc8 = skip_init(torch.nn.Linear, head.in_channels, head.out_channels, device=device)
+        self.add_module(spec.head.name, skip_init(torch.nn.Linear, head.in_channels, head.out_channels, device=device))
 
     @property
     def head_device(self) -> torch.device:

@@ -10,12 +10,12 @@ import torch
 from torch import Tensor, nn
 
 from ..spec import NetSpec
-from .load import to_layout
+from .convert import to_grouped_state, to_two_tower_state
 
 
 def initial_state(model: nn.Module, spec: NetSpec, generator: torch.Generator | None = None) -> dict[str, Tensor]:
     """``model``'s initial weights as cpu tensors in the canonical layout (two-tower keys for two towers)."""
-    shapes = to_layout({n: p for n, p in model.named_parameters()}, "two-tower" if spec.towers == 2 else "grouped")
+    shapes = _canonical(dict(model.named_parameters()), model, spec)
     state = {}
     for name in spec.layer_names:
         layer = spec.layer(name)
@@ -37,6 +37,13 @@ def init_from_spec(model: nn.Module, spec: NetSpec, generator: torch.Generator |
     """
     if any(p.device.type == "meta" for p in model.parameters()):
         return
-    state = to_layout(initial_state(model, spec, generator), model.mode)
+    state = initial_state(model, spec, generator)
+    if model.mode == "grouped" and spec.towers == 2:  # the canonical (two-tower) layout -> the model's
+        state = to_grouped_state(state)
     for name, param in model.named_parameters():
         param.copy_(state[name])
+
+
+def _canonical(params: dict, model: nn.Module, spec: NetSpec) -> dict:
+    """``model``'s parameters in the canonical layout: two-tower keys for a two-tower spec."""
+    return to_two_tower_state(params) if model.mode == "grouped" and spec.towers == 2 else params

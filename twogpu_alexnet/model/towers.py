@@ -52,8 +52,9 @@ class TwoTowerAlexNet(AlexNetBase):
                 tower.add_module(f"{layer.name}_cross", CrossTowers(device, devices))
                 self._add_fc(tower, layer, shape.in_channels, shape.out_channels, [self.dropout_generators[t]], device)
         head = self._shapes[spec.head.name]
-        self.fc8_cross = CrossTowers(self.devices[0], devices)
-        self.fc8 = skip_init(nn.Linear, head.in_channels, head.out_channels, device=self.devices[0])
+        self.add_module(f"{spec.head.name}_cross", CrossTowers(self.devices[0], devices))
+        self.add_module(spec.head.name,
+                        skip_init(nn.Linear, head.in_channels, head.out_channels, device=self.devices[0]))
 
     @property
     def head_device(self) -> torch.device:
@@ -61,7 +62,8 @@ class TwoTowerAlexNet(AlexNetBase):
 
     def extra_repr(self) -> str:
         d = self.devices
-        return f"preset {self.spec.name!r}: tower 0 on {d[0]}, tower 1 on {d[1]}; fc8 and the loss on {d[0]}"
+        head = self.spec.head.name
+        return f"preset {self.spec.name!r}: tower 0 on {d[0]}, tower 1 on {d[1]}; {head} and the loss on {d[0]}"
 
     def _check_input(self, x) -> Tensor | tuple[Tensor, ...]:
         """One tensor, or one per tower (each checked; all of one shape)."""
@@ -87,4 +89,4 @@ class TwoTowerAlexNet(AlexNetBase):
             halves = [self._run(t, layer.name, h) for t, h in zip(self.towers, halves)]
             if layer.name == self.spec.convs[-1].name:
                 halves = [h.flatten(1) for h in halves]  # pool5, one tower's channels each
-        return self.fc8_cross(halves)
+        return self._modules[f"{self.spec.head.name}_cross"](halves)  # the head reads both towers
