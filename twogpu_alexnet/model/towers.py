@@ -50,7 +50,7 @@ class TwoTowerAlexNet(AlexNetBase):
             for layer in spec.hidden:
                 shape = self._shapes[layer.name]
                 tower.add_module(f"{layer.name}_cross", CrossTowers(device, devices))
-                self._add_fc(tower, layer, shape.in_channels, shape.out_channels, [self.dropout_generators[t]], device)
+                self._add_fc(tower, layer, shape.in_channels, shape.out_channels, (t,), device)
         head = self._shapes[spec.head.name]
         self.fc8_cross = CrossTowers(self.devices[0], devices)
         self.fc8 = skip_init(nn.Linear, head.in_channels, head.out_channels, device=self.devices[0])
