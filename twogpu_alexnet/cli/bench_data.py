@@ -22,7 +22,9 @@ def add_parser(bench_subparsers) -> None:
     p.add_argument(
         "--images", type=int, default=200, help="images to use, evenly spaced over the folder (default: 200)"
     )
-    p.add_argument("--seconds", type=float, default=3.0, help="CPU seconds per pipeline (default: 3)")
+    p.add_argument("--seconds", type=float, default=3.0,
+                   help="at most this many seconds per pipeline; each also stops after one pass over the images "
+                   "(the loader rows after 4) (default: 3)")
     p.add_argument("--input-size", type=int, default=224, help="network input size (default: 224)")
     p.add_argument("--workers", type=int, default=0, help="also measure the loader with N workers (default: 0, off)")
     p.add_argument("--batch", type=int, default=256, help="batch size of the --workers rows (default: 256)")
