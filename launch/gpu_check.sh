@@ -34,21 +34,25 @@
 #            loader with nproc - 2 workers to the GPU and from the GPU cache; bounded by images and time
 #
 # Budget (default 330 s, so that machine start + this + a rerun of what failed fit in 15 minutes) and
-# the per-stage limits (LIMIT_<STAGE>), which add up to 330 s. Each stage also stops at the budget.
-# Measured here: a DRY rehearsal (2 shared CPU cores) and each stage's CPU share at full size;
-#   env       10 s   DRY 3 s (one torch import, nvidia-smi)
-#   pytest    90 s   DRY 4 s (collection); CPU: the gpu-marked tests are ~40 (1-10 s each on a GPU, Inductor
-#                    compiles ~20-40 s of the total); per test at most 60 s
-#   compile   60 s   DRY 6 s; dynamo trace of the paper net 2-3 s per executor on a CPU; Inductor forward +
-#                    backward of the paper net ~30-40 s, then 2 rows x 2 repeats x 5 steps
-#   dropout   20 s   DRY 5 s (one cifar model per device pair, one forward)
-#   ddp       30 s   DRY 12 s (two 4-step trainer runs of the cifar preset + torchrun start)
-#   mixed     30 s   DRY 10 s (two 5-step cifar runs; the CPU tower's step ~50 ms at batch 32)
-#   train     40 s   DRY 9 s; CPU: synthetic 224 images ~15-40 ms each, 3 x 24 steps of 64 = 4,608 images on
-#                    15 workers ~8-12 s, plus 3 trainer starts and 3 x 256 validation images
-#   bench     25 s   DRY 6 s; 4 rows x (2 warm-up + 2 repeats x 5 steps) of batch 256 at ~0.1 s per step
-#   data      25 s   DRY 10 s; 512 photos ~40 ms each on 16 processes ~2 s, two stores ~3 s, 4 pipelines at
-#                    most 1 s each, 7 loader rows at most 1 s each plus worker starts
+# the per-stage limits (LIMIT_<STAGE>), which add up to 330 s; each stage also stops at the budget.
+# No GPU has run this yet: the limits come from the DRY rehearsal (measured: 308 s wall, 97 s of CPU, on
+# a shared 2-core CPU at load average ~11, tiny sizes) and from each stage's CPU share at full size.
+#   stage    limit  DRY (wall, load ~11)  at full size on the GPU machine
+#   env       10 s  18 s                  one torch import and nvidia-smi (~3 s unloaded)
+#   pytest    90 s  14 s (collection)     48 gpu-marked tests (45 without the dropout file), mostly 1-10 s; Inductor
+#                                         compiles in 3 files (cifar net, LRN, trainer); any one test stops at 60 s
+#   compile   60 s  45 s                  dynamo traces of the paper net 2-3 s each (CPU-measured); Inductor
+#                                         compile of its forward + backward ~30-40 s; 2 rows x (2 + 2 x 5) steps
+#   dropout   20 s  17 s                  three cifar models, one forward each
+#   ddp       30 s  38 s                  torchrun start + two 4-step cifar trainer runs, batch 32
+#   mixed     30 s  43 s                  two 4-step cifar trainer runs (the CPU tower ~50 ms a step)
+#   train     40 s  76 s                  3 trainer starts; 3 x 24 steps x 64 synthetic 224 images (15-40 ms of
+#                                         CPU each) on 15 workers ~8-12 s; 3 x 256 validation images
+#   bench     25 s  24 s                  4 rows x (2 warm-up + 2 x 5 timed) steps of batch 256, ~0.1 s a step
+#   data      25 s  31 s                  512 photos at ~40 ms each on 16 processes ~2 s; two stores ~3 s;
+#                                         4 pipelines <= 1 s each (bench data's bound); 7 loader rows <= 1 s each
+#                                         plus their worker starts
+# A stage past its limit is a failure; rerun it with a larger LIMIT_<STAGE> and STAGES=<stage>.
 # Exit status: 0 when every stage run passed (or was skipped as not applicable), 1 otherwise, 2 for a
 # setup mistake (no GPU, OUT not writable, unknown stage).
 set -uo pipefail
@@ -158,8 +162,8 @@ work = Path(sys.argv[1])
 graphs, options = json.loads((work / "compile-graphs.json").read_text()), json.loads((work / "compile-options.json").read_text())
 json.dump({"graphs": graphs, "options": options}, open(work / "compile.json", "w"))
 rows = "; ".join(f"{r['option']} {r['img_s']:,.0f} images/s ({r['ratio']:.2f}x)" for r in options["options"])
-print(f"1 graph, 0 breaks in both executors; bench options, {options['preset']}, batch {options['batch']}: {rows}"
-      + (" [DRY: TORCH_COMPILE_DISABLE=1, no compilation]" if __import__("os").environ.get("DRY") == "1" else ""))
+print(("[DRY: no compilation] " if __import__("os").environ.get("DRY") == "1" else "")
+      + f"1 graph, 0 breaks in both executors; {options['preset']}, batch {options['batch']}: {rows}")
 PY
 }
 
@@ -222,10 +226,12 @@ stage_mixed() {
 """Towers on cpu + cuda:0 (cpu + cpu in DRY) against the grouped model, the same steps on the same batches."""
 import json, os, sys
 from pathlib import Path
+import torch
 from twogpu_alexnet.engine.config import load_config
 from twogpu_alexnet.engine.metrics import read_metrics
 from twogpu_alexnet.engine.train import train
 
+torch.backends.cudnn.allow_tf32 = False  # float32 convolutions on the GPU as on the CPU tower: a tight comparison
 work, dev = Path(sys.argv[1]), os.environ["DEV"]
 steps, batch = int(os.environ["SMOKE_STEPS"]), int(os.environ["SMOKE_BATCH"])
 common = [f"data.synthetic_images={steps * batch}", f"data.synthetic_val_images={batch}", f"train.batch_size={batch}",
