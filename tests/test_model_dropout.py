@@ -212,7 +212,7 @@ def test_initial_weights_do_not_depend_on_the_devices():
 @pytest.mark.gpu
 @pytest.mark.parametrize("devices", [("cuda:0", "cuda:1"), ("cuda:0", "cuda:0"), ("cuda:0", "cpu")])
 def test_gpu_towers_draw_independent_masks(devices):
-    """torch.manual_seed gives every GPU the same state; each tower's own generator does not repeat it."""
+    """torch.manual_seed gives every GPU the same generator state; each tower's own key does not repeat it."""
     if "cuda:1" in devices and torch.cuda.device_count() < 2:
         pytest.skip("needs two CUDA devices")
     torch.manual_seed(0)
