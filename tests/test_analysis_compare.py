@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from twogpu_alexnet import build_model
+from twogpu_alexnet.analysis.compare import across, clopper_pearson_lower, conclusion, fisher_one_sided
+from twogpu_alexnet.analysis.learned import init_scale
 from twogpu_alexnet.cli import main
 
 
@@ -49,31 +51,89 @@ def test_checkpoints_keep_conv1_at_step_0_as_the_seed_makes_it(two_runs, capsys)
     epochs = [x for x in lines if x.get("kind") == "epoch"]
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert all(e["color_measured"] == "learned" and e["learned_color_score_tower0"] is not None for e in epochs)
+    # the one verdict: the same sentence in metrics.jsonl as kernels prints for that checkpoint
+    assert main(["kernels", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--out", str(run / "k"),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["verdict"] == epochs[-1]["color_verdict"]
+    assert epochs[-1]["color_split"] is False and epochs[-1]["conv1_init_scale"] < 1
 
 
 def test_compare_two_short_runs(two_runs, capsys):
     capsys.readouterr()
     towers, control = two_runs
-    assert main(["kernels", "--compare", str(towers), str(control), "--permutations", "999", "--json"]) == 0
+    assert main(["kernels", "--compare", str(towers), str(control), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert [r["run"] for r in result["runs"]] == [str(towers), str(control)]
     assert [r["preset"] for r in result["runs"]] == ["cifar", "cifar-onetower"]
     assert [r["control"] for r in result["runs"]] == [False, True]
-    assert result["two_tower_runs"] == 1 and result["control_runs"] == 1
+    across = result["across"]
+    assert set(across) >= {"two_tower_splits", "two_tower_runs", "control_splits", "control_runs", "fisher_p",
+                           "split_rate_lower"}
+    assert across["two_tower_runs"] == 1 and across["control_runs"] == 1
     for r in result["runs"]:
-        assert r["measured"] == "learned" and r["kernels"] == 96 and r["steps"] >= 2
+        assert r["measured"] == "learned" and r["steps"] in (2, 4) and isinstance(r["split"], bool)
         assert 0 <= r["tower0_mean"] <= 1 and 0 <= r["p_value"] <= 1 and 0 <= r["fisher_p_value"] <= 1
-        assert r["color_specific_tower"] in (None, 0, 1)
-        # a run whose conv1 has not learned colour kernels is reported as such, not as "no split"
-        if not r["measurable"]:
-            assert r["color_specific_tower"] is None and r["verdict"].startswith("not measurable yet")
-    assert result["two_tower_split"] == sum(r["color_specific_tower"] is not None for r in result["runs"][:1])
-    assert result["not_measurable"] == sum(not r["measurable"] for r in result["runs"])
-    # the table for people: one row per run, the control marked, the counts line
-    assert main(["kernels", "--compare", str(towers), str(control), "--permutations", "999"]) == 0
+        assert r["split"] == (abs(r["effect_size"]) >= 0.5 and r["p_value"] < 0.01)
+        # c(t) from the run's history: its steps at lr 1e-4, momentum 0.9, decay 5e-4
+        assert r["init_scale_exact"] is True and r["init_scale"] == pytest.approx(init_scale(
+            [(r["steps"], 1e-4, 0.9, 5e-4)]), abs=1e-15) and r["init_scale"] < 1
+        assert all(m > 0 for m in r["moved_median"])
+    assert across["two_tower_splits"] == int(result["runs"][0]["split"])
+    assert result["conclusion"].startswith("inconclusive") or result["conclusion"].startswith("no split")
+    assert result["conclusion"].endswith("(the protocol asks for 10 + 5 runs; there were 1 + 1)")
+    # the table for people: one row per run, the control marked, the across-arm lines and the conclusion
+    assert main(["kernels", "--compare", str(towers), str(control)]) == 0
     printed = capsys.readouterr().out
     assert "towers-s3" in printed and "cifar-onetower *" in printed
     assert "two-tower runs that split:" in printed and "controls that split:" in printed
+    assert "one-sided Fisher p = " in printed and "Clopper-Pearson" in printed
+    assert f"conclusion: {result['conclusion']}" in " ".join(printed.split())
+
+
+def rows(two_tower_splits, control_splits, two_tower_runs=10, control_runs=5, steps=(800,)):
+    out = [{"control": False, "split": i < two_tower_splits, "steps": steps[i % len(steps)]}
+           for i in range(two_tower_runs)]
+    return out + [{"control": True, "split": i < control_splits, "steps": steps[0]} for i in range(control_runs)]
+
+
+def test_across_arm_test_against_hand_computed_values():
+    # 10/10 vs 0/5: the one table as extreme, 1 / C(15, 10) = 1 / 3003
+    a = across(rows(10, 0))
+    assert a["fisher_p"] == pytest.approx(1 / 3003, abs=1e-15) and round(a["fisher_p"], 4) == 0.0003
+    # 9/10 vs 0/5: C(10, 9) C(5, 0) / C(15, 9) = 10 / 5005 = 6 / 3003
+    assert across(rows(9, 0))["fisher_p"] == pytest.approx(6 / 3003, abs=1e-15)
+    assert round(across(rows(9, 0))["fisher_p"], 3) == 0.002
+    # 8/10 vs 0/5: C(10, 8) / C(15, 8) = 45 / 6435
+    assert fisher_one_sided(8, 10, 0, 5) == pytest.approx(45 / 6435, abs=1e-15)
+    # 5/10 vs 5/5: the two-tower rate is lower, p = 1
+    assert fisher_one_sided(5, 10, 5, 5) == pytest.approx(1.0)
+    # Clopper-Pearson, one-sided 95%: x = n gives 0.05 ** (1 / n); x = 0 gives 0
+    assert a["split_rate_lower"] == pytest.approx(0.05 ** 0.1, abs=1e-9) and a["split_rate"] == 1.0
+    assert clopper_pearson_lower(0, 10) == 0.0
+    # x = 9 of 10: the p with P(X >= 9) = 0.05, i.e. 10 p^9 (1 - p) + p^10 = 0.05
+    p = clopper_pearson_lower(9, 10)
+    assert 10 * p ** 9 * (1 - p) + p ** 10 == pytest.approx(0.05, abs=1e-9)
+    assert a == {**a, "two_tower_splits": 10, "two_tower_runs": 10, "control_splits": 0, "control_runs": 5}
+
+
+def test_conclusion_follows_from_the_numbers():
+    def says(r):
+        return conclusion(r, across(r))
+
+    assert says(rows(10, 0)).startswith("the towers split: 10 of 10 two-tower runs and 0 of 5 controls split at 800 "
+                                        "steps (one-sided Fisher p = 0.00033 < 0.01); split rate 1.00, at least 0.74")
+    assert says(rows(8, 0)).startswith("the towers split: 8 of 10")  # p = 0.0070
+    assert says(rows(7, 0)).startswith("inconclusive: 7 of 10 two-tower runs and 0 of 5 controls split at 800 steps "
+                                       "(one-sided Fisher p = 0.019, not below 0.01)")
+    assert says(rows(6, 3)).startswith("inconclusive:")
+    assert says(rows(0, 0)) == "no split at 800 steps: 0 of 10 two-tower runs and 0 of 5 controls split " \
+                               "(one-sided Fisher p = 1)"
+    assert says(rows(10, 0, steps=(800, 760))).startswith("inconclusive: the runs do not share one step count "
+                                                          "(760, 800)")
+    small = says(rows(2, 0, two_tower_runs=2, control_runs=1))
+    assert small.startswith("inconclusive: 2 of 2") and small.endswith("(the protocol asks for 10 + 5 runs; there "
+                                                                       "were 2 + 1)")
+    assert says(rows(1, 0, control_runs=0)).startswith("inconclusive: 1 of 10 two-tower runs and 0 of 0 controls")
 
 
 def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
@@ -93,8 +153,7 @@ def test_kernels_on_a_one_tower_checkpoint_is_a_control(tmp_path, capsys):
     state["conv1.weight"] = state["conv1.weight"] + 0.01 * torch.randn_like(state["conv1.weight"])
     path = tmp_path / "half.pt"
     torch.save({"model": state, "preset": "paper-half", "num_classes": 10, "conv1_init": init}, path)
-    assert main(["kernels", "--checkpoint", str(path), "--out", str(tmp_path / "k"), "--permutations", "99",
-                 "--json"]) == 0
+    assert main(["kernels", "--checkpoint", str(path), "--out", str(tmp_path / "k"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["control"] is True and result["measured"] == "learned"
     assert [t["n"] for t in result["towers"]] == [24, 24]

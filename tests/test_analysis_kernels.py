@@ -14,11 +14,12 @@ from twogpu_alexnet.analysis.kernels import (
     conv1_weights,
     grid_layout,
     kernel_grid,
+    low_frequency_scores,
     normalize_kernels,
     permutation_test,
+    permutation_test_r,
     rank_biserial,
     save_kernel_grid,
-    summarize_towers,
     tower_summary,
 )
 from twogpu_alexnet.errors import UserError
@@ -156,21 +157,41 @@ def analysis_one_thread():
     torch.set_num_threads(threads)
 
 
-def test_no_split_for_identically_distributed_towers(analysis_one_thread):
+def test_rank_test_holds_its_level_on_identically_distributed_towers(analysis_one_thread):
     gen = torch.Generator().manual_seed(123)
-    draws, hits, p_values = 400, 0, []
-    for i in range(draws):
-        mix = torch.rand(96, generator=gen)  # each kernel's colour weight, same law in both towers
-        w = mixed_kernels(96, mix, gen=gen)
-        summary = summarize_towers(w[:48], w[48:], permutations=999, seed=i)
-        hits += summary["color_specific_tower"] is not None
-        p_values.append(summary["p_value"])
-    rate = hits / draws
-    # the level is 0.05; 400 draws give a binomial sd of 0.011
-    assert 0.02 <= rate <= 0.09, rate
-    # and the p-values are about uniform: a quarter below 0.25
-    below = sum(p < 0.25 for p in p_values) / draws
-    assert 0.18 <= below <= 0.32, below
+    draws, below_05, below_25 = 300, 0, 0
+    for _ in range(draws):
+        scores = torch.rand(40, generator=gen, dtype=torch.float64)  # the same law in both groups
+        _, p = permutation_test_r(scores[:20], scores[20:])
+        below_05 += p < 0.05
+        below_25 += p < 0.25
+    # an exact test: P(p < alpha) <= alpha; 300 draws give a binomial sd of 0.013 at 0.05, 0.025 at 0.25
+    assert 0.01 <= below_05 / draws <= 0.09, below_05
+    assert 0.17 <= below_25 / draws <= 0.33, below_25
+
+
+def test_exact_rank_test_matches_enumeration_and_monte_carlo():
+    import itertools
+
+    # 3 vs 4 with a tie across the groups: enumerate all C(7, 3) = 35 reassignments by hand
+    a, b = torch.tensor([0.1, 0.2, 0.2, 0.5]), torch.tensor([0.2, 0.6, 0.7])
+    r, p = permutation_test_r(a, b)
+    pooled = torch.cat([a, b])
+    extreme = 0
+    for idx in itertools.combinations(range(7), 3):
+        rest = [i for i in range(7) if i not in idx]
+        extreme += abs(rank_biserial(pooled[rest], pooled[list(idx)])) >= abs(r) - 1e-12
+    assert r == pytest.approx(rank_biserial(a, b)) and p == pytest.approx(extreme / 35)
+    # a fully separated 5 vs 5: exactly 2 of C(10, 5) = 252 assignments are as extreme
+    r, p = permutation_test_r([0.1, 0.2, 0.3, 0.4, 0.5], [0.6, 0.7, 0.8, 0.9, 1.0])
+    assert r == 1.0 and p == pytest.approx(2 / 252)
+    # 48 vs 48: the exact p and 100,000 random permutations agree within Monte Carlo error
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.rand(48, generator=gen, dtype=torch.float64), torch.rand(48, generator=gen, dtype=torch.float64) + 0.12
+    r, exact = permutation_test_r(a, b)
+    r_mc, sampled = permutation_test_r(a, b, permutations=100_000, seed=0)
+    assert r == r_mc and abs(sampled - exact) < 4 * math.sqrt(exact * (1 - exact) / 100_000)
+    assert permutation_test_r([0.5] * 5, [0.5] * 5) == (0.0, 1.0)
 
 
 def test_permutation_test_is_fast_and_seeded():
@@ -179,10 +200,29 @@ def test_permutation_test_is_fast_and_seeded():
     gen = torch.Generator().manual_seed(0)
     a, b = torch.rand(48, generator=gen), torch.rand(48, generator=gen)
     start = time.perf_counter()
-    first = permutation_test(a, b, permutations=10_000, seed=5)
+    first = permutation_test_r(a, b)
     elapsed = time.perf_counter() - start
-    assert permutation_test(a, b, permutations=10_000, seed=5) == first
-    assert elapsed < 2.0  # generous bound for a loaded 2-core machine; typically ~0.05 s
+    assert permutation_test_r(a, b, permutations=10_000, seed=5) == permutation_test_r(a, b, permutations=10_000,
+                                                                                        seed=5)
+    assert first == permutation_test_r(a, b)
+    assert elapsed < 2.0  # generous bound for a loaded 2-core machine; typically ~0.06 s
+
+
+def test_low_frequency_score_tells_a_blob_from_a_gabor():
+    k = 11
+    y, x = torch.meshgrid(torch.arange(k, dtype=torch.float64) - 5, torch.arange(k, dtype=torch.float64) - 5,
+                          indexing="ij")
+    blob = torch.exp(-(x ** 2 + y ** 2) / (2 * 2.5 ** 2))  # a wide Gaussian: energy near frequency 0
+    gabor = torch.exp(-(x ** 2 + y ** 2) / (2 * 3.0 ** 2)) * torch.cos(2 * math.pi * 0.35 * x)  # 0.35 cycles/px
+    kernels = torch.stack([blob.expand(3, k, k), gabor.expand(3, k, k), torch.zeros(3, k, k)])
+    low = low_frequency_scores(kernels)
+    assert low[0] > 0.9 and low[1] < 0.05 and low[2] == 0
+    # a pure DFT frequency: all energy at 2/11 cycles/px, above the 0.125 cut; 1/11 is below it
+    for f, expected in ((1, 1.0), (2, 0.0)):
+        wave = torch.cos(2 * math.pi * f * x / k).expand(1, 3, k, k)
+        assert low_frequency_scores(wave)[0].item() == pytest.approx(expected, abs=1e-9)
+    # scale-free, and the colour score does not see frequency
+    assert low_frequency_scores(3 * kernels[:2]).tolist() == pytest.approx(low[:2].tolist())
 
 
 # ---------------------------------------------------------------------------------------------

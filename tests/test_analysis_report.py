@@ -1,5 +1,6 @@
 """`twogpu-alexnet report` and `kernels` on run folders and checkpoints (analysis/report.py, cli)."""
 import base64
+import html
 import json
 import re
 import sys
@@ -74,10 +75,13 @@ def test_report_builds_from_a_run_folder(analysis_run_folder, tmp_path):
     assert result["towers"]["color_specific_tower"] == 1  # the planted split in last.pt
     page = (analysis_run_folder / "report" / "report.html").read_text()
     pngs = _embedded_pngs(page)
-    assert len(pngs) == 4 + 2  # four curves and the two kernel grids, all inline
+    assert len(pngs) == 4 + 2 + 1  # four curves, the two kernel grids and last.pt's W-beside-L figure, all inline
+    assert (analysis_run_folder / "report" / "kernels_last.png").read_bytes() in pngs
+    assert result["preset"] == "cifar" and result["steps_done"] == 12
+    assert "<td>cifar</td>" in page
     assert all(p.startswith(b"\x89PNG") for p in pngs)
     assert (analysis_run_folder / "kernels" / "epoch_003.png").read_bytes() in pngs
-    assert "tower 1 is the colour-specific one" in page
+    assert "tower 1 is the colour-specific one" in page and "alpha 0.05 (alpha" not in page
     assert "&lt;b&gt;not markup&lt;/b&gt;" in page  # config shown escaped
     assert "60.00%" in page  # best top-1 error in the summary table
     assert "src=\"http" not in page and "href=" not in page  # self-contained
@@ -158,7 +162,7 @@ def test_kernels_command_control_and_preset_mismatch(tmp_path, capsys):
     assert main(["kernels", "--checkpoint", str(path), "--out", str(tmp_path / "a")]) == 0
     printed = capsys.readouterr().out
     assert "cifar-onetower" in printed and "arbitrary split" in printed
-    assert "median" in printed and "no significant difference" in printed  # the table and the verdict
+    assert "median" in printed and "no split; weights W" in printed  # the table and the verdict
     assert main(["kernels", "--checkpoint", str(path), "--preset", "paper", "--out", str(tmp_path / "b")]) == 2
     assert "expects (96, 3, 11, 11)" in capsys.readouterr().err
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
@@ -205,9 +209,11 @@ def test_report_builds_from_a_real_short_training_run(tmp_path, capsys):
     assert epochs[0]["color_score_tower0"] == pytest.approx(towers["weights"]["towers"][0]["mean"])
     assert epochs[0]["learned_color_score_tower0"] == pytest.approx(towers["towers"][0]["mean"])
     assert epochs[0]["learned_color_score_tower1"] == pytest.approx(towers["learned"]["towers"][1]["mean"])
-    assert epochs[0]["color_kernels"] == towers["gate"]["color_kernels"]
+    # the one verdict: the trainer's epoch line and the report say the same words
+    assert epochs[0]["color_verdict"] == towers["verdict"] and epochs[0]["color_split"] == towers["split"]
     page = (run / "report" / "report.html").read_text()
     assert "Do the towers specialize?" in page and len(_embedded_pngs(page)) >= 1
+    assert html.escape(towers["verdict"]) in page
 
 
 def test_kernels_command_without_matplotlib(tmp_path, monkeypatch, capsys):
@@ -253,3 +259,19 @@ def test_report_skips_a_malformed_metrics_line_with_a_note(line, tmp_path, capsy
     steps, epochs, bad = run_metrics(run)
     assert bad == 1 and steps == [] and [e["epoch"] for e in epochs] == [1]
     assert "1 unreadable line(s) in metrics.jsonl were skipped" in (run / "report" / "report.html").read_text()
+
+
+def test_report_shows_every_config_a_resumed_run_used(tmp_path, capsys):
+    run = tmp_path / "resumed"
+    common = ["--set", "train.max_steps_per_epoch=1", "--set", "train.batch_size=8", "--set",
+              "data.synthetic_images=16", "--set", "data.synthetic_val_images=8", "--set", 'model.mode="grouped"',
+              "--set", "analysis.kernel_grid_epochs=[]", "--json"]
+    assert main(["train", "--out", str(run), "--set", "train.epochs=1", "--set", "train.lr=0.0001", *common]) in (0, 3)
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=2", "--set", "train.lr=0.0002",
+                 "--json"]) in (0, 3)
+    capsys.readouterr()
+    result = build_report(run)
+    assert "epoch_001.pt" in result["configs"][0]["checkpoints"] and result["configs"][0]["step"] == 1
+    assert len(result["configs"]) == 2 and result["configs"][1]["step"] == 2
+    page = (run / "report" / "report.html").read_text()
+    assert "lr = 0.0001" in page and "lr = 0.0002" in page and "2 different configurations" in page

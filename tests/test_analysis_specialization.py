@@ -1,5 +1,5 @@
-"""Specialization against chance: the learned part W - W0, Fisher's exact test, the 'not measurable'
-gate (analysis/kernels.py), any network's conv1 (analysis/weights.py) and runs compared (compare.py)."""
+"""Specialization under the protocol: the learned part, the per-run verdict, Fisher's exact test
+(analysis/kernels.py), any network's conv1 (analysis/weights.py) and runs compared (compare.py)."""
 import json
 import math
 from fractions import Fraction
@@ -14,6 +14,7 @@ from twogpu_alexnet.analysis.kernels import (
     fisher_exact,
     specialization,
     summarize_towers,
+    verdict_sentence,
 )
 from twogpu_alexnet.cli import main
 
@@ -59,7 +60,7 @@ def test_fisher_exact_matches_hand_computed_hypergeometric_sums():
 
 
 # ---------------------------------------------------------------------------------------------
-# the learned part and the gate
+# the learned part and the protocol's per-run verdict
 
 
 def test_learned_part_scores_what_training_added():
@@ -70,8 +71,8 @@ def test_learned_part_scores_what_training_added():
     colour = colour - colour.mean(dim=1, keepdim=True)
     # tower 0 learned gray kernels, tower 1 colour ones, each a tenth of the init's size
     trained = two_towers(init["towers.0.conv1.weight"] + 0.001 * gray, init["towers.1.conv1.weight"] + 0.001 * colour)
-    s = specialization(trained, init, permutations=999)
-    assert s["measured"] == "learned"
+    s = specialization(trained, init)
+    assert s["measured"] == "learned" and s["init_scale"] == 1.0
     learned = s["learned"]["towers"]
     assert learned[0]["mean"] == pytest.approx(0.0, abs=1e-9) and learned[1]["mean"] == pytest.approx(1.0)
     assert learned[0]["count_above"] == 0 and learned[1]["count_above"] == 48
@@ -80,79 +81,125 @@ def test_learned_part_scores_what_training_added():
     assert abs(weights[0]["mean"] - BASELINE) < 0.05 and abs(weights[1]["mean"] - BASELINE) < 0.05
     # the learned part separates the towers completely, the weights only partly
     assert s["effect_size"] == 1.0 and abs(s["weights"]["effect_size"]) < 1.0
-    assert s["color_specific_tower"] == 1 and s["towers"] == s["learned"]["towers"]
-    assert s["gate"] == {"color_kernels": 48, "kernels": 96, "share": 0.5, "min_share": 0.1, "measurable": True}
-    assert s["verdict"] == "tower 1 is the colour-specific one"
-    assert s["baseline"] == pytest.approx(2 / 3)
+    assert s["split"] is True and s["color_specific_tower"] == 1 and s["towers"] == s["learned"]["towers"]
+    assert s["verdict"].startswith("split: tower 1 is the colour-specific one; learned part L = W - W0, "
+                                   "rank-biserial r = +1.00")
+    # movement ||L|| / ||W0|| per kernel: 0.001 * ||gray_k|| / (0.01 * ||init_k||)
+    expected = (0.001 * gray.flatten(1).norm(dim=1) / init["towers.0.conv1.weight"].flatten(1).norm(dim=1)).double()
+    assert torch.allclose(torch.tensor(s["moved"][0], dtype=torch.float64), expected, rtol=1e-5)
 
 
-def test_random_kernels_score_the_baseline_two_thirds():
-    w = random_init(n=2000, k=11)["towers.0.conv1.weight"]
-    assert color_scores(w).mean().item() == pytest.approx(BASELINE, abs=0.005)
-
-
-def test_gate_fires_on_an_untrained_network():
+def test_learned_part_removes_the_decayed_init():
     init = random_init()
-    s = specialization({k: v.clone() for k, v in init.items()}, init, permutations=99)
-    assert s["gate"]["measurable"] is False and s["gate"]["color_kernels"] == 0
-    assert s["color_specific_tower"] is None
-    assert s["verdict"].startswith("not measurable yet: conv1 has learned few colour kernels (0 of 96")
-    # without W0 the same untrained network looks 100% "colourful" (the random baseline), and no split
-    w_only = specialization(init, permutations=99)
-    assert w_only["measured"] == "weights" and w_only["gate"]["color_kernels"] == 96
-    assert w_only["verdict"].startswith("no significant difference")
-
-
-def test_gate_fires_below_the_stated_share_and_not_on_a_planted_split():
-    g = torch.Generator().manual_seed(2)
-    init = random_init()
-    gray = torch.randn(48, 1, 11, 11, generator=g).expand(48, 3, 11, 11)
+    g = torch.Generator().manual_seed(3)
     colour = torch.randn(48, 3, 11, 11, generator=g)
     colour = colour - colour.mean(dim=1, keepdim=True)
-    few = gray.clone()
-    few[:5] = colour[:5]  # 5 colour kernels of 96 learned: 5.2% < 10%
-    s = specialization(two_towers(init["towers.0.conv1.weight"] + gray, init["towers.1.conv1.weight"] + few), init,
-                       permutations=999)
-    assert s["gate"]["color_kernels"] == 5 and not s["gate"]["measurable"]
-    assert s["verdict"].startswith("not measurable yet: conv1 has learned few colour kernels (5 of 96")
-    some = gray.clone()
-    some[:10] = colour[:10]  # 10 of 96 >= 9.6: measured, and 10 vs 0 is a split
-    s = specialization(two_towers(init["towers.0.conv1.weight"] + gray, init["towers.1.conv1.weight"] + some), init,
-                       permutations=999)
-    assert s["gate"]["measurable"] and s["color_specific_tower"] == 1
-    assert s["fisher_p_value"] == pytest.approx(fisher_exact(0, 48, 10, 48)) and s["fisher_p_value"] < 0.01
+    gray = torch.randn(48, 1, 11, 11, generator=g).expand(48, 3, 11, 11)
+    c = 0.3  # decay has shrunk W0 to 30%: W - W0 would hold -0.7 W0 (random, score ~2/3) in both towers
+    trained = two_towers(c * init["towers.0.conv1.weight"] + 0.002 * gray,
+                         c * init["towers.1.conv1.weight"] + 0.002 * colour)
+    right = specialization(trained, init, init_scale=c)
+    assert right["towers"][0]["mean"] == pytest.approx(0.0, abs=1e-9) and right["split"]
+    assert right["verdict"].startswith("split: tower 1") and "L = W - 0.3*W0" in right["verdict"]
+    naive = specialization(trained, init, init_scale=1.0)  # W - W0
+    assert naive["towers"][0]["mean"] > 0.3  # the leftover -0.7 W0 looks colourful
 
 
-@pytest.mark.parametrize("colour_tower", [0, 1])
-def test_fisher_and_permutation_agree_on_a_planted_split(colour_tower):
-    gen = torch.Generator().manual_seed(20 + colour_tower)
-    gray = mixed_kernels(48, torch.rand(48, generator=gen) * 0.4, gen=gen)
-    colour = mixed_kernels(48, 0.6 + torch.rand(48, generator=gen) * 0.4, gen=gen)
-    towers = [gray, gray]
-    towers[colour_tower] = colour
-    s = summarize_towers(*towers, permutations=2000)
-    assert s["p_value"] < 0.001 and s["fisher_p_value"] < 0.001
-    assert s["color_specific_tower"] == colour_tower
-    above = [t["count_above"] for t in s["towers"]]
-    assert above[colour_tower] > above[1 - colour_tower]
+def test_negative_control_step_zero_does_not_split():
+    init = random_init()
+    s = specialization({k: v.clone() for k, v in init.items()}, init)
+    # L = 0: every kernel scores 0, r = 0
+    assert s["towers"][0]["mean"] == 0 and s["effect_size"] == 0 and s["p_value"] == 1.0
+    assert s["split"] is False and s["color_specific_tower"] is None
+    assert s["verdict"].startswith("no split; learned part L = W - W0, rank-biserial r = +0.00")
+    # without W0 the random init itself: about 2/3 in both towers, and no split
+    w_only = specialization(init)
+    assert w_only["measured"] == "weights" and w_only["split"] is False
+    assert w_only["verdict"].startswith("no split; weights W")
 
 
-def test_false_positive_rates_near_the_level_on_identical_towers():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # hundreds of tiny tensor ops
-    try:
-        gen = torch.Generator().manual_seed(7)
-        draws, perm_hits, fisher_hits = 300, 0, 0
-        for i in range(draws):
-            w = mixed_kernels(96, torch.rand(96, generator=gen), gen=gen)
-            s = summarize_towers(w[:48], w[48:], permutations=499, seed=i)
-            perm_hits += s["p_value"] < 0.05
-            fisher_hits += s["fisher_p_value"] < 0.05
-    finally:
-        torch.set_num_threads(threads)
-    # level 0.05, 300 draws: binomial sd 0.013; Fisher's exact test is conservative (discrete counts)
-    assert 0.015 <= perm_hits / draws <= 0.095, perm_hits
-    assert 0.005 <= fisher_hits / draws <= 0.075, fisher_hits
+def kernels_with_scores(scores, k=5, seed=0):
+    """Kernels whose colour score is exactly ``scores``: sqrt(1 - s) of a unit gray kernel plus sqrt(s)
+    of a unit colour-opponent one (orthogonal to every gray kernel)."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.as_tensor(scores, dtype=torch.float64).view(-1, 1, 1, 1)
+    gray = torch.randn(len(s), 1, k, k, generator=g, dtype=torch.float64).expand(len(s), 3, k, k)
+    colour = torch.randn(len(s), 3, k, k, generator=g, dtype=torch.float64)
+    colour = colour - colour.mean(dim=1, keepdim=True)
+    unit = lambda w: w / w.flatten(1).norm(dim=1).view(-1, 1, 1, 1)  # noqa: E731
+    return (1 - s).sqrt() * unit(gray) + s.sqrt() * unit(colour)
+
+
+def constructed_run(m, n=48):
+    """Two towers of n kernels, scores on a grid of step 1/120 from 0.1, tower 1's raised by m + 1/2 steps
+    (no ties): tower 1's kernel i is below tower 0's j when j > i + m, so r = 1 - (n - m - 1)(n - m) / n^2."""
+    base = 0.1 + torch.arange(n, dtype=torch.float64) / 120
+    return summarize_towers(kernels_with_scores(base), kernels_with_scores(base + (m + 0.5) / 120, seed=1))
+
+
+def expected_r(m, n=48):
+    return 1 - (n - m - 1) * (n - m) / n ** 2
+
+
+def test_protocol_verdicts_on_constructed_runs():
+    assert color_scores(kernels_with_scores([0.0, 0.3, 1.0])).tolist() == pytest.approx([0.0, 0.3, 1.0])
+    split = constructed_run(24)  # r = 0.760
+    assert split["effect_size"] == pytest.approx(expected_r(24)) and split["p_value"] < 1e-6 and split["split"] is True
+    assert split["color_specific_tower"] == 1 and verdict_sentence(split).startswith("split: tower 1")
+    flipped = summarize_towers(kernels_with_scores(torch.full((48,), 0.8)), kernels_with_scores(torch.full((48,), 0.2)))
+    assert flipped["effect_size"] == -1.0 and flipped["split"] and flipped["color_specific_tower"] == 0
+    none = summarize_towers(kernels_with_scores(torch.full((48,), 0.4)), kernels_with_scores(torch.full((48,), 0.4)))
+    assert none["effect_size"] == 0.0 and none["p_value"] == pytest.approx(1.0) and none["split"] is False
+    assert none["color_specific_tower"] is None and verdict_sentence(none).startswith("no split; weights W")
+    # significant but small: r = 0.357, p < 0.01, is no split
+    small = constructed_run(9)
+    assert small["effect_size"] == pytest.approx(expected_r(9)) and small["p_value"] < 0.01 and small["split"] is False
+    assert constructed_run(0)["p_value"] > 0.5  # half a step apart: r = 0.02
+    # large but not significant: a perfect split of 4 kernels per tower has r = 1 and exact p = 2 / 70
+    tiny = summarize_towers(kernels_with_scores([0.1, 0.2, 0.3, 0.4]), kernels_with_scores([0.6, 0.7, 0.8, 0.9]))
+    assert tiny["effect_size"] == 1.0 and tiny["p_value"] == pytest.approx(2 / 70) and tiny["split"] is False
+    # five per tower is the smallest perfect split that passes: 2 / 252 < 0.01
+    low, high = [0.1, 0.2, 0.3, 0.4, 0.5], [0.6, 0.7, 0.8, 0.9, 1.0]
+    five = summarize_towers(kernels_with_scores(low), kernels_with_scores(high))
+    assert five["p_value"] == pytest.approx(2 / 252) and five["split"] is True
+
+
+def test_fisher_min_count_is_the_smallest_perfect_split_that_passes():
+    s = summarize_towers(*random_init(seed=5).values())
+    assert s["fisher_min_count"] == 8
+    assert fisher_exact(0, 48, 7, 48) >= 0.01 > fisher_exact(0, 48, 8, 48)
+
+
+def gabor_and_blob_conv1(n=96, k=11, seed=0, noise=0.3):
+    """The synthetic positive control: group 0 gray high-frequency Gabors, group 1 colour-opponent
+    low-frequency blobs (Figure 3's two towers), both with i.i.d. noise."""
+    g = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.arange(k) - k // 2, torch.arange(k) - k // 2, indexing="ij")
+    kernels = []
+    for i in range(n // 2):
+        theta = math.pi * i / (n // 2)
+        u = x * math.cos(theta) + y * math.sin(theta)
+        gabor = torch.exp(-(x ** 2 + y ** 2) / 18.0) * torch.cos(2 * math.pi * 0.3 * u)
+        kernels.append(gabor.expand(3, k, k))
+    for i in range(n // 2):
+        blob = torch.exp(-((x - (i % 3 - 1)) ** 2 + (y - (i % 5 - 2)) ** 2) / 12.0)
+        opponent = torch.randn(3, generator=g)
+        opponent = opponent - opponent.mean()
+        kernels.append(opponent[:, None, None] * blob)
+    w = torch.stack(kernels)
+    w = w / w.flatten(1).norm(dim=1)[:, None, None, None]
+    return w + noise * torch.randn(w.shape, generator=g) / math.sqrt(3 * k * k)
+
+
+def test_synthetic_positive_control_splits(tmp_path, capsys):
+    path = tmp_path / "conv1.npy"
+    np.save(path, gabor_and_blob_conv1().numpy())
+    code, result, _ = run_weights(path, tmp_path / "out", capsys)
+    assert code == 0 and result["split"] is True and result["color_specific_tower"] == 1
+    assert result["effect_size"] >= 0.9 and result["p_value"] < 1e-6
+    # the frequency score sees the other half of Figure 3: tower 1's blobs are low-frequency
+    t0, t1 = result["towers"]
+    assert t1["low_frequency"] > 0.8 > 0.2 > t0["low_frequency"] and result["low_frequency_effect_size"] > 0.9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,7 +215,7 @@ def planted_conv1(n=96, k=11, colour_group=1, seed=0):
 
 
 def run_weights(path, out, capsys, *extra):
-    code = main(["kernels", "--weights", str(path), "--out", str(out), "--permutations", "999", "--json", *extra])
+    code = main(["kernels", "--weights", str(path), "--out", str(out), "--json", *extra])
     captured = capsys.readouterr()
     return code, (json.loads(captured.out) if code == 0 else None), captured.err
 
@@ -240,13 +287,13 @@ def test_weights_refusals_are_one_sentence(tmp_path, capsys):
     assert "--groups 3 is not supported" in refused(two, "--key", "a.weight", "--groups", "3")
 
 
-@pytest.mark.parametrize("value", ["1e9", "0", "-5"])
+@pytest.mark.parametrize("value", ["1e9", "-5"])
 def test_permutations_out_of_range_is_one_sentence(value, tmp_path, capsys):
     path = tmp_path / "w.pt"
     torch.save(planted_conv1(), path)
     code = main(["kernels", "--weights", str(path), "--out", str(tmp_path / "o"), "--permutations", value])
     err = capsys.readouterr().err
-    assert code == 2 and "--permutations must be between 1 and 1,000,000" in err and "Traceback" not in err
+    assert code == 2 and "--permutations must be 0 (exact) or between 1 and 1,000,000" in err and "Traceback" not in err
 
 
 def test_permutations_accepts_scientific_notation(tmp_path, capsys):
@@ -255,3 +302,24 @@ def test_permutations_accepts_scientific_notation(tmp_path, capsys):
     assert main(["kernels", "--weights", str(path), "--out", str(tmp_path / "o"), "--permutations", "1e3",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["permutations"] == 1000
+
+
+def test_weights_without_json_prints_the_table_and_verdict(tmp_path, capsys):
+    path = tmp_path / "w.pt"
+    torch.save(planted_conv1(), path)
+    assert main(["kernels", "--weights", str(path), "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "weights W" in out and "split: tower 1 is the colour-specific one" in out and "kernels.png" in out
+
+
+def test_two_tower_state_with_one_wrong_shaped_conv1_is_one_sentence(tmp_path, capsys):
+    path = tmp_path / "bad.pt"
+    from twogpu_alexnet import build_model
+
+    state = build_model("cifar", mode="two-tower", devices=("cpu", "cpu"), num_classes=10).state_dict()
+    state["towers.1.conv1.weight"] = torch.zeros(32, 3, 3, 3)
+    torch.save(state, path)
+    code = main(["kernels", "--checkpoint", str(path), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "conv1" in err

@@ -7,8 +7,6 @@ import pytest
 
 from twogpu_alexnet.cli import main
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
 
 @pytest.fixture
 def data_split(tmp_path, data_write_images):

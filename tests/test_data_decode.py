@@ -19,8 +19,6 @@ from twogpu_alexnet.data.decode import (
 )
 from twogpu_alexnet.errors import UserError
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
 
 def _tensor(data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)

@@ -8,8 +8,6 @@ from twogpu_alexnet.data import DataOptions, make_loader, open_split
 from twogpu_alexnet.data.loader import check_shared_memory
 from twogpu_alexnet.errors import UserError
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
 
 def _batches(loader, epoch, start=0):
     loader.set_epoch(epoch, start)

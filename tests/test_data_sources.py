@@ -12,8 +12,6 @@ from twogpu_alexnet.data.store import prepare_store
 from twogpu_alexnet.data.synthetic import class_names, synthetic_image, synthetic_images
 from twogpu_alexnet.errors import UserError
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
 
 def test_synthetic_is_deterministic_per_seed():
     a, la = synthetic_images(5, "train", range(12), 32)

@@ -2,7 +2,6 @@
 import os
 
 import numpy as np
-import pytest
 import torch
 
 from twogpu_alexnet.data import DataOptions, open_split
@@ -10,8 +9,6 @@ from twogpu_alexnet.data.folders import list_split
 from twogpu_alexnet.data.split import compute_split_stats, folder_stats
 from twogpu_alexnet.data.stats import StatsAccumulator, eigen_rgb, load_stats
 from twogpu_alexnet.data.store import prepare_store
-
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")   # torchvision.io points to torchcodec
 
 SIZE = 16
 

@@ -20,8 +20,6 @@ from twogpu_alexnet.data.split import StoreSource
 from twogpu_alexnet.data.store import prepare_store
 from twogpu_alexnet.errors import UserError
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
 
 def _smooth(h, w, seed=0):
     """A smooth colour image (JPEG reproduces it closely)."""
@@ -47,23 +45,6 @@ def test_raw_store_round_trips_pixels_exactly(tmp_path, data_write_images):
     assert reader.meta["layout"] == "hwc" and reader.image(0).movedim(0, -1).is_contiguous()
     shard = np.load(tmp_path / "store" / "shards" / "00000.data", mmap_mode="r")
     assert shard.shape[1:] == (24, 24, 3)
-
-
-def test_raw_store_of_the_older_layout_reads_as_before(tmp_path, data_write_images):
-    """Raw stores made before the layout was recorded hold n x 3 x S x S rows: still read correctly."""
-    images = {f"c{i % 2}/im{i}.png": _smooth(16, 16, i) for i in range(4)}
-    data_write_images(tmp_path / "src", images)
-    prepare_store(tmp_path / "src", tmp_path / "store", size=16, fmt="raw", workers=1)
-    for shard_path in (tmp_path / "store" / "shards").glob("*.data"):        # rewrite the rows as C, H, W
-        np.save(shard_path.with_suffix(".npy"), np.ascontiguousarray(np.load(shard_path).transpose(0, 3, 1, 2)))
-        shard_path.with_suffix(".npy").replace(shard_path)
-    meta = json.loads((tmp_path / "store" / "store.json").read_text())
-    del meta["layout"]
-    (tmp_path / "store" / "store.json").write_text(json.dumps(meta))
-    reader = StoreSource(tmp_path / "store")
-    paths = reader.source_paths()
-    for i in range(len(reader)):
-        assert torch.equal(reader.image(i), torch.from_numpy(images[paths[i]]).permute(2, 0, 1))
 
 
 def test_jpeg_store_round_trips_within_jpeg_tolerance_and_resizes(tmp_path, data_write_images):
@@ -177,10 +158,10 @@ def test_unreadable_store_files_are_one_sentence(tmp_path, data_write_images):
     data_write_images(tmp_path / "src", {"a/x.png": _smooth(8, 8)})
     prepare_store(tmp_path / "src", tmp_path / "store", size=8, workers=1)
     (tmp_path / "store" / "index.pt").write_bytes(b"garbage")
-    with pytest.raises(UserError, match=r"index.pt is unreadable; delete .*store and run prepare again"):
+    with pytest.raises(UserError, match=r"index.pt is unreadable.*; delete .*store and run prepare again"):
         StoreSource(tmp_path / "store")
     (tmp_path / "store" / "store.json").write_text("{ not json")
-    with pytest.raises(UserError, match=r"store.json is unreadable; delete .*store and run prepare again"):
+    with pytest.raises(UserError, match=r"store.json is unreadable .*; delete .*store and run prepare again"):
         StoreSource(tmp_path / "store")
 
 

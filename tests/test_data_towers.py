@@ -8,7 +8,6 @@ from twogpu_alexnet.data import loader as loader_module
 from twogpu_alexnet.data.loader import device_slots, per_tower
 from twogpu_alexnet.errors import UserError
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 CPU = torch.device("cpu")
 
 

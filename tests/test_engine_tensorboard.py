@@ -64,6 +64,10 @@ def test_records_become_scalars_at_the_global_step(tmp_path):
                          ("epoch/train_loss", 2.4, 8), ("epoch/val_top1_error", 0.5, 8),
                          ("epoch/val_top5_error", 0.25, 8), ("epoch/lr", 0.01, 8), ("epoch/img_s", 90.0, 8),
                          ("epoch/color_score_tower0", 0.3, 8)]  # a missing score is left out
+    texts = []
+    w.add_text = lambda tag, text, step: texts.append((tag, text, step))
+    board.record({"kind": "epoch", "epoch": 2, "color_verdict": "no split; learned part L = W - W0, ..."}, 9)
+    assert texts == [("epoch/color_verdict", "no split; learned part L = W - W0, ...", 9)]
     board.close()
     assert w.closed
 
@@ -82,7 +86,8 @@ def test_a_run_writes_an_event_file_tensorboard_reads_back(tmp_path):
     logged = events.Scalars("train/loss")
     assert [e.step for e in logged] == [r["step"] for r in steps] == [2, 4]
     assert [e.value for e in logged] == pytest.approx([r["loss"] for r in steps], rel=1e-6)
-    for key in ("val_top1_error", "val_top5_error", "train_loss", "color_score_tower0", "color_score_tower1"):
+    for key in ("val_top1_error", "val_top5_error", "train_loss", "color_score_tower0", "color_score_tower1",
+                "learned_color_score_tower0", "color_effect_size", "color_p_value"):  # the one colour verdict's
         (e,) = events.Scalars(f"epoch/{key}")
         assert e.step == 4 and e.value == pytest.approx(epoch[key], rel=1e-6), key
     assert {"train/lr", "train/img_s", "epoch/img_s", "epoch/lr"} <= set(events.Tags()["scalars"])

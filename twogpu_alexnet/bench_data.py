@@ -224,3 +224,49 @@ def _wall_rate(loader, seconds: float, limit: int) -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return n / (time.perf_counter() - start)
+
+
+def decoder_rates(data, *, images: int = 200, seconds: float = 3.0) -> dict:
+    """Images/s (one thread, CPU time) of decoding the same files to uint8 RGB with torchcodec (alone, and through
+    ``decode.decode_rgb`` with its header checks, as the pipeline does), torchvision.io (deprecated) and PIL, and
+    the largest pixel difference of each from ``decode_rgb``."""
+    import io
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+    from torchcodec.decoders import decode_image as codec_decode
+
+    from .data.decode import decode_rgb, read_bytes
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                   # torchvision.io's deprecation notice: measured on purpose
+        from torchvision.io import ImageReadMode, decode_image
+    listing = list_split(data, "--data folder").images()
+    step = max(1, len(listing.files) // images)
+    datas = [read_bytes(listing.root / f) for f in listing.files[::step][:images]]
+
+    def pil(d):
+        with Image.open(io.BytesIO(d.numpy().tobytes())) as im:
+            return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+
+    def torchvision_io(d):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return decode_image(d, mode=ImageReadMode.RGB)
+
+    decoders = {"decode_rgb": decode_rgb, "torchcodec": lambda d: codec_decode(d, mode="RGB"),
+                "torchvision_io": torchvision_io, "pil": pil}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rates = _rates({k: (lambda idx, fn=fn: [fn(datas[i]) for i in idx]) for k, fn in decoders.items()},
+                       len(datas), seconds)
+    finally:
+        torch.set_num_threads(threads)
+    first = [decode_rgb(d).int() for d in datas]
+    diff = {k: max(int((fn(d).int() - f).abs().max()) for d, f in zip(datas, first)) for k, fn in decoders.items()}
+    sizes = [decode_rgb(d).shape[-2:] for d in datas[:20]]
+    return {"data": str(data), "images": len(datas), "mean_height": sum(s[0] for s in sizes) / len(sizes),
+            "mean_width": sum(s[1] for s in sizes) / len(sizes),
+            **{f"{k}_decode_img_s": v for k, v in rates.items()}, **{f"{k}_max_diff": v for k, v in diff.items()}}

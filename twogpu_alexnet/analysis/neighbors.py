@@ -126,6 +126,16 @@ def _cache_key(checkpoint: Path, listing, input_size: int, preset: str) -> str:
     return h.hexdigest()[:24]
 
 
+def _cache_fits(entry, classes: int) -> bool:
+    """Whether a cache file holds what :func:`training_features` writes (else it is computed again)."""
+    if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT:
+        return False
+    feats, files, labels = entry.get("features"), entry.get("files"), entry.get("labels")
+    return (isinstance(feats, torch.Tensor) and feats.dim() == 2 and feats.is_floating_point()
+            and isinstance(files, list) and isinstance(labels, list) and len(files) == len(labels) == len(feats)
+            and all(isinstance(y, int) and 0 <= y < classes for y in labels) and isinstance(entry.get("skipped"), int))
+
+
 def training_features(model, split, *, checkpoint: Path, preset: str, batch_size: int, workers: int,
                       cache_dir: Path | None, device) -> tuple[dict, bool]:
     """fc7 features of every readable image of ``split``: {"features", "files", "labels"}, and
@@ -136,7 +146,9 @@ def training_features(model, split, *, checkpoint: Path, preset: str, batch_size
         path = Path(cache_dir) / f"fc7-{_cache_key(checkpoint, listing, split.input_size, preset)}.pt"
         if path.is_file():
             try:
-                return torch.load(path, map_location="cpu", weights_only=True), True
+                entry = torch.load(path, map_location="cpu", weights_only=True)
+                if _cache_fits(entry, len(listing.classes)):
+                    return entry, True
             except Exception:  # a cache file cut short: compute again
                 pass
     loader = make_loader(split, batch_size=batch_size, shuffle=False, workers=workers, drop_last=False, device=device)

@@ -5,6 +5,7 @@ so with :data:`PLOTS_HINT`. The kernel grids (``kernels.png``) never need matplo
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 PLOTS_HINT = "install matplotlib to draw the plots: pip install 'twogpu-alexnet[plots]' (or pip install matplotlib)"
@@ -31,7 +32,7 @@ def save_score_plot(summary: dict, path, title: str | None = None) -> Path | Non
         return None
     import numpy as np
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), gridspec_kw={"width_ratios": [2, 1]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [2, 1]})
     rng = np.random.default_rng(0)
     scores = summary["scores"]
     import matplotlib
@@ -44,17 +45,15 @@ def save_score_plot(summary: dict, path, title: str | None = None) -> Path | Non
         y = tower + 1 + rng.uniform(-0.18, 0.18, len(s))
         left.scatter(s, y, s=14, alpha=0.8, color=TOWER_COLORS[tower], zorder=3)
     left.axvline(summary["threshold"], color="gray", ls="--", lw=1)
-    left.axvline(2 / 3, color="gray", ls=":", lw=1)  # the expected score of an i.i.d. random kernel
-    left.text(2 / 3, 2.45, " random kernels (2/3)", fontsize=7, color="gray", va="top")
+    if summary.get("measured") != "learned":  # 2/3 is the level of random W, not of the learned part
+        left.axvline(2 / 3, color="gray", ls=":", lw=1)
+        left.text(2 / 3, 2.45, " random kernels (2/3)", fontsize=7, color="gray", va="top")
     left.set_yticks([1, 2], ["tower 0", "tower 1"])
     left.set_xlim(-0.02, 1.02)
     left.set_xlabel("colour-specificity score (share of energy outside gray)")
-    tower = summary["color_specific_tower"]
-    verdict = summary.get("verdict") or ("no significant difference" if tower is None else
-                                         f"tower {tower} is colour-specific")
-    what = "W - W0" if summary.get("measured") == "learned" else "W"
-    left.set_title(f"{what}: p = {summary['p_value']:.4f}, effect {summary['effect_size']:+.2f}: {verdict}",
-                   fontsize=8)
+    what = "L" if summary.get("measured") == "learned" else "W"
+    left.set_title(f"score of {what}: r = {summary['effect_size']:+.2f}, p = {summary['p_value']:.2g}: "
+                   f"{'split' if summary.get('split') else 'no split'}", fontsize=8)
 
     shares = [(1 - t["red_green"] - t["blue_yellow"], t["red_green"], t["blue_yellow"]) for t in summary["towers"]]
     bottom = np.zeros(2)
@@ -64,10 +63,10 @@ def save_score_plot(summary: dict, path, title: str | None = None) -> Path | Non
         bottom += values
     right.set_ylim(0, 1)
     right.set_ylabel("mean share of kernel energy")
-    right.legend(fontsize=7, loc="lower right")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)  # off the bars
+    if title:  # wrapped, and room kept above the axes, so it is never cut
+        fig.suptitle(textwrap.fill(title, 110), fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.9 if title else 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -93,11 +92,14 @@ def save_training_curves(steps: list[dict], epochs: list[dict], out_dir) -> dict
         return [p[0] for p in pts], [p[1] for p in pts]
 
     def finish(fig, ax, name, ylabel):
+        from matplotlib.ticker import MaxNLocator
+
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # beside the axes, where it covers no data
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         fig.tight_layout()
         fig.savefig(out / f"{name}.png", dpi=110)
         plt.close(fig)
@@ -135,15 +137,15 @@ def save_training_curves(steps: list[dict], epochs: list[dict], out_dir) -> dict
             ax.set_yscale("log")
         finish(fig, ax, "lr", "learning rate")
 
-    # colour: W per tower (solid), the learned part W - W0 (dashed) and the random-kernel baseline 2/3
+    # colour: W per tower (solid), the learned part L = W - c*W0 (dashed) and W's random-kernel level 2/3
     curves = [(series(epochs, f"{prefix}color_score_tower{tower}"), tower, style, f"tower {tower}{what}")
-              for prefix, style, what in (("", "o-", " (W)"), ("learned_", "s--", " (W - W0)")) for tower in (0, 1)]
+              for prefix, style, what in (("", "o-", " (W)"), ("learned_", "s--", " (L)")) for tower in (0, 1)]
     if any(y for (_, y), *_ in curves):
-        fig, ax = plt.subplots(figsize=(6, 3.6))
+        fig, ax = plt.subplots(figsize=(7.5, 3.6))
         for (x, y), tower, style, label in curves:
             if y:
                 ax.plot(x, y, style, color=TOWER_COLORS[tower], label=label)
-        ax.axhline(2 / 3, color="gray", ls=":", lw=1, label="random kernels (2/3)")
+        ax.axhline(2 / 3, color="gray", ls=":", lw=1, label="W of random kernels (2/3)")
         ax.set_ylim(0, 1)
         finish(fig, ax, "color_score", "mean conv1 colour score")
     return written
@@ -161,3 +163,32 @@ def _step_epochs(rows: list[dict]) -> list[float]:
         seen[r["epoch"]] = seen.get(r["epoch"], 0) + 1
         xs.append(r["epoch"] - 1 + seen[r["epoch"]] / totals[r["epoch"]])
     return xs
+
+
+def save_kernel_figure(panels: list[tuple[str, "object"]], path, title: str | None = None,
+                       tower_rows: tuple[int, int] | None = None) -> Path | None:
+    """Kernel grids side by side (e.g. W and the learned part L), each titled, towers labelled.
+
+    ``panels``: (title, 3 x H x W tensor from :func:`~twogpu_alexnet.analysis.kernels.kernel_grid`);
+    ``tower_rows``: the y centres of tower 0's and tower 1's blocks, for the labels.
+    """
+    plt = load_pyplot()
+    if plt is None:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 2.4), squeeze=False)
+    for ax, (name, grid) in zip(axes[0], panels):
+        ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        if tower_rows:
+            ax.set_yticks(list(tower_rows), ["tower 0", "tower 1"], fontsize=8)
+        else:
+            ax.set_yticks([])
+    if title:
+        fig.suptitle(textwrap.fill(title, 60 * len(panels)), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.85 if title else 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -17,8 +17,8 @@ from ..engine.metrics import read_metrics
 from ..errors import UserError
 from ..model.load import load_weights
 from . import output_folder
-from .kernels import specialization
-from .plots import PLOTS_HINT, save_training_curves
+from .kernels import grid_layout, kernel_grid, learned_state, run_specialization, score_name
+from .plots import PLOTS_HINT, save_kernel_figure, save_training_curves
 
 CURVES = ("loss", "error", "lr", "color_score")
 EPOCH_COLUMNS = (
@@ -29,12 +29,13 @@ EPOCH_COLUMNS = (
     ("lr", "lr", "{:.3g}"),
     ("time_s", "time (s)", "{:.0f}"),
     ("skipped", "skipped", "{}"),
-    ("color_score_tower0", "colour score tower 0", "{:.3f}"),
-    ("color_score_tower1", "colour score tower 1", "{:.3f}"),
-    ("learned_color_score_tower0", "learned (W - W0) tower 0", "{:.3f}"),
-    ("learned_color_score_tower1", "learned (W - W0) tower 1", "{:.3f}"),
-    ("color_kernels", "colour kernels", "{}"),
-    ("color_p_value", "colour p (perm.)", "{:.3g}"),
+    ("color_score_tower0", "colour of W, tower 0", "{:.3f}"),
+    ("color_score_tower1", "colour of W, tower 1", "{:.3f}"),
+    ("learned_color_score_tower0", "colour of L, tower 0", "{:.3f}"),
+    ("learned_color_score_tower1", "colour of L, tower 1", "{:.3f}"),
+    ("color_effect_size", "r (of L)", "{:+.2f}"),
+    ("color_p_value", "p (of L)", "{:.2g}"),
+    ("color_split", "split", "{}"),
 )
 
 
@@ -90,11 +91,13 @@ def build_report(run_dir, out_dir=None) -> dict:
     out = output_folder(out_dir if out_dir else run / "report")
     curves = save_training_curves(steps, epochs, out)
     grids = sorted((run / "kernels").glob("*.png")) if (run / "kernels").is_dir() else []
-    towers, towers_note = _last_checkpoint_summary(run)
+    towers, towers_note, figure = _last_checkpoint_summary(run, out)
     summary = _summary(epochs)
     config = (run / "config.toml").read_text(errors="replace") if (run / "config.toml").is_file() else None
+    summary.update(_run_facts(config, steps, towers))
+    configs = checkpoint_configs(run)
 
-    page = _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad)
+    page = _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad, figure, configs)
     html_path = out / "report.html"
     html_path.write_text(page, encoding="utf-8")
     return {
@@ -103,6 +106,8 @@ def build_report(run_dir, out_dir=None) -> dict:
         "plots": {name: str(p) for name, p in (curves or {}).items()},
         "plots_missing": None if curves is not None else PLOTS_HINT,
         "kernel_grids": [str(p) for p in grids],
+        "kernel_figure": str(figure) if figure else None,
+        "configs": [{"checkpoints": names, "step": step} for names, step, _ in configs],
         "epochs": len(epochs),
         "steps": len(steps),
         "unreadable_lines": bad,
@@ -131,19 +136,68 @@ def _summary(epochs: list[dict]) -> dict:
     }
 
 
-def _last_checkpoint_summary(run: Path):
-    """The colour statistics of checkpoints/last.pt, or (None, why not)."""
+def _last_checkpoint_summary(run: Path, out: Path):
+    """The colour statistics of checkpoints/last.pt and its W-beside-L figure, or (None, why not, None)."""
     path = run / "checkpoints" / "last.pt"
     if not path.is_file():
-        return None, "no checkpoints/last.pt in this run"
+        return None, "no checkpoints/last.pt in this run", None
     try:
         state, meta = load_weights(path)
-        summary = specialization(state, meta.get("conv1_init"))
+        step = meta.get("step") if isinstance(meta.get("step"), int) else None
+        init = meta.get("conv1_init")
+        summary = run_specialization(state, init, run_dir=run, step=step, meta=meta)
     except UserError as exc:
-        return None, str(exc)
+        return None, str(exc), None
     summary["epoch"] = meta.get("epoch")
     summary["preset"] = meta.get("preset")
-    return summary, None
+    panels = [("weights W", kernel_grid(state))]
+    if summary["measured"] == "learned":
+        panels.append((score_name(summary), kernel_grid(learned_state(state, init, summary["init_scale"]))))
+    layout = grid_layout(state)
+    rows = (layout.tower_height / 2, layout.tower_height * 1.5 + layout.gap)
+    figure = save_kernel_figure(panels, out / "kernels_last.png",
+                                title=f"checkpoints/last.pt, epoch {meta.get('epoch')}", tower_rows=rows)
+    return summary, None, figure
+
+
+def checkpoint_configs(run: Path) -> list[tuple[list[str], int | None, str]]:
+    """Every distinct config the run's kept checkpoints were written under (a resume with --set changes it):
+    (checkpoint names, the earliest step among them, the config as TOML), earliest first. Tensors are
+    memory-mapped, not read."""
+    import torch
+
+    from ..engine.config import from_dict, to_toml
+
+    found: dict[str, tuple[list[str], int | None]] = {}
+    folder = run / "checkpoints"
+    for path in sorted(folder.glob("*.pt")) if folder.is_dir() else []:
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            text = to_toml(from_dict(payload["config"]))
+        except Exception:  # unreadable, not a training checkpoint, or a config of another version: left out
+            continue
+        step = payload.get("step") if isinstance(payload.get("step"), int) else None
+        names, first = found.get(text, ([], None))
+        found[text] = (names + [path.name], step if first is None or (step is not None and step < first) else first)
+    return sorted(((names, step, text) for text, (names, step) in found.items()),
+                  key=lambda c: (c[1] is None, c[1] or 0))
+
+
+def _run_facts(config: str | None, steps: list[dict], towers: dict | None) -> dict:
+    """Preset, device, steps and data of the run, from config.toml and the metrics (None where unknown)."""
+    import tomllib
+
+    try:
+        c = tomllib.loads(config) if config else {}
+    except tomllib.TOMLDecodeError:
+        c = {}
+    model, data, train = c.get("model", {}), c.get("data", {}), c.get("train", {})
+    last_step = max((r["step"] for r in steps), default=None)
+    return {"preset": model.get("preset") or (towers or {}).get("preset"),
+            "device": f"{model.get('mode', '?')} on {', '.join(model.get('devices') or []) or 'auto'}"
+            if model else None,
+            "steps_done": last_step, "batch_size": train.get("batch_size"),
+            "data": f"{data.get('source', '?')}: {data.get('root') or '(built in)'}" if data else None}
 
 
 def _number(value) -> bool:
@@ -183,7 +237,7 @@ pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; 
 """
 
 
-def _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad) -> str:
+def _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad, figure=None, configs=()) -> str:
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(run.name)} - "
         f"twogpu-alexnet report</title>",
@@ -194,6 +248,10 @@ def _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad)
 
     parts.append("<h2>Summary</h2>")
     rows = [
+        ("preset", _cell(summary["preset"], "{}")),
+        ("device", _cell(summary["device"], "{}")),
+        ("data", _cell(summary["data"], "{}")),
+        ("steps (batch)", _cell(summary["steps_done"], "{}") + _cell(summary["batch_size"], " ({})")),
         ("epochs", _cell(summary["last_epoch"], "{}")),
         ("best val top-1 error", _cell(summary["best_val_top1_error"], "{:.2%}") + _at(summary["best_top1_epoch"])),
         ("best val top-5 error", _cell(summary["best_val_top5_error"], "{:.2%}") + _at(summary["best_top5_epoch"])),
@@ -217,9 +275,13 @@ def _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad)
         parts.append(_towers_html(towers))
     else:
         parts.append(f"<p class='note'>No colour statistics: {html.escape(towers_note)}.</p>")
+    if figure:
+        parts.append(f"<figure>{_image(figure, 'conv1 of checkpoints/last.pt: W and the learned part')}<figcaption>"
+                     "conv1 of checkpoints/last.pt: the weights W and the learned part L side by side; tower 0 in "
+                     "the top rows, tower 1 below</figcaption></figure>")
     if grids:
-        parts.append("<p>conv1 kernels as in the paper's Figure 3: tower 0 in the top rows, tower 1 below; "
-                     "each kernel contrast-normalized on its own.</p>")
+        parts.append("<p>conv1 kernels W at the saved epochs, as in the paper's Figure 3: tower 0 in the top rows, "
+                     "tower 1 below; each kernel contrast-normalized on its own.</p>")
         parts += [
             f"<figure>{_image(p, p.stem)}<figcaption>{html.escape(p.stem.replace('_', ' '))}</figcaption></figure>"
             for p in grids
@@ -231,7 +293,14 @@ def _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad)
     present = [c for c in EPOCH_COLUMNS if any(r.get(c[0]) is not None for r in epochs)]
     parts.append(_table([c[1] for c in present], [[_cell(r.get(k), f) for k, _, f in present] for r in epochs]))
     if config is not None:
-        parts.append(f"<h2>Configuration</h2><pre>{html.escape(config)}</pre>")
+        parts.append("<h2>Configuration</h2><p class='note'>config.toml: the settings of the run's latest start "
+                     "(a resume with --set rewrites it).</p>" f"<pre>{html.escape(config)}</pre>")
+    if len(configs) > 1:
+        parts.append(f"<p>The kept checkpoints were written under {len(configs)} different configurations (the run "
+                     "was resumed with other settings); earliest first:</p>")
+        for names, step, text in configs:
+            parts.append(f"<p class='note'>{html.escape(', '.join(names))} (from step {html.escape(str(step))}):</p>"
+                         f"<pre>{html.escape(text)}</pre>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
@@ -241,17 +310,18 @@ def _at(epoch) -> str:
 
 
 def _towers_html(t: dict) -> str:
-    learned = t.get("measured") == "learned"
-    rows = [[str(s["tower"]), str(s["n"]), f"{s['mean']:.3f}", f"{t['baseline']:.3f}", f"{s['median']:.3f}",
+    rows = [[str(s["tower"]), str(s["n"]), f"{s['mean']:.3f}", f"{s['median']:.3f}",
              f"{s['q1']:.3f}", f"{s['q3']:.3f}", f"{s['count_above']} ({s['frac_above']:.0%})", f"{s['red_green']:.3f}",
-             f"{s['blue_yellow']:.3f}"] for s in t["towers"]]
-    table = _table(("tower", "kernels", "mean", "random kernels", "median", "q1", "q3", f"> {t['threshold']:g}",
-                    "red-green", "blue-yellow"), rows)
+             f"{s['blue_yellow']:.3f}", f"{s['low_frequency']:.3f}",
+             "" if s.get("moved_median") is None else f"{s['moved_median']:.0%}"] for s in t["towers"]]
+    table = _table(("tower", "kernels", "mean", "median", "q1", "q3", f"> {t['threshold']:g}",
+                    "red-green", "blue-yellow", "low frequency", "moved"), rows)
     where = f"checkpoints/last.pt (epoch {t['epoch']})" if t.get("epoch") is not None else "checkpoints/last.pt"
-    what = "the learned part W - W0 of conv1 (what training added to the step-0 kernels)" if learned else (
-        "conv1's weights W (this checkpoint does not keep conv1 at step 0: the scores include the random init)")
-    return (f"<p>Colour-specificity score (share of a kernel's energy outside gray) of {html.escape(what)}, "
-            f"in {html.escape(where)}:</p>" + table
-            + f"<p>difference {t['difference']:+.3f} (tower 1 - tower 0), permutation p = {t['p_value']:.4g}, "
-            f"Fisher p = {t['fisher_p_value']:.4g} (kernels above {t['threshold']:g}), rank-biserial "
-            f"{t['effect_size']:+.2f}: <b>{html.escape(t['verdict'])}</b> (alpha {t['alpha']:g}).</p>")
+    w = t["weights"]["towers"]
+    return (f"<p>Colour-specificity score (share of a kernel's energy outside gray) of the "
+            f"{html.escape(score_name(t))} of conv1, in {html.escape(where)}:</p>" + table
+            + f"<p><b>{html.escape(t['verdict'])}</b>.</p>"
+            + f"<p class='note'>Descriptive: difference of means {t['difference']:+.3f} (tower 1 - tower 0), "
+            f"Fisher p = {t['fisher_p_value']:.2g} (kernels above {t['threshold']:g}); the weights W score "
+            f"{w[0]['mean']:.3f} / {w[1]['mean']:.3f} (random kernels 0.667), "
+            f"r = {t['weights']['effect_size']:+.2f}.</p>")

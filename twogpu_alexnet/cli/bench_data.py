@@ -29,6 +29,8 @@ def add_parser(bench_subparsers) -> None:
     p.add_argument("--workers", type=int, default=0, help="also measure the loader with N workers (default: 0, off)")
     p.add_argument("--batch", type=int, default=256, help="batch size of the --workers rows (default: 256)")
     p.add_argument("--device", help="also measure batches finished on this CUDA device, e.g. cuda:0")
+    p.add_argument("--decoder", action="store_true",
+                   help="measure only decoding (torchcodec, torchvision.io, PIL; one thread) on the same files")
     add_json_flag(p)
     p.set_defaults(run=run)
 
@@ -37,6 +39,19 @@ def run(args) -> int:
     from ..bench_data import bench_data
 
     console = console_for(args)
+    if args.decoder:
+        from ..bench_data import decoder_rates
+
+        result = decoder_rates(args.data, images=args.images, seconds=args.seconds)
+        if args.json:
+            print_json(result)
+            return 0
+        console.print(f"decoding to uint8 RGB, one thread: {result['images']} images from {result['data']}, mean "
+                      f"{result['mean_width']:.0f}x{result['mean_height']:.0f}", markup=False)
+        for name in ("decode_rgb", "torchcodec", "torchvision_io", "pil"):
+            console.print(f"  {name:15s} {result[name + '_decode_img_s']:8,.0f} images/s   largest pixel difference "
+                          f"from decode_rgb: {result[name + '_max_diff']}", markup=False)
+        return 0
     stages = {"prepare": "preparing temporary stores...", "measure": "measuring (pipelines take turns)..."}
     with console.status("") as status:
         result = bench_data(args.data, images=args.images, seconds=args.seconds, input_size=args.input_size,

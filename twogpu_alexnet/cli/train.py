@@ -112,13 +112,13 @@ def summary_table(result) -> Table:
 
 def color_table(summary: dict) -> Table:
     """The towers' conv1 colour statistics (paper section 6.1): which tower went colour-specific."""
-    table = Table(title="conv1 colour specificity per tower (0 = gray, 1 = pure colour)")
+    from ..analysis.kernels import score_name
+
+    table = Table(title=f"conv1 colour specificity per tower, {score_name(summary)} (0 = gray, 1 = pure colour)")
     for col in ("tower", "kernels", "mean", "median", "q1-q3", "share > 0.5"):
         table.add_column(col, justify="right")
     for t in summary["towers"]:
         table.add_row(str(t["tower"]), str(t["n"]), f"{t['mean']:.3f}", f"{t['median']:.3f}",
                       f"{t['q1']:.2f}-{t['q3']:.2f}", f"{100 * t['frac_above']:.0f}%")
-    tower = summary.get("color_specific_tower")
-    table.caption = (f"colour-specific tower: {'none (no significant difference)' if tower is None else tower}; "
-                     f"permutation p = {summary['p_value']:.3g}")
+    table.caption = summary["verdict"]  # the one colour verdict's sentence
     return table

@@ -1,16 +1,23 @@
-"""Bytes to 8-bit RGB pixels, and the paper's one-time geometry (shorter side to S, centre crop S x S).
+"""Bytes to 8-bit RGB pixels and back, and the paper's one-time geometry (shorter side to S, centre crop S x S).
 
-Every image the package reads from a user's files goes through :func:`decode_rgb` (or, for batches
-of JPEGs decoded on a GPU, :func:`decode_jpeg_batch`, which applies the same checks):
+Every image the package reads or writes goes through this module: :func:`read_bytes` (a file's bytes,
+bounded), :func:`decode_rgb` (any image), :func:`decode_jpeg` (a store's own JPEGs),
+:func:`decode_jpeg_batch` (a batch of them on a device) and :func:`encode_jpeg`. The codecs are
+torchcodec's (libjpeg-turbo, libpng; nvJPEG on CUDA), which replace torchvision's deprecated image I/O
+and give the same pixels and the same bytes.
 
-1. The header's width x height is checked before any pixel is decoded: an image above
+1. A file is never read whole before its size is checked: a file larger than any image under the pixel
+   limit could be is skipped unread, and a large one is read whole only when its header announces an
+   image that could need that many bytes (:func:`read_bytes`).
+2. The header's width x height is checked before any pixel is decoded: an image above
    :func:`pixel_limit` (default :data:`MAX_PIXELS`, raised with the environment variable
    ``TWOGPU_ALEXNET_MAX_PIXELS``) is skipped, so a small "decompression bomb" file cannot take
-   gigabytes of memory.
-2. torchvision's libjpeg-turbo / libpng / libwebp decoders detect the real format from the bytes (a
-   PNG behind a ``.JPEG`` name decodes as PNG) and turn grayscale, CMYK, palette and alpha images into
-   RGB. 16-bit PNGs are decoded as they are and scaled to 8 bits here (65535 -> 255).
-3. What torchvision cannot decode (BMP, TIFF, PPM, GIF -- first frame only) goes to PIL, with 16-bit
+   gigabytes of memory. JPEG and PNG headers are read here (a few bytes; PIL's lazy ``Image.open``
+   reads the same two numbers 30 times slower); other formats' by PIL's lazy open.
+3. torchcodec's decoders detect the real format from the bytes (a PNG behind a ``.JPEG`` name decodes
+   as PNG) and turn grayscale, CMYK, palette and alpha images into RGB. 16-bit PNGs are decoded as they
+   are and scaled to 8 bits here (65535 -> 255).
+4. What is not JPEG or PNG (BMP, TIFF, PPM, WebP, GIF -- first frame only) goes to PIL, with 16-bit
    and 32-bit integer modes scaled the same way (PIL's own ``convert("RGB")`` would clip them).
 
 Anything that still fails raises :class:`CorruptImage` with a short reason; callers skip and report it.
@@ -25,7 +32,9 @@ import warnings
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+from torchcodec.decoders import decode_jpeg as _codec_decode_jpeg
+from torchcodec.decoders import decode_png as _codec_decode_png
+from torchcodec.encoders import JpegEncoder
 
 from ..errors import UserError
 
@@ -33,6 +42,8 @@ MAX_PIXELS = 100_000_000           # width x height; a 100-megapixel photo decod
 MAX_PIXELS_ENV = "TWOGPU_ALEXNET_MAX_PIXELS"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8"
+BYTES_PER_PIXEL = 8                # 16-bit RGBA stored uncompressed: more than any encoding of a pixel needs
+METADATA_BYTES = 16 << 20          # room for EXIF, ICC profiles, thumbnails; also how much is read to find a header
 
 
 class CorruptImage(Exception):
@@ -56,13 +67,65 @@ def pixel_limit() -> int:
     return value
 
 
-def read_bytes(path) -> torch.Tensor:
-    """The file's bytes as a 1-D uint8 tensor (what torchvision's decoders take)."""
+def max_file_bytes(pixels: int) -> int:
+    """The most bytes an image of ``pixels`` pixels can take on disk (uncompressed 16-bit RGBA plus metadata)."""
+    return pixels * BYTES_PER_PIXEL + METADATA_BYTES
+
+
+def read_bytes(path, max_pixels: int | None = None) -> torch.Tensor:
+    """The file's bytes as a 1-D uint8 tensor (what the decoders take), read only if an image could be that big.
+
+    A file larger than any image under the pixel limit could be is refused unread; one larger than
+    :data:`METADATA_BYTES` has its first :data:`METADATA_BYTES` read first, and is refused when its header
+    announces no image, or an image too small to need that many bytes. Raises CorruptImage (with the
+    reason) or OSError (unreadable).
+    """
+    limit = pixel_limit() if max_pixels is None else max_pixels
     with open(path, "rb") as f:
-        data = f.read()
+        size = os.fstat(f.fileno()).st_size
+        if size > max_file_bytes(limit):
+            raise CorruptImage(
+                f"{_mb(size)} is more than any image under the pixel limit of {limit:,} can take "
+                f"({_mb(max_file_bytes(limit))}); not read"
+            )
+        data = bytearray(f.read(min(size, METADATA_BYTES)) if size > METADATA_BYTES else f.read())
+        if size > METADATA_BYTES:
+            pixels = _announced_pixels(memoryview(data), f, limit)
+            if size > max_file_bytes(pixels):
+                raise CorruptImage(
+                    f"{_mb(size)} is more than an image of {pixels:,} pixels (as its header says) can take; not read"
+                )
+            data += f.read()
     if not data:
         raise CorruptImage("empty file")
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return torch.frombuffer(data, dtype=torch.uint8)
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:,.0f} MiB"
+
+
+def _announced_pixels(head: memoryview, f, limit: int) -> int:
+    """width x height from the header at the start of a large file (``head``: its first bytes; ``f``: the file,
+    for PIL's lazy open of other formats); CorruptImage when it announces no image or one above ``limit``."""
+    size = _header_size(head)
+    if size is None:
+        from PIL import Image, UnidentifiedImageError
+
+        f.seek(0)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)    # the limit is checked below
+                with Image.open(f) as im:
+                    size = im.size
+        except UnidentifiedImageError:
+            raise CorruptImage("not an image (unrecognised file format); not read") from None
+        except Exception as exc:  # PIL raises many kinds on a broken header
+            raise CorruptImage(f"no readable image header ({type(exc).__name__}); not read") from None
+        finally:
+            f.seek(len(head))
+    _check_pixels(size, limit)
+    return size[0] * size[1]
 
 
 # ----------------------------------------------------------------------------------- headers
@@ -126,7 +189,7 @@ def check_pixel_count(data: torch.Tensor, max_pixels: int | None = None) -> None
 def _reason(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     text = text[-1] if text else type(exc).__name__
-    # torchvision prefixes C++ messages with "function, file:line, "; keep the human part
+    # the codecs prefix C++ messages with "function, file:line, "; keep the human part
     return text.rsplit(".cpp:", 1)[-1].split(", ", 1)[-1].strip() or type(exc).__name__
 
 
@@ -150,11 +213,27 @@ def to_rgb8(img: torch.Tensor) -> torch.Tensor:
     return img          # as decoded (H, W, C memory: the fast layout for resize_center_crop)
 
 
-def _decode_torchvision(data: torch.Tensor, buf: memoryview) -> torch.Tensor:
-    if buf[:8] == PNG_SIGNATURE and len(buf) > 24 and buf[24] == 16:
-        # torchvision's conversion to RGB fails on 16-bit PNGs; decode as stored and convert here
-        return to_rgb8(decode_image(data, mode=ImageReadMode.UNCHANGED))
-    return to_rgb8(decode_image(data, mode=ImageReadMode.RGB))
+def _decode_codec(data: torch.Tensor, buf: memoryview) -> torch.Tensor:
+    """A JPEG or PNG (known from its header) decoded by torchcodec's decoder for that format."""
+    if buf[:2] == JPEG_SIGNATURE:
+        return _codec_decode_jpeg(data, mode="RGB")
+    if len(buf) > 24 and buf[24] == 16:
+        # 16-bit PNG: decoded as stored and brought to 8 bits by to_rgb8 (the high byte)
+        return to_rgb8(_codec_decode_png(data, mode="UNCHANGED", output_dtype="auto"))
+    return to_rgb8(_codec_decode_png(data, mode="RGB"))
+
+
+def decode_jpeg(data: torch.Tensor) -> torch.Tensor:
+    """A JPEG (a store's own records) to uint8 RGB 3 x H x W on the CPU, or CorruptImage with the reason."""
+    try:
+        return _codec_decode_jpeg(data, mode="RGB")
+    except (RuntimeError, ValueError) as exc:
+        raise CorruptImage(_reason(exc)) from None
+
+
+def encode_jpeg(img: torch.Tensor, quality: int) -> torch.Tensor:
+    """uint8 RGB 3 x H x W to JPEG bytes (1-D uint8 tensor) at ``quality`` (1..100)."""
+    return JpegEncoder(img.contiguous()).to_tensor(quality=quality)
 
 
 def _decode_pil(buf: memoryview, limit: int) -> torch.Tensor:
@@ -189,8 +268,8 @@ def decode_rgb(data: torch.Tensor, max_pixels: int | None = None) -> torch.Tenso
     if size is not None:                                   # PNG or JPEG
         _check_pixels(size, limit)
         try:
-            return _decode_torchvision(data, buf)
-        except RuntimeError as exc:
+            return _decode_codec(data, buf)
+        except (RuntimeError, ValueError) as exc:
             first_error = exc
     from PIL import Image, UnidentifiedImageError
 
@@ -226,16 +305,16 @@ def decode_jpeg_batch(datas: list[torch.Tensor], device) -> list[torch.Tensor | 
         except CorruptImage:
             pass
     try:
-        decoded = decode_jpeg([datas[i] for i in todo], mode=ImageReadMode.RGB, device=device) if todo else []
+        decoded = _codec_decode_jpeg([datas[i] for i in todo], mode="RGB", device=device) if todo else []
         for i, img in zip(todo, decoded):
             out[i] = img
         return out
-    except RuntimeError:
+    except (RuntimeError, ValueError):
         pass
     for i in todo:
         try:
-            out[i] = decode_jpeg(datas[i], mode=ImageReadMode.RGB, device=device)
-        except RuntimeError:
+            out[i] = _codec_decode_jpeg(datas[i], mode="RGB", device=device)
+        except (RuntimeError, ValueError):
             try:
                 out[i] = decode_rgb(datas[i], limit).to(device)
             except CorruptImage:

@@ -14,6 +14,29 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 from ..errors import UserError
 
 LINE_BREAK = "the name contains a line break; rename it"
+NOT_UTF8 = "the name is not valid UTF-8 (shown with \\udcXX escapes for its stray bytes); rename it"
+
+
+def path_max(root) -> int:
+    """The longest path (in bytes) the file system under ``root`` takes (PATH_MAX; 4096 where it is not known)."""
+    try:
+        return os.pathconf(root, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        return 4096
+
+
+def name_problem(path: str, name: str, limit: int) -> str | None:
+    """Why ``name`` (at ``path``) cannot be used, or None: a line break, bytes that are not UTF-8, too long a path."""
+    if "\n" in name or "\r" in name:
+        return LINE_BREAK
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return NOT_UTF8
+    if len(os.fsencode(path)) >= limit:
+        return (f"the path is longer than this system's limit of {limit:,} bytes; move the files to a shorter "
+                "path")
+    return None
 
 
 @dataclass(frozen=True)
@@ -21,7 +44,8 @@ class FolderListing:
     """Every regular file under the class folders of one split, in class then file-name order.
 
     ``skipped``: what the walk left out, as ``{"path", "reason"}`` (a folder reached again through a
-    symbolic link, an unreadable folder, a broken link, a FIFO or device, a name with a line break).
+    symbolic link, an unreadable folder, a broken link, a FIFO or device, a name with a line break or
+    not valid UTF-8, a path longer than the system's limit).
     """
 
     root: Path
@@ -72,8 +96,9 @@ def list_split(path, what: str = "data folder") -> FolderListing:
     except OSError as exc:
         raise UserError(f"{what} {root} cannot be read ({exc.strerror or exc}); check its permissions.") from None
     walked, skipped, files, labels = {_folder_id(root)}, [], [], []     # walked: (device, inode) of folders
-    for label, name in _class_folders(root, classes, walked, skipped):
-        class_files = _walk(root, name, walked, skipped)
+    limit = path_max(root)
+    for label, name in _class_folders(root, classes, walked, skipped, limit):
+        class_files = _walk(root, name, walked, skipped, limit)
         files.extend(class_files)
         labels.extend([label] * len(class_files))
     if not files:
@@ -84,12 +109,13 @@ def list_split(path, what: str = "data folder") -> FolderListing:
     return FolderListing(root, classes, files, labels, tuple(skipped))
 
 
-def _class_folders(root: Path, classes: list[str], walked: set, skipped: list) -> list[tuple[int, str]]:
+def _class_folders(root: Path, classes: list[str], walked: set, skipped: list, limit: int) -> list[tuple[int, str]]:
     """(label, name) of the class folders to walk; each one's (device, inode) is added to ``walked``."""
     tops = []
     for label, name in enumerate(classes):
-        if "\n" in name or "\r" in name:
-            skipped.append({"path": str(root / name), "reason": LINE_BREAK})
+        problem = name_problem(str(root / name), name, limit)
+        if problem:
+            skipped.append({"path": str(root / name), "reason": problem})
             continue
         try:
             key = _folder_id(root / name)
@@ -114,7 +140,7 @@ def _unreadable(path, exc: OSError) -> dict:
     return {"path": str(path), "reason": f"unreadable folder ({exc.strerror or exc}); its files are not used"}
 
 
-def _walk(root: Path, top: str, walked: set, skipped: list) -> list[str]:
+def _walk(root: Path, top: str, walked: set, skipped: list, limit: int) -> list[str]:
     """Files under ``root/top`` (paths relative to root, sorted); a subfolder whose (device, inode) is
     in ``walked`` is skipped, every other one is added to it and walked."""
     found, todo = [], [top]
@@ -129,10 +155,15 @@ def _walk(root: Path, top: str, walked: set, skipped: list) -> list[str]:
         subfolders = []
         for entry in entries:
             path = os.path.join(rel, entry.name)
-            if "\n" in entry.name or "\r" in entry.name:
-                skipped.append({"path": str(root / path), "reason": LINE_BREAK})
+            problem = name_problem(entry.path, entry.name, limit)
+            if problem:
+                skipped.append({"path": str(root / path), "reason": problem})
             elif entry.is_dir():
-                key = (entry.stat().st_dev, entry.stat().st_ino)
+                try:
+                    key = (entry.stat().st_dev, entry.stat().st_ino)
+                except OSError as exc:
+                    skipped.append(_unreadable(root / path, exc))
+                    continue
                 if key in walked:
                     skipped.append({"path": str(root / path), "reason": "a folder already listed (a symbolic link "
                                     "loop, or a second link to one folder); its files are listed once"})

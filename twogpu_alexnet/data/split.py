@@ -271,8 +271,11 @@ def folder_stats(
     fingerprint = fingerprint_files(listing.files, listing.labels, listing.root)
     path = cache_path_for(listing.root, size)
     if path.exists() and not force:
-        stats, payload = load_stats(path)
-        if payload.get("fingerprint") == fingerprint and stats.size == size:
+        try:
+            stats, payload = load_stats(path)
+        except UserError:       # a cache cut short or tampered with: computed again below
+            stats, payload = None, {}
+        if stats is not None and payload.get("fingerprint") == fingerprint and stats.size == size:
             return stats
     stats = source_stats(FolderSource(listing, size), workers=worker_count(workers), progress=progress)
     try:
@@ -299,4 +302,4 @@ def compute_split_stats(data, *, size: int = 256, workers: int | None = None, fo
         reader = StoreSource(path)
         stats = source_stats(reader, workers=worker_count(workers), progress=progress)
         save_stats(stats, target, {"source": "store", "fingerprint": reader.meta["fingerprint"]})
-    return load_stats(target)[0], target
+    return store_stats(path), target

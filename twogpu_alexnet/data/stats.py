@@ -197,11 +197,28 @@ def load_stats(path) -> tuple[Stats, dict]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         stats = Stats.from_dict(payload)
+        problem = _stats_problem(stats)
     except Exception as exc:  # unreadable or foreign file
+        problem = type(exc).__name__
+    if problem:
         raise UserError(
-            f"statistics file {path} is unreadable ({type(exc).__name__}); delete it and it will be recomputed."
+            f"statistics file {path} is unreadable ({problem}); delete it and it will be recomputed."
         ) from None
     return stats, payload
+
+
+def _stats_problem(stats: Stats) -> str | None:
+    """What makes ``stats`` impossible (shapes that do not fit, counts that disagree, non-finite numbers), or None."""
+    s = stats.mean_image.shape[-1] if stats.mean_image.dim() == 3 else 0
+    shapes = (stats.mean_image.shape, stats.channel_mean.shape, stats.covariance.shape, stats.eigenvalues.shape,
+              stats.eigenvectors.shape)
+    if shapes != ((3, s, s), (3,), (3, 3), (3,), (3, 3)) or not MIN_SIDE <= s <= MAX_SIDE:
+        return "its tensors have the wrong shapes"
+    if stats.images < 1 or stats.pixels != stats.images * s * s:
+        return "its image and pixel counts disagree"
+    if not all(bool(t.isfinite().all()) for t in (stats.mean_image, stats.covariance, stats.eigenvectors)):
+        return "it holds non-finite numbers"
+    return None
 
 
 def cache_path_for(split_dir, size: int) -> Path:
@@ -234,5 +251,5 @@ def fingerprint_files(files, labels, root=None) -> str:
                 stamp = f"\t{st.st_size}\t{st.st_mtime_ns}"
             except OSError:
                 stamp = "\t?"
-        h.update(f"{y}\t{f}{stamp}\n".encode())
+        h.update(f"{y}\t{f}{stamp}\n".encode("utf-8", "surrogateescape"))     # names as the file system gave them
     return h.hexdigest()

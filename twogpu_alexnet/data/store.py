@@ -2,9 +2,9 @@
 
 One split per store; docs/data.md lists its files. ``shards/NNNNN.data`` holds one chunk's images: format
 "jpeg" its re-encoded JPEGs back to back (an index entry is byte offset and length), format "raw" an .npy
-array n x S x S x 3 uint8, pixels in the order decoders give them (an entry is the row, length 1; stores
-made before ``"layout": "hwc"`` was recorded hold n x 3 x S x S and are read as such). ``shards/NNNNN.pt``
-is the chunk's index.
+array n x S x S x 3 uint8, pixels in the order decoders give them (an entry is the row, length 1).
+``shards/NNNNN.pt`` is the chunk's index. A finished store's ``store.json`` records the SHA-256 of every
+other file; ``store_check.py`` reads and checks the store when it is opened.
 
 The sorted source file list is cut into fixed chunks, one pool task each. A chunk is written under
 temporary names and renamed when done (its index last), so an interrupted ``prepare`` resumes with the
@@ -18,22 +18,32 @@ import math
 import os
 import time
 from collections import OrderedDict
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
 from ..errors import UserError
-from .decode import CorruptImage, decode_rgb, read_bytes, resize_center_crop
+from .decode import CorruptImage, decode_jpeg, decode_rgb, encode_jpeg, read_bytes, resize_center_crop
 from .folders import FolderListing, list_split
 from .pool import pool_map, worker_count
 from .stats import CHUNK, Stats, StatsAccumulator, check_side, fingerprint_files, load_stats, save_stats
+from .store_check import (
+    FORMATS,
+    STORE_KIND,
+    STORE_VERSION,
+    check_store,
+    damaged,
+    load_payload,
+    read_json,
+    read_meta,
+    shard_path,
+    store_checksums,
+)
 
-STORE_VERSION = 1
-FORMATS = ("jpeg", "raw")
 OPEN_FILES = 64      # file handles a reader keeps open (LRU), per process
 
 
@@ -59,7 +69,7 @@ def prepare_store(data, out, *, size: int = 256, fmt: str = "jpeg", quality: int
     done = n - sum(min(per_chunk, n - c * per_chunk) for c in todo)      # files of chunks done by earlier runs
     result = {"store": str(out), "files": n, "reused": done, "settings": settings}
     job = {"out": str(out), "root": str(listing.root), **settings, "chunk_size": per_chunk, "files": listing.files,
-           "labels": listing.labels, "layout": meta.get("layout", "chw")}
+           "labels": listing.labels}
     if progress is not None:
         progress(done, n)
     try:
@@ -68,17 +78,24 @@ def prepare_store(data, out, *, size: int = 256, fmt: str = "jpeg", quality: int
                 done += seen
                 if progress is not None:
                     progress(done, n)
+        result["complete"] = all(_chunk_done(out, c) for c in chunks)
+        if result["complete"] and not meta.get("complete"):
+            _finalize(out, meta, list(listing.skipped))
     except OSError as exc:  # disk full, store folder removed, ... (unreadable images are skipped, not raised)
         raise UserError(
             f"writing the store {out} failed ({exc.strerror or exc}); fix that and run the same command again "
             "to resume."
         ) from None
-    result["complete"] = all(_chunk_done(out, c) for c in chunks)
+    except BrokenProcessPool:  # a worker killed (out of memory, a SIGBUS from a full disk under a mapped shard)
+        raise UserError(
+            f"a worker writing the store {out} died (out of memory, or the disk full?); fix that and run the same "
+            "command again to resume."
+        ) from None
+    finally:
+        _remove_temporary_files(out)      # the pool has stopped: a .tmp left now is a lost write
     if not result["complete"]:
         return {**result, "seconds": time.perf_counter() - start,
                 **dict.fromkeys(("written", "skipped", "bytes", "bytes_per_image"))}
-    if not meta.get("complete"):
-        _finalize(out, meta, list(listing.skipped))
     return {**result, "seconds": time.perf_counter() - start, **_summary(out, meta)}
 
 
@@ -112,7 +129,7 @@ def _load_or_start(out: Path, listing: FolderListing, settings: dict, chunk_size
             raise UserError(
                 f"output folder {out} is not empty and is not a store; choose an empty or new folder with --out."
             )
-        meta = {"kind": "twogpu-alexnet store", "version": STORE_VERSION, **settings,
+        meta = {"kind": STORE_KIND, "version": STORE_VERSION, **settings,
                 "source": str(listing.root.resolve()), "classes": listing.classes, "files": len(listing.files),
                 "chunk_size": chunk_size, "chunks": math.ceil(len(listing.files) / chunk_size),
                 "fingerprint": fingerprint, "complete": False}
@@ -120,7 +137,10 @@ def _load_or_start(out: Path, listing: FolderListing, settings: dict, chunk_size
             meta["layout"] = "hwc"                    # rows as decoders give pixels: crops need no transposition
         _write(out / "store.json", meta)
         return meta
-    meta = _read(out, "store.json")
+    meta = read_json(out / "store.json", out)
+    if not isinstance(meta, dict) or meta.get("kind") != STORE_KIND or \
+            (settings["format"] == "raw" and meta.get("layout") != "hwc"):
+        raise damaged(out, "store.json is not this version's store description")
     old = {k: meta.get(k) for k in settings}
     if old != settings:
         diff = ", ".join(f"{k} {old[k]} (asked {settings[k]})" for k in settings if old[k] != settings[k])
@@ -158,27 +178,26 @@ class _JpegShard:
 
     def add(self, img: torch.Tensor):
         """Store ``img``; returns the pixels as training will read them, and the index entry."""
-        encoded = encode_jpeg(img.contiguous(), quality=self.quality)
+        encoded = encode_jpeg(img, self.quality)
         self.file.write(encoded.numpy().tobytes())
         self.position += encoded.numel()
-        return decode_jpeg(encoded, mode=ImageReadMode.RGB), (self.position - encoded.numel(), encoded.numel())
+        return decode_jpeg(encoded), (self.position - encoded.numel(), encoded.numel())
 
     def close(self) -> None:
         self.file.close()
 
 
 class _RawShard:
-    """A chunk's images as one .npy array, count x S x S x 3 uint8 (x 3 x S x S in a "chw" store being resumed);
-    an image's index entry is (row, 1)."""
+    """A chunk's images as one .npy array, count x S x S x 3 uint8; an image's index entry is (row, 1)."""
 
     def __init__(self, path: Path, count: int, job: dict):
-        size, self.hwc = job["size"], job["layout"] == "hwc"
-        shape = (count, size, size, 3) if self.hwc else (count, 3, size, size)
+        size = job["size"]
+        shape = (count, size, size, 3)
         self.array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
         self.rows = 0
 
     def add(self, img: torch.Tensor):
-        self.array[self.rows] = (img.movedim(0, -1) if self.hwc else img).numpy()
+        self.array[self.rows] = img.movedim(0, -1).numpy()
         self.rows += 1
         return img, (self.rows - 1, 1)
 
@@ -237,7 +256,7 @@ def _finalize(out: Path, meta: dict, walk_skipped: list) -> None:
     """Join the chunk indexes, statistics and skipped lists (``walk_skipped``: what listing the folder left
     out); mark the store complete."""
     shards = out / "shards"
-    parts = [torch.load(shards / f"{c:05d}.pt", weights_only=True) for c in range(meta["chunks"])]
+    parts = [load_payload(shards / f"{c:05d}.pt", out) for c in range(meta["chunks"])]
     index = {key: torch.cat([p[key + "s"] for p in parts]) for key in ("offset", "length", "label", "id")}
     index["shard"] = torch.cat([torch.full((len(p["labels"]),), p["chunk"], dtype=torch.int32) for p in parts])
     _write(out / "index.pt", index)
@@ -247,10 +266,12 @@ def _finalize(out: Path, meta: dict, walk_skipped: list) -> None:
     _write(out / "skipped.json", skipped)
     acc = StatsAccumulator(meta["size"])
     for c in range(meta["chunks"]):
-        acc.merge(StatsAccumulator.from_state(torch.load(shards / f"{c:05d}.stats.pt", weights_only=True)))
+        acc.merge(StatsAccumulator.from_state(load_payload(shards / f"{c:05d}.stats.pt", out)))
     if acc.images:
         save_stats(acc.finish(), out / "stats.pt", {"source": "store", "fingerprint": meta["fingerprint"]})
-    meta.update(complete=True, written=acc.images, skipped=len(skipped), bytes=sum(int(p["bytes"]) for p in parts))
+    meta.update(complete=True, written=acc.images, skipped=len(skipped), bytes=sum(int(p["bytes"]) for p in parts),
+                shard_bytes=[shard_path(out, c).stat().st_size for c in range(meta["chunks"])],
+                sha256=store_checksums(out, meta["chunks"]))
     _write(out / "store.json", meta)
     for c in range(meta["chunks"]):                   # the sums are in stats.pt now
         (shards / f"{c:05d}.stats.pt").unlink(missing_ok=True)
@@ -260,7 +281,7 @@ def _summary(out: Path, meta: dict) -> dict:
     """written, skipped, bytes, bytes_per_image and the statistics summary of a finished store."""
     written, total_bytes = meta["written"], meta["bytes"]
     stats_path = out / "stats.pt"
-    return {"written": written, "skipped": json.loads((out / "skipped.json").read_text()), "bytes": total_bytes,
+    return {"written": written, "skipped": read_json(out / "skipped.json", out), "bytes": total_bytes,
             "bytes_per_image": total_bytes / written if written else None,
             "stats": load_stats(stats_path)[0].summary() if stats_path.exists() else None}
 
@@ -268,51 +289,47 @@ def _summary(out: Path, meta: dict) -> dict:
 # ----------------------------------------------------------------------------------- reading
 
 def read_store_meta(path) -> dict:
-    """store.json of a finished store, or a UserError saying what to run."""
-    path = Path(path).expanduser()
-    if not (path / "store.json").exists():
-        raise UserError(
-            f"{path} is not a prepared store (no store.json); run `twogpu-alexnet prepare --data SRC --out {path}` "
-            "first."
-        )
-    meta = _read(path, "store.json")
-    if not meta.get("complete"):
-        raise UserError(
-            f"store {path} is incomplete (prepare was interrupted); run the same prepare command again to finish it."
-        )
-    return meta
-
-
-def _read(store: Path, name: str):
-    """``store/name`` (store.json or index.pt), or a UserError: unreadable, make the store again."""
-    try:
-        path = store / name
-        return json.loads(path.read_text()) if path.suffix == ".json" else torch.load(path, weights_only=True)
-    except Exception:  # missing, truncated or foreign file
-        raise UserError(f"{store / name} is unreadable; delete {store} and run prepare again.") from None
+    """store.json of a finished store, checked (store_check.read_meta), or a UserError saying what to run."""
+    return read_meta(path)
 
 
 def store_stats(path) -> Stats:
-    """The statistics of store ``path`` (its stats.pt), or a UserError saying how to compute them."""
-    path = Path(path)
+    """The statistics of store ``path`` (its stats.pt), or a UserError saying how to compute them.
+
+    A stats.pt that is unreadable, or not the one of this store's images (another fingerprint or size), is
+    refused with the command that computes it again.
+    """
+    path = Path(path).expanduser()
+    again = f"run `twogpu-alexnet stats --data {path} --force` to compute it again"
     if not (path / "stats.pt").exists():
         raise UserError(f"store {path} has no stats.pt; run `twogpu-alexnet stats --data {path}` to compute it.")
-    return load_stats(path / "stats.pt")[0]
+    meta = read_meta(path)
+    try:
+        stats, payload = load_stats(path / "stats.pt")
+    except UserError:
+        raise UserError(f"{path / 'stats.pt'} is unreadable; {again}.") from None
+    if payload.get("fingerprint") != meta.get("fingerprint") or stats.size != meta["size"]:
+        raise UserError(f"{path / 'stats.pt'} is not the statistics of this store's images; {again}.")
+    return stats
 
 
 class StoreReader:
-    """Random access to a finished store's images (uint8 3 x S x S) and labels; picklable for workers."""
+    """Random access to a finished store's images (uint8 3 x S x S) and labels; picklable for workers.
+
+    Opening checks the store (store_check.check_store): a damaged one is one sentence. Records of a JPEG
+    shard cut short (``lost``) raise CorruptImage when read, so the loader skips and counts them.
+    """
 
     def __init__(self, path):
         self.path = Path(path).expanduser()
-        self.meta = read_store_meta(self.path)
-        index = _read(self.path, "index.pt")
-        self.shard, self.offset, self.length, self.ids = index["shard"], index["offset"], index["length"], index["id"]
-        self.labels = index["label"].tolist()
+        checked = check_store(self.path)
+        self.meta = checked.meta
+        self.shard, self.offset, self.length, self.ids = checked.shard, checked.offset, checked.length, checked.id
+        self.labels = checked.label.tolist()
+        self.lost = checked.lost
         self.classes: list[str] = self.meta["classes"]
         self.size: int = self.meta["size"]
         self.format: str = self.meta["format"]
-        self.hwc = self.meta.get("layout") == "hwc"     # raw rows in H, W, C order (older raw stores: C, H, W)
         self._handles: OrderedDict = OrderedDict()
 
     def __len__(self) -> int:
@@ -331,7 +348,7 @@ class StoreReader:
     def _handle(self, shard: int):
         handle = self._handles.get(shard)
         if handle is None:
-            path = self.path / "shards" / f"{shard:05d}.data"
+            path = shard_path(self.path, shard)
             handle = np.load(path, mmap_mode="r") if self.format == "raw" else os.open(path, os.O_RDONLY)
             self._handles[shard] = handle
             if len(self._handles) > OPEN_FILES:
@@ -343,19 +360,22 @@ class StoreReader:
         return handle
 
     def encoded(self, i: int) -> torch.Tensor:
-        """The stored JPEG bytes of image ``i`` (format "jpeg" only)."""
+        """The stored JPEG bytes of image ``i`` (format "jpeg" only); CorruptImage if its shard was cut short."""
         shard, offset, length = int(self.shard[i]), int(self.offset[i]), int(self.length[i])
         data = os.pread(self._handle(shard), length, offset)
+        if len(data) < length:
+            raise CorruptImage(f"store record {i} lies past the end of shards/{shard:05d}.data (the shard was cut "
+                               "short)")
         return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
     def image(self, i: int) -> torch.Tensor:
         """Image ``i`` as stored: uint8, 3 x S x S."""
         if self.format == "raw":
             row = torch.from_numpy(np.array(self._handle(int(self.shard[i]))[int(self.offset[i])]))
-            return row.movedim(-1, 0) if self.hwc else row
+            return row.movedim(-1, 0)
         try:
-            return decode_jpeg(self.encoded(i), mode=ImageReadMode.RGB)
-        except RuntimeError as exc:
+            return decode_jpeg(self.encoded(i))
+        except CorruptImage as exc:
             raise CorruptImage(f"store record {i} does not decode ({exc})") from None
 
     def stats(self) -> Stats:
@@ -367,4 +387,19 @@ class StoreReader:
         One path a line, split on "\\n" only (names with a line break are never stored: the folder walk
         skips them); ``splitlines`` would also split names holding \\x85 or \\u2028.
         """
-        return (self.path / "paths.txt").read_text(encoding="utf-8", errors="surrogateescape").split("\n")[:-1]
+        try:
+            text = (self.path / "paths.txt").read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError:
+            raise damaged(self.path, "paths.txt is missing or unreadable") from None
+        paths = text.split("\n")[:-1]
+        if len(paths) != len(self):
+            raise damaged(self.path, f"paths.txt lists {len(paths):,} images, the index {len(self):,}")
+        return paths
+
+
+def _remove_temporary_files(out: Path) -> None:
+    """Remove the temporary files of writes that did not finish (call only when no worker is writing)."""
+    for folder in (out, out / "shards"):
+        for pattern in ("*.tmp", ".*.tmp"):
+            for tmp in folder.glob(pattern):
+                tmp.unlink(missing_ok=True)

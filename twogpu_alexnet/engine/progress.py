@@ -76,7 +76,9 @@ def _epoch_line(r: dict) -> str:
     if r.get("nonfinite_skipped"):
         line += f", {r['nonfinite_skipped']} non-finite batch{'es' * (r['nonfinite_skipped'] != 1)} skipped"
     if r.get("color_score_tower0") is not None:
-        line += f", colour score tower 0 {r['color_score_tower0']:.3f} / tower 1 {r['color_score_tower1']:.3f}"
+        line += f", colour score of W tower 0 {r['color_score_tower0']:.3f} / tower 1 {r['color_score_tower1']:.3f}"
+    if r.get("color_verdict"):  # the one colour verdict's sentence (analysis.kernels.verdict_sentence)
+        line += f"; colour: {r['color_verdict']}"
     return line
 
 

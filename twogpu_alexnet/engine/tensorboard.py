@@ -2,7 +2,9 @@
 
 The records that go to ``metrics.jsonl`` go here too, as scalars at the global step: per log point
 ``train/loss``, ``train/lr``, ``train/img_s``; per epoch ``epoch/train_loss``, ``epoch/val_top1_error``,
-``epoch/val_top5_error``, ``epoch/lr``, ``epoch/img_s`` and ``epoch/color_score_tower0/1``; at the
+``epoch/val_top5_error``, ``epoch/lr``, ``epoch/img_s``, ``epoch/color_score_tower0/1`` (of W) and the
+colour verdict's numbers (``epoch/learned_color_score_tower0/1``, ``epoch/color_effect_size``,
+``epoch/color_p_value``, ``epoch/color_split``; its sentence as the text ``epoch/color_verdict``); at the
 analysis epochs the Figure-3 kernel grid as the image ``kernels/conv1``. Off, nothing is imported
 and nothing is written. ``tensorboard --logdir RUN`` shows a run (or ``--logdir runs`` all of them).
 """
@@ -17,7 +19,10 @@ from ..errors import UserError
 INSTALL = "pip install 'twogpu-alexnet[tensorboard]'"
 _STEP_KEYS = ("loss", "lr", "img_s")
 _EPOCH_KEYS = ("train_loss", "val_top1_error", "val_top5_error", "lr", "img_s",
-               "color_score_tower0", "color_score_tower1")
+               "color_score_tower0", "color_score_tower1",  # of W
+               # the one colour verdict (analysis.kernels.run_specialization): of the learned part L
+               "learned_color_score_tower0", "learned_color_score_tower1", "color_effect_size", "color_p_value",
+               "color_split")
 
 
 def summary_writer_class():
@@ -51,6 +56,8 @@ class Board:
             value = record.get(key)
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self.writer.add_scalar(f"{prefix}/{key}", value, step)
+        if isinstance(record.get("color_verdict"), str):  # the same sentence as metrics.jsonl and kernels
+            self.writer.add_text("epoch/color_verdict", record["color_verdict"], step)
         self.writer.flush()
 
     def kernel_grid(self, weights: dict, step: int) -> None:

@@ -40,9 +40,9 @@ EXIT_DONE, EXIT_NONFINITE = 0, 3  # user errors exit 2 (the CLI), signals 130 / 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 try:  # the towers' colour statistics each epoch (optional: the trainer works without them)
-    from ..analysis.kernels import epoch_color_fields, save_kernel_grid, specialization
+    from ..analysis.kernels import epoch_color_fields, run_specialization, save_kernel_grid
 except ImportError:  # pragma: no cover - the analysis package is part of the normal build
-    epoch_color_fields = save_kernel_grid = specialization = None
+    epoch_color_fields = save_kernel_grid = run_specialization = None
 
 
 @dataclass
@@ -338,7 +338,7 @@ class _Run:
         self.input_size = get_spec(c.model.preset).input_size
         self.schedule = Schedule(c.schedule)
         self.result = RunResult(run_dir, "done", EXIT_DONE, placement)
-        self.color_on = c.analysis.color_stats and specialization is not None
+        self.color_on = c.analysis.color_stats and run_specialization is not None
         # where the run stands: epochs done, the next batch of the epoch in progress, SGD steps taken
         self.epochs_done = payload["epoch"] if payload else 0
         self.start_batch = resume_batch(payload, tc.batch_size, reporter) if payload else 0
@@ -581,7 +581,8 @@ class _Run:
                   "skipped": int(skipped), "nonfinite_skipped": int(nonfinite),
                   "color_score_tower0": None, "color_score_tower1": None}
         if self.color_on and self.main:
-            summary = specialization(weights, self.conv1_init)
+            summary = run_specialization(weights, self.conv1_init, run_dir=self.run_dir, step=self.step,
+                                         meta={"config": to_dict(c)})  # the one colour verdict
             record["color_score_tower0"] = summary["weights"]["towers"][0]["mean"]
             record["color_score_tower1"] = summary["weights"]["towers"][1]["mean"]
             record.update(epoch_color_fields(summary))

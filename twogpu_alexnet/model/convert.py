@@ -29,6 +29,9 @@ def to_grouped_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     for key, (t0, t1) in halves.items():
         if t0 is None or t1 is None:
             raise KeyError(f"{key} is present for only one tower")
+        if t0.shape[1:] != t1.shape[1:]:
+            raise ValueError(f"towers.0.{key} has shape {tuple(t0.shape)} and towers.1.{key} {tuple(t1.shape)}; "
+                             "the towers' tensors must match beyond their first dimension")
         out[key] = torch.cat([t0, t1.to(t0.device)], 0)
     return out
 

@@ -32,7 +32,11 @@ def to_layout(state: Mapping[str, Tensor], mode: str) -> dict[str, Tensor]:
     have = layout_of(state)
     if have == mode:
         return dict(state)
-    return to_grouped_state(state) if mode == "grouped" else to_two_tower_state(state)
+    try:
+        return to_grouped_state(state) if mode == "grouped" else to_two_tower_state(state)
+    except (KeyError, ValueError) as exc:  # a tower tensor missing or of another shape than its twin
+        raise UserError(f"these weights are not one network's state dict: {exc.args[0]}; pass the state dict "
+                        "of one model") from None
 
 
 def _strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
