@@ -353,34 +353,6 @@ print("; ".join(parts))
 PY
 }
 
-if [ "${1:-}" = __stage ]; then
-  cd "$ROOT" || exit 2
-  "stage_$2"
-  exit $?
-fi
-
-# ---------------------------------------------------------------------------------------------
-# The driver: budget, per-stage limits, then OUT rewritten after each stage.
-
-if [ "$DRY" != 1 ] && [ "${NGPU:-0}" -eq 0 ]; then
-  echo "error: no CUDA GPU is visible; check nvidia-smi and CUDA_VISIBLE_DEVICES, or rehearse with DRY=1" >&2
-  exit 2
-fi
-STAGES="${STAGES:-$ALL_STAGES}"
-for s in $STAGES; do
-  case " $ALL_STAGES " in *" $s "*) ;; *) echo "error: unknown stage '$s' in STAGES; choose from: $ALL_STAGES" >&2; exit 2 ;; esac
-done
-case " $STAGES " in *" env "*) ;; *) STAGES="env $STAGES" ;; esac  # results.json's header
-OUT="${OUT:-gpu-check-$(date +%Y%m%d-%H%M%S)}"
-mkdir -p "$OUT" 2>/dev/null && [ -w "$OUT" ] || { echo "error: cannot write to OUT=$OUT; choose a writable folder" >&2; exit 2; }
-OUT="$(cd "$OUT" && pwd)"
-BUDGET="${BUDGET:-330}"
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")" || exit 2
-export OUT WORK BUDGET STAGES
-trap 'rm -rf "$WORK"' EXIT
-START=$SECONDS
-: >"$WORK/status.tsv"
-
 finish() {  # OUT/summary.md, OUT/results.json, OUT/logs.tar.gz from what the stages left in WORK
   "$PYTHON" - "$WORK" "$OUT" "$ALL_STAGES" "$((SECONDS - START))" <<'PY'
 import io, json, os, re, sys, tarfile, time
@@ -453,7 +425,7 @@ with tarfile.open(out / ".logs.tar.gz.tmp", "w:gz") as tar:
 os.replace(out / ".logs.tar.gz.tmp", archive)
 
 
-def render(tail_lines):
+def render(tail_lines, max_tests, cut=False):
     r = results
     head = [f"# gpu_check {r['finished']}", "",
             ("DRY rehearsal on the CPU (tiny sizes); " if r["dry"] else "")
@@ -468,28 +440,68 @@ def render(tail_lines):
             body.append(f"- {e['status']} `{name}` ({e['seconds']} s){again}: {e['result'][:400]}")
             continue
         body.append(f"- FAIL `{name}` ({e['why']}, {e['seconds']} s){again}")
-        for t in e.get("failed_tests", [])[:15]:
-            body.append(f"    - {t[:150]}")
-        if len(e.get("failed_tests", [])) > 15:
-            body.append(f"    - ... {len(e['failed_tests']) - 15} more in results.json")
-        if tail_lines:
-            body += [f"      {line}" for line in e.get("log_tail", [])[-tail_lines:]]
+        tests = e.get("failed_tests", [])
+        body += [f"    - {t[:150]}" for t in tests[:max_tests]]
+        if len(tests) > max_tests:
+            body.append(f"    - ... {len(tests) - max_tests} more failed tests in results.json")
+        body += [f"      {line}" for line in (e.get("log_tail", [])[-tail_lines:] if tail_lines else [])]
     bad = [n for n, e in r["stages"].items() if e["status"] == "FAIL"]
     foot = ["", f"failed: {' '.join(bad)}; rerun them: STAGES=\"{' '.join(bad)}\" OUT={out} launch/gpu_check.sh"
             if bad else "every stage passed", "numbers: results.json; logs: logs.tar.gz"]
-    return "\n".join(head + body + foot) + "\n"
+    body_text = "\n".join(body)
+    room = SUMMARY_MAX - len("\n".join(head + foot)) - 2
+    if cut and len(body_text) > room:  # the last resort: the head and the rerun line always fit
+        body_text = body_text[:max(room - 40, 0)] + "\n[... cut: see results.json]"
+    return "\n".join(head + [body_text] + foot) + "\n"
 
 
-lines = 12
-text = render(lines)
-while len(text) > SUMMARY_MAX and lines > 0:
-    lines -= 2
-    text = render(lines)
-text = text[:SUMMARY_MAX]
+for tail_lines, max_tests in ((12, 15), (8, 10), (4, 6), (2, 3), (0, 3), (0, 0)):
+    text = render(tail_lines, max_tests)
+    if len(text) <= SUMMARY_MAX:
+        break
+else:
+    text = render(0, 0, cut=True)
 (out / ".summary.md.tmp").write_text(text)
 os.replace(out / ".summary.md.tmp", out / "summary.md")
 PY
 }
+
+if [ "${1:-}" = __finish ]; then  # OUT rebuilt from the WORK folder $2 alone (how the tests check the summary)
+  WORK=$2 START=$SECONDS OUT="${OUT:?OUT must name the output folder}" BUDGET="${BUDGET:-330}"
+  STAGES="$(cut -f1 "$WORK/status.tsv" | tr '\n' ' ')"
+  export WORK OUT BUDGET STAGES
+  mkdir -p "$OUT" || exit 2
+  finish
+  exit $?
+fi
+
+if [ "${1:-}" = __stage ]; then
+  cd "$ROOT" || exit 2
+  "stage_$2"
+  exit $?
+fi
+
+# ---------------------------------------------------------------------------------------------
+# The driver: budget, per-stage limits, then OUT rewritten after each stage.
+
+if [ "$DRY" != 1 ] && [ "${NGPU:-0}" -eq 0 ]; then
+  echo "error: no CUDA GPU is visible; check nvidia-smi and CUDA_VISIBLE_DEVICES, or rehearse with DRY=1" >&2
+  exit 2
+fi
+STAGES="${STAGES:-$ALL_STAGES}"
+for s in $STAGES; do
+  case " $ALL_STAGES " in *" $s "*) ;; *) echo "error: unknown stage '$s' in STAGES; choose from: $ALL_STAGES" >&2; exit 2 ;; esac
+done
+case " $STAGES " in *" env "*) ;; *) STAGES="env $STAGES" ;; esac  # results.json's header
+OUT="${OUT:-gpu-check-$(date +%Y%m%d-%H%M%S)}"
+mkdir -p "$OUT" 2>/dev/null && [ -w "$OUT" ] || { echo "error: cannot write to OUT=$OUT; choose a writable folder" >&2; exit 2; }
+OUT="$(cd "$OUT" && pwd)"
+BUDGET="${BUDGET:-330}"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")" || exit 2
+export OUT WORK BUDGET STAGES
+trap 'rm -rf "$WORK"' EXIT
+START=$SECONDS
+: >"$WORK/status.tsv"
 
 stage() {  # stage NAME: run one stage body under min(its limit, the budget left), then rewrite OUT
   local name=$1 log="$WORK/$1.log" limit_var="LIMIT_${1^^}" limit

@@ -67,6 +67,27 @@ def test_failures_are_named_with_the_end_of_their_log_and_the_summary_stays_shor
     assert unknown.returncode == 2 and "unknown stage 'nosuch'" in unknown.stderr
 
 
+def test_the_summary_fits_the_output_tail_when_every_stage_fails_with_long_logs(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    status = []
+    for name in STAGES:
+        failed = [f"FAILED tests/test_{name}_{i}.py::test_case_{i} - AssertionError: {'x' * 200}" for i in range(40)]
+        (work / f"{name}.log").write_text("\n".join(failed + [f"line {i} {'y' * 300}" for i in range(100)]))
+        status.append(f"{name}\tFAIL\t10\t20\t1\texit 1")
+    (work / "status.tsv").write_text("\n".join(status) + "\n")
+    env = {**os.environ, "DRY": "1", "OUT": str(out), "PYTHON": sys.executable}
+    subprocess.run(["bash", str(ROOT / "launch" / "gpu_check.sh"), "__finish", str(work)], env=env, check=True,
+                   timeout=120)
+    summary = (out / "summary.md").read_text()
+    assert len(summary) <= 12_000
+    assert all(f"- FAIL `{name}` (exit 1, 10 s)" in summary for name in STAGES), summary
+    assert "tests/test_pytest_0.py::test_case_0" in summary  # failing tests by name, for every stage
+    assert f'rerun them: STAGES="{" ".join(STAGES)}"' in summary
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["stages"]["pytest"]["failed_tests"]) == 40
+
+
 @pytest.mark.slow
 def test_dry_run_passes_every_stage_and_leaves_at_most_eight_small_files(tmp_path):
     out = tmp_path / "d"
