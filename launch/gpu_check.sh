@@ -35,8 +35,9 @@
 #
 # Budget (default 330 s, so that machine start + this + a rerun of what failed fit in 15 minutes) and
 # the per-stage limits (LIMIT_<STAGE>), which add up to 330 s; each stage also stops at the budget.
-# No GPU has run this yet: the limits come from the DRY rehearsal (measured: 308 s wall, 97 s of CPU, on
-# a shared 2-core CPU at load average ~11, tiny sizes) and from each stage's CPU share at full size.
+# No GPU has run this yet: the limits come from the DRY rehearsal (measured on a shared 2-core CPU, tiny
+# sizes: 308 s wall, 97 s of CPU at load average ~11; 131 s wall, 88 s of CPU at load ~4) and from each
+# stage's CPU share at full size.
 #   stage    limit  DRY (wall, load ~11)  at full size on the GPU machine
 #   env       10 s  18 s                  one torch import and nvidia-smi (~3 s unloaded)
 #   pytest    90 s  14 s (collection)     48 gpu-marked tests (45 without the dropout file), mostly 1-10 s; Inductor
