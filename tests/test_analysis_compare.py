@@ -26,6 +26,7 @@ def two_runs(tmp_path_factory):
     return root / "towers-s3", root / "control-s4"
 
 
+@pytest.mark.slow
 def test_checkpoints_keep_conv1_at_step_0_as_the_seed_makes_it(two_runs, capsys):
     capsys.readouterr()
     run = two_runs[0]
@@ -145,6 +146,7 @@ def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_kernels_on_a_one_tower_checkpoint_is_a_control(tmp_path, capsys):
     """paper-half has one tower of 48 conv1 kernels (its only layout is grouped): halves of 24, a control."""
     model = build_model("paper-half", mode="grouped", device="cpu", num_classes=10)

@@ -169,6 +169,7 @@ def test_kernels_command_control_and_preset_mismatch(tmp_path, capsys):
     assert main(["kernels", "--checkpoint", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "c")]) == 2
 
 
+@pytest.mark.slow
 def test_report_builds_from_a_real_short_training_run(tmp_path, capsys):
     """The trainer's own run folder (1 epoch, 2 steps of synthetic data) -> the report page."""
     run = tmp_path / "short"

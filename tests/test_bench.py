@@ -67,6 +67,7 @@ def test_bench_options_refuses_bad_numbers_and_names(kwargs, words):
     assert words in str(err.value)
 
 
+@pytest.mark.slow
 def test_bench_options_rows_against_fp32_in_one_run():
     out = bench_options("cifar", batch=2, repeats=1, steps=1, warmup=0, options=["channels_last"])
     rows = {r["option"]: r for r in out["options"]}

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torchvision.io import write_jpeg
 
+from twogpu_alexnet import UserError
 from twogpu_alexnet.cli import main
 from twogpu_alexnet.engine.evaluate import ensemble_probabilities, evaluate
 from twogpu_alexnet.engine.inference import eval_split
@@ -101,7 +102,7 @@ def test_cli_json_and_bad_inputs(photos, tmp_path, capsys):
         assert err.startswith("error: ") and words in err and "Traceback" not in err, err
 
 
-def test_training_checkpoint_brings_its_training_mean(photos, tmp_path, notes):
+def test_training_checkpoint_brings_its_training_mean(photos, tmp_path):
     from twogpu_alexnet.engine.config import load_config
     from twogpu_alexnet.engine.train import train
 
@@ -109,11 +110,22 @@ def test_training_checkpoint_brings_its_training_mean(photos, tmp_path, notes):
                                 "train.batch_size=8", "train.epochs=1", "train.lr=0.001"])
     train(config, tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
-    assert "data_stats" in torch.load(ckpt, weights_only=True)
+    payload = torch.load(ckpt, weights_only=True)
+    assert "data_stats" in payload and len(payload["class_names"]) == 6
+    # trained on synthetic classes: the photo folders are other classes, refused in one sentence
+    with pytest.raises(UserError, match=f"^{photos} is not the data {ckpt} was trained on: 6 of its 6 class folders "
+                       "are unknown to the network \\(first: 'class0'\\)"):
+        evaluate([ckpt], photos, workers=0)
+    payload["class_names"] = [f"class{i}" for i in range(6)]      # as if trained on these folders
+    torch.save(payload, ckpt)
 
-    result = evaluate([ckpt, _bias_only(tmp_path / "plain.pt", [0.0] * 6)], photos, workers=0, reporter=notes)
+    result = evaluate([ckpt, _bias_only(tmp_path / "plain.pt", [0.0] * 6)], photos, workers=0)
     assert result["images"] == 12 and result["presets"] == ["cifar", "cifar"]
-    assert notes.lines == [f"{tmp_path / 'plain.pt'} carries no training mean; using the mean of {photos} itself"]
+    assert result["notes"][0] == f"{tmp_path / 'plain.pt'} carries no training mean; using the mean of {photos} itself"
+    assert result["notes"][1:] == []           # the first network's training mean is the split's: no folder mean
+    plain = evaluate([_bias_only(tmp_path / "plain.pt", [0.0] * 6)], photos, workers=0)
+    cached = f"the mean of {photos} is cached in {photos.resolve() / '.twogpu-alexnet-stats-32.pt'} ("
+    assert sum(note.startswith(cached) for note in plain["notes"]) == 1
     # each network saw its own mean: the trained one its training mean, the plain one the folder's
     from twogpu_alexnet.engine.inference import load_network
 

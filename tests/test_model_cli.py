@@ -44,11 +44,11 @@ def test_bench_model_json_has_the_contract_keys_and_rows(capsys):
 @pytest.mark.parametrize("extra,words", [
     (["--steps", "0"], "--steps must be an integer of at least 1, got 0"),
     (["--repeats", "-1"], "--repeats must be an integer of at least 1, got -1"),
-    (["--batch", "0"], "--batch must be an integer of at least 1, got 0"),
+    (["--batch", "0"], "--batch must be a whole number in 1..65,536, got 0"),
     (["--amp", "fp16"], "--amp fp16 needs a GPU"),
     (["--peak-tflops", "0"], "--peak-tflops must be a positive number"),
     (["--preset", "nope"], "unknown preset 'nope'"),
-    (["--device", "cuda:7"], "device cuda:7 does not exist"),
+    (["--device", "cuda:7"], "--device cuda:7"),
 ])
 def test_bench_model_refuses_bad_input_in_one_sentence(capsys, extra, words):
     assert main(["bench", "model", "--device", "cpu", *extra]) == 2

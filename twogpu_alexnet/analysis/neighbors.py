@@ -4,9 +4,10 @@ For each query image, the ``k`` training images whose fc7 vectors (the last hidd
 ReLU, 4096-d for the paper's net) are closest in Euclidean distance. Model and images come from
 engine/inference.py, as for evaluation (shorter side to the stored size, centre crop, the training
 split's mean image subtracted), features are computed in batches in eval mode and cached on disk,
-keyed by the checkpoint file (path, size, modification time), the data folder's file list (names,
-sizes, modification times) and the input size, so repeated queries against the same set only
-compute the queries' features.
+keyed by the checkpoint file (path, size, modification time), the data (a folder's file list with
+sizes and modification times, or a store's fingerprint) and the input size, so repeated queries
+against the same set only compute the queries' features. The cache lives under the run folder of the
+checkpoint (``RUN/cache/neighbors``), or under ``$TWOGPU_ALEXNET_CACHE`` when that is set.
 """
 from __future__ import annotations
 
@@ -25,13 +26,29 @@ from ..engine.inference import open_for_inference
 from ..errors import UserError
 from . import output_folder
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 TILE = 128  # pixels per image in the picture
 
 
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/twogpu-alexnet/neighbors`` (default ``~/.cache/twogpu-alexnet/neighbors``)."""
+CACHE_ENV = "TWOGPU_ALEXNET_CACHE"
+
+
+def default_cache_dir(checkpoint=None) -> Path:
+    """Where the feature cache lives: ``$TWOGPU_ALEXNET_CACHE/neighbors`` when set; else under the run folder of a
+    training checkpoint (``RUN/checkpoints/last.pt`` -> ``RUN/cache/neighbors``); else
+    ``$XDG_CACHE_HOME/twogpu-alexnet/neighbors`` (default ``~/.cache/twogpu-alexnet/neighbors``)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser() / "neighbors"
+    if checkpoint is not None and Path(checkpoint).parent.name == "checkpoints":
+        return Path(checkpoint).parent.parent / "cache" / "neighbors"
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "twogpu-alexnet" / "neighbors"
+
+
+def image_names(source) -> list[str]:
+    """A name for each image of a split's source: the file path for class folders, ``STORE#i`` for a store."""
+    if hasattr(source, "files"):
+        return [str(source.root / f) for f in source.files]
+    return [f"{source.path}#{int(i)}" for i in source.ids.tolist()]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,8 +122,9 @@ def _file_key(path: Path) -> str:
     return f"{st.st_size}\t{st.st_mtime_ns}"
 
 
-def _cache_key(checkpoint: Path, listing, input_size: int, preset: str) -> str:
+def _cache_key(checkpoint: Path, source, input_size: int, preset: str) -> str:
     st = checkpoint.stat()
+    root = source.root if hasattr(source, "files") else source.path
     h = hashlib.sha256()
     h.update(
         json.dumps(
@@ -115,56 +133,68 @@ def _cache_key(checkpoint: Path, listing, input_size: int, preset: str) -> str:
                 str(checkpoint.resolve()),
                 st.st_size,
                 st.st_mtime_ns,
-                str(listing.root.resolve()),
+                str(Path(root).resolve()),
                 input_size,
                 preset,
             ]
         ).encode()
     )
-    for f in listing.files:
-        h.update(f"{f}\t{_file_key(listing.root / f)}\n".encode())
+    if hasattr(source, "files"):
+        for f in source.files:
+            h.update(f"{f}\t{_file_key(source.root / f)}\n".encode())
+    else:                                   # a store: its fingerprint names the files it was made from
+        h.update(f"store\t{source.meta.get('fingerprint')}\t{len(source)}\n".encode())
     return h.hexdigest()[:24]
 
 
-def _cache_fits(entry, classes: int) -> bool:
-    """Whether a cache file holds what :func:`training_features` writes (else it is computed again)."""
-    if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT:
-        return False
-    feats, files, labels = entry.get("features"), entry.get("files"), entry.get("labels")
-    return (isinstance(feats, torch.Tensor) and feats.dim() == 2 and feats.is_floating_point()
-            and isinstance(files, list) and isinstance(labels, list) and len(files) == len(labels) == len(feats)
-            and all(isinstance(y, int) and 0 <= y < classes for y in labels) and isinstance(entry.get("skipped"), int))
+def cache_file(cache_dir, checkpoint: Path, split, preset: str) -> Path:
+    """The feature cache file of (checkpoint, data, input size, preset) in ``cache_dir``."""
+    return Path(cache_dir) / f"fc7-{_cache_key(checkpoint, split.dataset.source, split.input_size, preset)}.pt"
+
+
+def _read_cache(path: Path, source) -> dict | None:
+    """The cached features, or None when the file is missing, cut short or does not fit ``source``."""
+    if not path.is_file():
+        return None
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+        n = len(entry["files"])
+        ok = (entry.get("format") == CACHE_FORMAT and entry["features"].shape[0] == n == len(entry["labels"])
+              and all(0 <= int(y) < len(source.classes) for y in entry["labels"]))
+    except Exception:          # a cache file cut short or edited: compute again
+        return None
+    return entry if ok else None
 
 
 def training_features(model, split, *, checkpoint: Path, preset: str, batch_size: int, workers: int,
-                      cache_dir: Path | None, device) -> tuple[dict, bool]:
+                      cache_dir: Path | None, device, progress=None) -> tuple[dict, bool]:
     """fc7 features of every readable image of ``split``: {"features", "files", "labels"}, and
-    whether they came from the cache."""
+    whether they came from the cache. ``progress(done, total)`` counts images."""
     listing = split.dataset.source
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"fc7-{_cache_key(checkpoint, listing, split.input_size, preset)}.pt"
-        if path.is_file():
-            try:
-                entry = torch.load(path, map_location="cpu", weights_only=True)
-                if _cache_fits(entry, len(listing.classes)):
-                    return entry, True
-            except Exception:  # a cache file cut short: compute again
-                pass
+        path = cache_file(cache_dir, checkpoint, split, preset)
+        entry = _read_cache(path, listing)
+        if entry is not None:
+            return entry, True
     loader = make_loader(split, batch_size=batch_size, shuffle=False, workers=workers, drop_last=False, device=device)
     loader.set_epoch(0)
     feats, kept, skipped = [], [], 0
+    total = len(split.dataset)
+    names = image_names(listing)
     for batch in loader.batches():
         skipped += batch.skipped
         if len(batch.indices):
             feats.append(fc7_features(model, [batch.images]))
             kept += batch.indices.tolist()
+        if progress:
+            progress(len(kept) + skipped, total)
     if not feats:
-        raise UserError(f"{listing.root} holds no readable images to search")
+        raise UserError(f"{split.root} holds no readable images to search")
     entry = {
         "format": CACHE_FORMAT,
         "features": torch.cat(feats),
-        "files": [listing.files[i] for i in kept],
+        "files": [names[i] for i in kept],
         "labels": [listing.labels[i] for i in kept],
         "skipped": skipped,
     }
@@ -181,31 +211,43 @@ def training_features(model, split, *, checkpoint: Path, preset: str, batch_size
 
 
 def find_neighbors(checkpoint, data, queries, out_dir, *, k: int = 6, preset: str | None = None,
-                   batch_size: int = 64, workers: int = 0, device: str = "cpu",
-                   cache_dir=None, use_cache: bool = True, tile: int = TILE) -> dict:
+                   batch_size: int = 64, workers: int | None = 0, device: str | None = "cpu",
+                   cache_dir=None, use_cache: bool = True, tile: int = TILE, progress=None, header=None) -> dict:
     """Nearest training images in fc7 space for each query; writes ``out_dir/neighbors.png``.
 
-    ``data``: one split folder of class subfolders (the training images to search); ``queries``:
-    image files. The picture (:func:`neighbor_picture`) has one row per query: the query, a gap,
+    ``data``: one split (the training images to search): a store made by ``prepare`` or a folder of class
+    subfolders, of the classes the checkpoint was trained on; ``queries``: image files. The picture
+    (:func:`neighbor_picture`) has one row per query: the query, a gap,
     then its ``k`` neighbours, nearest first (``k`` is clamped to the images there, with a note).
     Training features are cached in ``cache_dir`` (default :func:`default_cache_dir`) unless
-    ``use_cache`` is False.
+    ``use_cache`` is False. ``header(dict)`` is called once the inputs are checked, before the feature
+    pass (checkpoint, preset, device, images, cache file and whether it holds the features);
+    ``progress(done, total)`` counts the training images whose features are computed.
     """
+    from ..data.pool import worker_count
+
     if k < 1:
         raise UserError(f"--k must be a positive integer, got {k}")
     if not queries:
         raise UserError("no query images given; pass one or more image files with --queries")
-    model, ck, split = open_for_inference(checkpoint, data, preset=preset, device=device)
+    model, ck, split = open_for_inference(checkpoint, data, preset=preset, device=device, count=False)
     stored, query_inputs = zip(*(_query(Path(q), split) for q in queries))
     # both folders are checked before the (long) feature pass, not after it
     out = output_folder(out_dir)
     if use_cache:
         cache_dir = output_folder(
-            cache_dir or default_cache_dir(), "--cache DIR (or turn the cache off with --no-cache)"
+            cache_dir or default_cache_dir(ck.path), "--cache DIR (or turn the cache off with --no-cache)"
         )
-    query_feats = fc7_features(model, [torch.stack(query_inputs).to(next(model.parameters()).device)])
+    model_device = next(model.parameters()).device
+    cache = cache_file(cache_dir, ck.path, split, ck.preset) if use_cache else None
+    if header:
+        header({"checkpoint": str(ck.path), "preset": ck.preset, "device": str(model_device),
+                "images": len(split.dataset), "cache": None if cache is None else str(cache),
+                "cached": cache is not None and cache.is_file()})       # read (and checked) once, below
+    query_feats = fc7_features(model, [torch.stack(query_inputs).to(model_device)])
     db, cached = training_features(model, split, checkpoint=ck.path, preset=ck.preset, batch_size=batch_size,
-                                   workers=workers, device=device, cache_dir=cache_dir if use_cache else None)
+                                   workers=0 if workers == 0 else worker_count(workers), device=model_device,
+                                   cache_dir=cache_dir if use_cache else None, progress=progress)
     notes = []
     if k > len(db["files"]):
         notes.append(f"--k {k} is more than the {len(db['files'])} readable training images; showing "
@@ -213,21 +255,22 @@ def find_neighbors(checkpoint, data, queries, out_dir, *, k: int = 6, preset: st
         k = len(db["files"])
     distances, indices = nearest(query_feats, db["features"], k)
     listing = split.dataset.source
-    position = {f: i for i, f in enumerate(listing.files)}
+    position = {f: i for i, f in enumerate(image_names(listing))}
     query_tiles, neighbor_tiles, results = [], [], []
     for qi, q in enumerate(queries):
         found = []
         query_tiles.append(_tile(stored[qi], tile))
         for d, i in zip(distances[qi].tolist(), indices[qi].tolist()):
             rel = db["files"][i]
-            found.append({"path": str(listing.root / rel), "class": listing.classes[db["labels"][i]], "distance": d})
+            found.append({"path": rel, "class": listing.classes[db["labels"][i]], "distance": d})
             neighbor_tiles.append(_tile(split.dataset.image(position[rel]), tile))
         results.append({"query": str(q), "neighbors": found})
     picture = out / "neighbors.png"
     save_image(neighbor_picture(query_tiles, neighbor_tiles, k), picture)
     return {
-        "checkpoint": str(ck.path), "preset": ck.preset, "data": str(listing.root), "k": k,
-        "images": len(db["files"]), "skipped": db["skipped"], "cached": cached,
+        "checkpoint": str(ck.path), "preset": ck.preset, "data": str(split.root), "k": k,
+        "images": len(db["files"]), "skipped": db["skipped"], "cached": cached, "device": str(model_device),
+        "cache": None if cache is None else {"path": str(cache), "bytes": cache.stat().st_size},
         "feature_dim": int(db["features"].shape[1]),
         "queries": results, "files": {"neighbors": str(picture)}, "notes": notes,
     }

@@ -5,7 +5,9 @@ import importlib
 
 from rich.table import Table
 
+from ..errors import UserError
 from .common import add_json_flag, console_for, print_json
+from .options import add_batch_size, add_device, add_preset, described
 
 AMP_CHOICES = ("none", "bf16", "fp16")
 LABELS = {"grouped": "grouped", "two_tower": "two-tower", "torchvision": "torchvision alexnet",
@@ -22,25 +24,26 @@ def _add_timing(p, steps: int, repeats: int) -> None:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("bench", help="benchmarks: model (training step), options, data (input pipeline)",
-                              description="Benchmarks measured in one process run. "
-                              "Example: twogpu-alexnet bench model --device cpu")
+                              **described("Benchmarks measured in one process run.",
+                                          "twogpu-alexnet bench model --device cpu"))
     sub = p.add_subparsers(dest="bench", metavar="WHAT", required=True)
     m = sub.add_parser(
         "model",
         help="training-step images/s and TFLOP/s: grouped, two-tower, torchvision's alexnet, stock LRN",
-        description="Training-step rows (224 input; batch 32 on CPU, 128 on GPU; interleaved repeats; medians): "
-        "images/s, ms/step, peak GPU memory per device, achieved TFLOP/s (FLOPs from the layer table) and the "
-        "percentage of --peak-tflops, for the grouped and two-tower executors, torchvision's alexnet and a "
-        "grouped model with the stock LRN per tower, all in the same settings (torchvision only at 224 inputs). "
-        "On a GPU cudnn.benchmark and TF32 are on. "
-        "Example: twogpu-alexnet bench model --device cuda:0 --amp bf16 --channels-last --batch 256",
+        **described("Training-step rows (224 input; batch 32 on CPU, 128 on GPU; interleaved repeats; medians): "
+                    "images/s, ms/step, peak GPU memory per device, achieved TFLOP/s (FLOPs from the layer table) "
+                    "and the percentage of --peak-tflops, for the grouped and two-tower executors, torchvision's "
+                    "alexnet and a grouped model with the stock LRN per tower, all in the same settings "
+                    "(torchvision only at 224 inputs). On a GPU cudnn.benchmark and TF32 are on.",
+                    "twogpu-alexnet bench model --device cpu",
+                    "twogpu-alexnet bench model --device cuda:0 --amp bf16 --channels-last --batch-size 256"),
     )
-    m.add_argument("--device", default="cpu", help="device for grouped and torchvision (default: cpu)")
+    add_device(m, what="device for grouped and torchvision")
     m.add_argument("--devices", nargs=2, metavar=("TOWER0", "TOWER1"), default=None,
                    help="devices of the two towers (default: cuda:0 cuda:1 with two GPUs, else DEVICE DEVICE)")
-    m.add_argument("--batch", type=int, default=None, help="batch size (default: 32 on CPU, 128 on GPU)")
+    add_batch_size(m, None, what="images per training step (32 on CPU, 128 on GPU)")
     _add_timing(m, steps=2, repeats=5)
-    m.add_argument("--preset", default="paper", help="preset to time (default: paper)")
+    add_preset(m, default="paper", what="preset to time (default: paper)")
     m.add_argument("--amp", choices=AMP_CHOICES, default="none", help="autocast dtype (default: none)")
     m.add_argument("--channels-last", action="store_true", help="channels-last weights and inputs")
     m.add_argument("--compile", action="store_true", help="torch.compile every model (compile time is in warm-up)")
@@ -52,15 +55,15 @@ def add_parser(subparsers) -> None:
     o = sub.add_parser(
         "options",
         help="what each speed option (channels_last, bf16/fp16 autocast, compile) buys, against fp32",
-        description="Training-step images/s of one model with one speed option at a time, against float32 "
-        "measured in the same run (interleaved repeats, medians). Example: "
-        "twogpu-alexnet bench options --preset paper --devices cuda:0 --batch 128",
+        **described("Training-step images/s of one model with one speed option at a time, against float32 "
+                    "measured in the same run (interleaved repeats, medians).",
+                    "twogpu-alexnet bench options --preset paper --devices cuda:0 --batch-size 128"),
     )
-    o.add_argument("--preset", default="cifar", help="preset to time (default: cifar)")
+    add_preset(o, default="paper", what="preset to time (default: paper)")
     o.add_argument("--mode", choices=("grouped", "two-tower"), default="grouped", help="executor (default: grouped)")
-    o.add_argument("--devices", nargs="+", default=["cpu"],
-                   help="one device (grouped) or two (two-tower) (default: cpu)")
-    o.add_argument("--batch", type=int, default=64, help="batch size (default: 64)")
+    o.add_argument("--devices", nargs="+", default=None, metavar="DEV",
+                   help="one device (grouped) or two (two-tower) (default: auto = cuda:0 when present, else cpu)")
+    add_batch_size(o, 64, what="images per training step")
     _add_timing(o, steps=3, repeats=3)
     o.add_argument("--only", nargs="+", metavar="OPTION", help="measure only these options (names as printed)")
     add_json_flag(o)
@@ -80,12 +83,16 @@ def _memory(mem) -> str:
 
 def run_model(args) -> int:
     from ..bench import bench_model
+    from ..engine.inference import torch_device
 
+    args.device = str(torch_device(args.device))            # one sentence in CLI words for a device not here
+    for d in args.devices or ():
+        torch_device(d, "--devices")
     console = console_for(args)
     if not args.json:
-        console.print(f"timing training steps on {args.device} (batch {args.batch or 'default'}, "
+        console.print(f"timing training steps on {args.device} (batch {args.batch_size or 'default'}, "
                       f"{args.repeats} repeats of {args.steps} steps)...")
-    result = bench_model(args.device, devices=args.devices, batch=args.batch, repeats=args.repeats,
+    result = bench_model(args.device, devices=args.devices, batch=args.batch_size, repeats=args.repeats,
                          steps=args.steps, warmup=args.warmup, preset=args.preset, amp=args.amp,
                          channels_last=args.channels_last, compile=args.compile, peak_tflops=args.peak_tflops)
     if args.json:
@@ -116,9 +123,15 @@ def run_model(args) -> int:
 
 def run_options(args) -> int:
     from ..bench import bench_options
+    from ..engine.inference import torch_device
 
+    want = 2 if args.mode == "two-tower" else 1
+    devices = [str(torch_device(d, "--devices")) for d in (args.devices or ["auto"] * want)]
+    if len(devices) != want:
+        raise UserError(f"--mode {args.mode} takes {want} --devices ({'tower 0, tower 1' if want == 2 else 'one'}), "
+                        f"got {len(devices)}: {' '.join(devices)}")
     console = console_for(args)
-    result = bench_options(args.preset, args.mode, tuple(args.devices), batch=args.batch, repeats=args.repeats,
+    result = bench_options(args.preset, args.mode, tuple(devices), batch=args.batch_size, repeats=args.repeats,
                            steps=args.steps, warmup=args.warmup, options=args.only)
     if args.json:
         print_json(result)

@@ -4,31 +4,36 @@ from __future__ import annotations
 from rich.table import Table
 
 from .common import add_json_flag, console_for, print_json
+from .options import MAX_IMAGES, MAX_WORKERS, add_batch_size, bounded, described
 
 
 def add_parser(bench_subparsers) -> None:
     p = bench_subparsers.add_parser(
         "data",
         help="input pipeline images/s per worker: torchvision reference vs this pipeline (folders, stores)",
-        description="Images/s of one worker (one process, one thread, CPU time) on the same images, each to a "
+        **described("Images/s of one worker (one process, one thread, CPU time) on the same images, each to a "
         "finished float32 training batch: (a) the torchvision reference ImageNet training pipeline (PIL + "
         "RandomResizedCrop(224) + flip + ToTensor + Normalize), (b) this pipeline from the raw files, (c) from a "
         "prepared JPEG store and (d) from a raw store (both made in a temporary folder first). --workers N adds "
         "the wall-time rate through the loader with N worker processes; --device cuda adds the rates to batches "
-        "finished on the GPU and from the GPU cache. "
-        "Example: twogpu-alexnet bench data --data ILSVRC2012/val --images 200 --workers 14 --device cuda --json",
+        "finished on the GPU and from the GPU cache.",
+        "twogpu-alexnet bench data --data ILSVRC2012/val --images 200 --workers 14 --device cuda --json"),
     )
     p.add_argument("--data", required=True, help="split folder of class subfolders with images")
     p.add_argument(
-        "--images", type=int, default=200, help="images to use, evenly spaced over the folder (default: 200)"
+        "--images", type=bounded(1, MAX_IMAGES), default=200, metavar="N",
+        help="images to use, evenly spaced over the folder (default: 200)",
     )
     p.add_argument("--seconds", type=float, default=3.0,
                    help="at most this many seconds per pipeline; each also stops after one pass over the images "
                    "(the loader rows after 4) (default: 3)")
-    p.add_argument("--input-size", type=int, default=224, help="network input size (default: 224)")
-    p.add_argument("--workers", type=int, default=0, help="also measure the loader with N workers (default: 0, off)")
-    p.add_argument("--batch", type=int, default=256, help="batch size of the --workers rows (default: 256)")
-    p.add_argument("--device", help="also measure batches finished on this CUDA device, e.g. cuda:0")
+    p.add_argument("--input-size", type=bounded(8, 4096), default=224, metavar="N",
+                   help="network input size (default: 224)")
+    p.add_argument("--workers", type=bounded(0, MAX_WORKERS), default=0, metavar="N",
+                   help="also measure the loader with N worker processes (default: 0, off)")
+    add_batch_size(p, 256, what="batch size of the --workers rows")
+    p.add_argument("--device", metavar="DEV", help="also measure batches finished on this CUDA device, e.g. cuda:0 "
+                   "(default: none)")
     p.add_argument("--decoder", action="store_true",
                    help="measure only decoding (torchcodec, torchvision.io, PIL; one thread) on the same files")
     add_json_flag(p)
@@ -55,7 +60,7 @@ def run(args) -> int:
     stages = {"prepare": "preparing temporary stores...", "measure": "measuring (pipelines take turns)..."}
     with console.status("") as status:
         result = bench_data(args.data, images=args.images, seconds=args.seconds, input_size=args.input_size,
-                            workers=args.workers, batch=args.batch, device=args.device,
+                            workers=args.workers, batch=args.batch_size, device=args.device,
                             progress=lambda stage: status.update(stages[stage]))
     if args.json:
         print_json(result)

@@ -4,18 +4,18 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
-from ..model.summary import summarize
 from ..spec import PRESETS
 from .common import add_json_flag, console_for, print_json
+from .options import described
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "info",
         help="show the layer table of a preset (per layer and tower)",
-        description="Show the layer table of a preset: per layer and tower the input and output shapes, "
-        "kernels, parameters, the device in the two-GPU layout, and whether it reads its own tower or both. "
-        "Example: twogpu-alexnet info --preset paper",
+        **described("Show the layer table of a preset: per layer and tower the input and output shapes, "
+                    "kernels, parameters, the device in the two-GPU layout, and whether it reads its own tower or "
+                    "both.", "twogpu-alexnet info --preset paper", "twogpu-alexnet info --preset cifar --json"),
     )
     p.add_argument("--preset", default="paper", help=f"one of: {', '.join(PRESETS)} (default: paper)")
     p.add_argument("--num-classes", type=int, default=None, help="classes of fc8 (default: the preset's)")
@@ -28,6 +28,8 @@ def _shape(dims) -> str:
 
 
 def run(args) -> int:
+    from ..model.summary import summarize
+
     summary = summarize(args.preset, args.num_classes)
     if args.json:
         print_json(summary)

@@ -1,38 +1,37 @@
 """``twogpu-alexnet prepare``: the paper's one-time step (shorter side 256, centre crop) into a fast store."""
 from __future__ import annotations
 
-import os
-
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..errors import UserError
-from .common import add_json_flag, console_for, late_progress_bar, print_json
+from .common import add_json_flag, console_for, print_json
+from .options import add_out, add_workers, described
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "prepare",
         help="resize one split to 256x256 (shorter side 256, centre crop) into a store that training reads fast",
-        description="The paper's one-time preprocessing of ONE split folder (DIR/<class>/<image>): shorter side "
-        "to --size, centre crop, stored as re-encoded JPEG shards (or raw uint8 arrays) with an index, the "
-        "training statistics (mean image, RGB PCA) and a list of skipped files. Parallel over cores; an "
-        "interrupted run resumes where it stopped when run again with the same arguments. Run it once per "
-        "split and point data.root at the folder holding both stores. "
-        "Example: twogpu-alexnet prepare --data ILSVRC2012/train --out store/train && "
-        "twogpu-alexnet prepare --data ILSVRC2012/val --out store/val. "
-        "Every store is checked when it is opened (sizes, labels, format); --verify also compares every file "
-        "with the checksum recorded when it was made: twogpu-alexnet prepare --verify --out store/train",
+        **described("The paper's one-time preprocessing of ONE split folder (DIR/<class>/<image>): shorter side "
+                    "to --size, centre crop, stored as re-encoded JPEG shards (or raw uint8 arrays) with an index, "
+                    "the training statistics (mean image, RGB PCA) and a list of skipped files. Parallel over "
+                    "cores; an interrupted run resumes where it stopped when run again with the same arguments. "
+                    "Run it once per split and point data.root at the folder holding both stores. Every store is "
+                    "checked when it is opened (sizes, labels, format); --verify also compares every file with the "
+                    "checksum recorded when it was made.",
+                    "twogpu-alexnet prepare --data ILSVRC2012/train --out store/train",
+                    "twogpu-alexnet prepare --data ILSVRC2012/val --out store/val",
+                    "twogpu-alexnet prepare --verify --out store/train"),
     )
     p.add_argument("--data", help="split folder whose subfolders are the classes (not needed with --verify alone)")
-    p.add_argument("--out", required=True, help="store folder to create (or to resume)")
+    add_out(p, what="store folder to create (or to resume)")
     p.add_argument(
         "--size", type=int, default=256, help="stored image side: 256 for 224 inputs (default), 32 for cifar (8..4096)"
     )
     p.add_argument("--format", dest="fmt", choices=("jpeg", "raw"), default="jpeg",
                    help="jpeg: ~20 KB/image at 256 (default); raw: 196,608 B/image at 256, no decoding")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of the store (default: 90)")
-    p.add_argument("--workers", type=int, default=None, help=f"processes (default: all {os.cpu_count()} cores)")
+    add_workers(p, what="processes")
     p.add_argument("--verify", action="store_true",
                    help="check every file of the finished store --out against its recorded SHA-256 (after preparing "
                    "it, when --data is given)")
@@ -49,10 +48,10 @@ def run(args) -> int:
             raise UserError("prepare needs --data SRC (the split folder to prepare), or --verify to check the store "
                             "--out.")
         return _verify(args, console)
-    columns = (TextColumn("[bold]prepare[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    try:
-        with late_progress_bar(console, *columns) as progress:
+    from ..engine.progress import Counter
+
+    try:       # the ETA comes from the files done since the start (chunks finish in bursts)
+        with Counter(console_for(args, stderr=True), "prepare", unit="files", rate_unit="files/s") as progress:
             result = prepare_store(args.data, args.out, size=args.size, fmt=args.fmt, quality=args.quality,
                                    workers=args.workers, progress=progress)
     except KeyboardInterrupt:

@@ -3,21 +3,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .common import add_json_flag, console_for, late_progress_bar, print_json
+from .common import add_json_flag, console_for, print_json
+from .options import add_workers, described
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "stats",
         help="compute the training mean image and RGB PCA (prepare already does this for a store)",
-        description="Per-pixel mean image, per-channel mean and the eigen-decomposition of the 3x3 RGB "
-        "covariance over all training pixels (0..255 scale), for a training split given as class folders or as a "
-        "store made by prepare. The result is saved where training and evaluation pick it up: STORE/stats.pt, "
-        "or beside the class folders (.twogpu-alexnet-stats-SIZE.pt; the user cache if that is read-only). "
-        "Example: twogpu-alexnet stats --data ILSVRC2012/train",
+        **described("Per-pixel mean image, per-channel mean and the eigen-decomposition of the 3x3 RGB "
+                    "covariance over all training pixels (0..255 scale), for a training split given as class "
+                    "folders or as a store made by prepare. The result is saved where training and evaluation "
+                    "pick it up: STORE/stats.pt, or beside the class folders (.twogpu-alexnet-stats-SIZE.pt; the "
+                    "user cache if that is read-only).", "twogpu-alexnet stats --data ILSVRC2012/train"),
     )
     p.add_argument("--data", required=True, help="training split: class folders, or a store made by prepare")
     p.add_argument(
@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
         default=256,
         help="image side the statistics are for: 256 (default) or 32 (class folders only; 8..4096)",
     )
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    add_workers(p, what="processes")
     p.add_argument("--force", action="store_true", help="recompute even if saved statistics are up to date")
     add_json_flag(p)
     p.set_defaults(run=run)
@@ -37,9 +37,10 @@ def run(args) -> int:
     from ..data.stats import check_side
 
     check_side(args.size)
+    from ..engine.progress import Counter
+
     console = console_for(args)
-    columns = (TextColumn("[bold]stats[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with late_progress_bar(console, *columns, transient=True) as progress:
+    with Counter(console_for(args, stderr=True), "stats") as progress:      # images, img/s, ETA
         stats, path = compute_split_stats(args.data, size=args.size, workers=args.workers, force=args.force,
                                           progress=progress)
     summary = {**stats.summary(), "path": str(path)}

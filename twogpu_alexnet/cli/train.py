@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ..errors import UserError
 from .common import add_json_flag, console_for, print_json
+from .options import path_value
 
 DESCRIPTION = """\
 Train AlexNet. With no arguments it runs the built-in demo (synthetic images, the cifar preset,
@@ -29,9 +30,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config (configs/*.toml); default: the built-in demo")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
                    help="override one config key, e.g. train.epochs=10 (repeatable; values in TOML syntax)")
-    p.add_argument("--out", metavar="DIR", help="run folder: a new or empty folder, or a run without checkpoints "
+    p.add_argument("--out", metavar="DIR", type=path_value,
+                   help="run folder: a new or empty folder, or a run without checkpoints "
                    "(default: runs/<date>-<time>-<pid>)")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR with its saved config")
+    p.add_argument("--resume", metavar="DIR", type=path_value, help="continue the run in DIR with its saved config")
     add_json_flag(p)
     p.set_defaults(run=run)
 
@@ -70,8 +72,9 @@ def run(args) -> int:
     if args.json:
         print_json(result_json(result))
     else:
-        if result.epochs:
-            console.print(summary_table(result))
+        epochs = all_epochs(result)
+        if epochs:
+            console.print(summary_table(result, epochs))
         if result.color:
             console.print(color_table(result.color))
     return result.exit_code
@@ -96,11 +99,28 @@ def result_json(result) -> dict:
     }
 
 
-def summary_table(result) -> Table:
+def all_epochs(result) -> list[dict]:
+    """Every epoch of the run, the ones before a resume included: the epoch lines of RUN/metrics.jsonl (the
+    last line of each epoch wins), else the epochs of this invocation."""
+    from ..engine.metrics import read_metrics
+
+    try:
+        records, _ = read_metrics(result.run_dir / "metrics.jsonl")
+    except OSError:
+        return list(result.epochs)
+    keys = ("epoch", "train_loss", "val_top1_error", "val_top5_error", "lr", "time_s")
+    by_epoch = {int(r["epoch"]): r for r in records
+                if r.get("kind") == "epoch" and all(k in r for k in keys) and isinstance(r["epoch"], int)}
+    for r in result.epochs:               # this invocation's records are the ones in memory
+        by_epoch[int(r["epoch"])] = r
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def summary_table(result, epochs: list[dict] | None = None) -> Table:
     table = Table(title=f"training run: {result.run_dir}")
     for col in ("epoch", "train loss", "val top-1 err", "val top-5 err", "lr", "time"):
         table.add_column(col, justify="right")
-    for r in result.epochs:
+    for r in result.epochs if epochs is None else epochs:
         table.add_row(str(r["epoch"]), f"{r['train_loss']:.4f}", _pct(r["val_top1_error"]),
                       _pct(r["val_top5_error"]), f"{r['lr']:.2g}", f"{r['time_s']:.1f} s")
     best = "-" if math.isinf(result.best_val_top1_error) else _pct(result.best_val_top1_error)

@@ -303,3 +303,74 @@ def compute_split_stats(data, *, size: int = 256, workers: int | None = None, fo
         stats = source_stats(reader, workers=worker_count(workers), progress=progress)
         save_stats(stats, target, {"source": "store", "fingerprint": reader.meta["fingerprint"]})
     return store_stats(path), target
+
+
+# --------------------------------------------------------------------------------- inference and subsets
+
+def inference_split(data, input_size: int, *, views: int = 1, stats: Stats | None = None,
+                    what: str = "--data") -> Split:
+    """ONE split for evaluation and inference, read as training reads it: a store made by ``prepare``
+    (``D/store.json``) or a folder of class subfolders (``D/<class>/*.JPEG``).
+
+    ``stats`` (the training mean, e.g. a checkpoint's) defaults to the data's own: a store's ``stats.pt``,
+    or the statistics of the folder (cached as :func:`folder_stats` caches them).
+    """
+    geometry = geometry_for(input_size)
+    size = geometry.image_size
+    path = Path(data).expanduser()
+    if (path / "store.json").exists():
+        src = StoreSource(path)
+        if src.size != size:
+            raise UserError(f"store {path} holds {src.size}x{src.size} images but this network needs {size}x{size}; "
+                            f"prepare the images again with --size {size} into a new folder.")
+        if stats is None or stats.size != size:
+            stats = store_stats(path)
+        source = "store"
+    else:
+        listing = list_split(path, f"{what} folder").images()     # no image files: a UserError there
+        src = FolderSource(listing, size)
+        if stats is None or stats.size != size:
+            stats = folder_stats(listing, size)
+        source = "imagefolder"
+    pipeline = Pipeline(stats, geometry, train=False, color_noise="none", views=views)
+    return Split(list(src.classes), SplitDataset(src, pipeline), stats, pipeline, "val", source, str(data))
+
+
+class SubsetSource:
+    """The images ``indices`` of another source, in that order (classes and labels as there)."""
+
+    def __init__(self, source, indices):
+        self.source, self.indices = source, [int(i) for i in indices]
+        self.classes, self.size = source.classes, getattr(source, "size", None)
+        self.labels = [source.labels[i] for i in self.indices]
+        self.format = getattr(source, "format", None)
+        self.skipped = getattr(source, "skipped", ())
+
+    def __len__(self):
+        return len(self.indices)
+
+    def image(self, i: int) -> torch.Tensor:
+        return self.source.image(self.indices[i])
+
+    def encoded(self, i: int) -> torch.Tensor:
+        return self.source.encoded(self.indices[i])
+
+
+def subset_indices(total: int, images: int, seed: int = 0) -> list[int]:
+    """A fixed, seeded choice of ``images`` of ``total`` indices, in ascending order (all when images >= total)."""
+    if images <= 0 or images >= total:
+        return list(range(total))
+    g = torch.Generator().manual_seed(int(seed) & 0xFFFF_FFFF_FFFF)
+    return sorted(torch.randperm(total, generator=g)[:images].tolist())
+
+
+def take_subset(split: Split, images: int | None, seed: int = 0) -> Split:
+    """``split`` cut to a fixed, seeded subset of ``images`` images (``train.val_images``, ``evaluate --images``);
+    the same (images, seed) gives the same subset on every machine. None or 0: the split itself."""
+    total = len(split.dataset)
+    if not images or images >= total:
+        return split
+    ds = split.dataset
+    source = SubsetSource(ds.source, subset_indices(total, images, seed))
+    return Split(split.classes, SplitDataset(source, ds.pipeline, encoded=ds.encoded), split.stats, split.pipeline,
+                 split.name, split.source, split.root)

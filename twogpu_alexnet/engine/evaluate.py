@@ -8,9 +8,7 @@ as two towers).
 """
 from __future__ import annotations
 
-import math
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -18,11 +16,10 @@ import torch
 from ..errors import UserError
 from .inference import eval_split, load_network, read_checkpoint, torch_device
 from .metrics import topk_correct
-from .progress import Reporter
 
 
 def default_device() -> str:
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
+    return str(torch_device("auto"))
 
 
 @torch.no_grad()
@@ -44,39 +41,54 @@ def ensemble_probabilities(models, x: torch.Tensor, finishers=None) -> torch.Ten
 
 
 def evaluate(checkpoints, data, *, preset: str | None = None, ten_crop: bool = False, device=None,
-             batch_size: int = 64, workers: int = 2, reporter: Reporter | None = None) -> dict:
-    """Top-1 and top-5 error (fractions) of the checkpoints' averaged softmax on the folder ``data``.
+             batch_size: int = 64, workers: int | None = 0, images: int | None = None, seed: int = 0,
+             progress=None, header=None) -> dict:
+    """Top-1 and top-5 error (fractions) of the checkpoints' averaged softmax on ``data``: a store made by
+    ``prepare`` or a folder of class subfolders, read as training reads its validation split.
 
-    Each network sees the images minus its own training mean (stored in training checkpoints; a
-    plain state dict gets the mean of ``data`` itself, and a note says so). Returns ``{"top1_error",
-    "top5_error", "images", "views", "checkpoints", "presets", "skipped"}``.
+    Each network sees the images minus its own training mean (stored in training checkpoints; a plain
+    state dict gets the mean of ``data`` itself, and ``notes`` say so). ``images``: a fixed, seeded subset
+    of that many images (the same subset as ``train.val_images`` with the same seed). ``header(dict)`` is
+    called once everything is checked, before the first batch; ``progress(done, total)`` counts images.
+    ``workers``: loader processes (None: every core). Returns ``{"top1_error", "top5_error", "images",
+    "views", "checkpoints", "presets", "device", "skipped", "notes"}``.
     """
     from ..data import make_loader
+    from ..data.pool import worker_count
+    from ..data.split import take_subset
     from ..data.transforms import Pipeline
+    from .inference import check_classes, class_names
 
-    reporter = reporter or Reporter()
     paths = [Path(c) for c in ([checkpoints] if isinstance(checkpoints, (str, os.PathLike)) else checkpoints)]
     if not paths:
         raise UserError("pass at least one --checkpoint")
     if not Path(data).is_dir():
-        raise UserError(f"--data {data} is not a folder; pass a folder whose subfolders are the classes")
-    device = torch_device(device or default_device())
+        raise UserError(f"--data {data} is not a folder; pass a store made by prepare or a folder whose "
+                        "subfolders are the classes")
+    device = torch_device(device)
     loaded = [load_network(read_checkpoint(p, preset), device=device) for p in paths]
     models = [m for m, _ in loaded]
     if len({(m.spec.input_size, m.spec.num_classes) for m in models}) > 1:
         raise UserError("the checkpoints disagree in input size or number of classes; an ensemble needs "
                         "networks trained for the same task")
-    for _, ck in loaded:
-        if ck.stats is None:
-            reporter.message(f"{ck.path} carries no training mean; using the mean of {data} itself")
+    notes = [f"{ck.path} carries no training mean; using the mean of {data} itself"
+             for _, ck in loaded if ck.stats is None]
     first = next((ck.stats for _, ck in loaded if ck.stats is not None), None)
     split = eval_split(data, models[0].spec.input_size, views=10 if ten_crop else 1, stats=first)
-    if len(split.classes) != models[0].spec.num_classes:
-        raise UserError(f"{data} has {len(split.classes)} class folders but the network has "
-                        f"{models[0].spec.num_classes} outputs; pass the split the network was trained for")
+    for _, ck in loaded:
+        check_classes(ck, split.classes, data)
+    if all(class_names(ck) is None for _, ck in loaded):
+        notes.append("the checkpoint carries no class names (an older run or a plain state dict): the class "
+                     f"folders of {data} are taken to be the network's classes in sorted order")
     folder_mean = split.stats if first is None else None
+    if folder_mean is not None and split.source == "imagefolder":       # say where the folder's mean is kept
+        from ..data.stats import cache_path_for
+
+        cached = cache_path_for(split.dataset.source.root, split.dataset.source.size)
+        if cached.is_file():
+            notes.append(f"the mean of {data} is cached in {cached} ({cached.stat().st_size / 2**20:.1f} MiB)")
     finishers = []
-    for _, ck in loaded:  # each network sees its own training mean (a plain state dict: the folder's)
+    for _, ck in loaded:  # each network sees its own training mean (a plain state dict: the data's)
         stats = ck.stats
         if stats is None:
             folder_mean = folder_mean or eval_split(data, split.input_size).stats   # computed once, cached
@@ -84,28 +96,32 @@ def evaluate(checkpoints, data, *, preset: str | None = None, ten_crop: bool = F
         pipe = split.pipeline if stats is split.stats else \
             Pipeline(stats, split.pipeline.geometry, train=False, views=split.views)
         finishers.append(pipe.finish)
-    loader = make_loader(split, batch_size=batch_size, shuffle=False, workers=workers, seed=0, drop_last=False,
+    total = len(split.dataset)
+    split = take_subset(split, images, seed)
+    info = {"checkpoints": [str(p) for p in paths], "presets": [m.spec.name for m in models], "device": str(device),
+            "views": split.views, "images_total": total, "images_chosen": len(split.dataset), "notes": notes}
+    if header:
+        header(info)
+    loader = make_loader(split, batch_size=batch_size, shuffle=False,
+                         workers=0 if workers == 0 else worker_count(workers), seed=0, drop_last=False,
                          device=device, finish=False)
-    return _count(models, loader, finishers, reporter, data) | {
-        "views": split.views, "checkpoints": [str(p) for p in paths], "presets": [m.spec.name for m in models]}
+    counts = _count(models, loader, finishers, progress, len(split.dataset), data)
+    return counts | {k: info[k] for k in ("views", "checkpoints", "presets", "device", "notes")}
 
 
-def _count(models, loader, finishers, reporter: Reporter, data) -> dict:
+def _count(models, loader, finishers, progress, total: int, data) -> dict:
     """Top-1 / top-5 error of the ensemble over one pass of ``loader`` (uint8 views on the models' device)."""
     loader.set_epoch(0)
-    reporter.start(1, 1, len(loader))
-    reporter.begin_epoch(1, 0)
     top1 = top5 = images = skipped = 0
-    t0 = time.perf_counter()
-    for i, (x, labels, bad) in enumerate(loader):
+    for x, labels, bad in loader:
         skipped += int(bad)
-        if len(labels) == 0:
-            continue
-        probs = ensemble_probabilities(models, x, finishers)
-        c1, c5 = topk_correct(probs, labels.to(probs.device))
-        top1, top5, images = top1 + c1, top5 + c5, images + len(labels)
-        reporter.step(1, i, math.nan, math.nan, images / max(time.perf_counter() - t0, 1e-9))
-    reporter.close()
+        if len(labels):
+            probs = ensemble_probabilities(models, x, finishers)
+            c1, c5 = topk_correct(probs, labels.to(probs.device))
+            top1, top5, images = top1 + c1, top5 + c5, images + len(labels)
+        if progress:
+            progress(images + skipped, total)
     if images == 0:
-        raise UserError(f"{data} holds no readable images; pass a folder of class subfolders with images")
+        raise UserError(f"{data} holds no readable images; pass a store made by prepare or a folder of class "
+                        "subfolders with images")
     return {"top1_error": 1 - top1 / images, "top5_error": 1 - top5 / images, "images": images, "skipped": skipped}

@@ -92,11 +92,18 @@ class PlainReporter(Reporter):
 
     def start(self, epochs, first_epoch, steps_per_epoch):
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
+        self.t0, self.done0 = None, None
 
     def step(self, epoch, batch, loss, lr, img_s):
+        done = (epoch - 1) * self.steps_per_epoch + batch + 1        # steps of the whole run
+        if self.t0 is None:
+            self.t0, self.done0 = time.perf_counter(), done
         if log_due(batch + 1, self.every, self.steps_per_epoch):
+            elapsed, new = time.perf_counter() - self.t0, done - self.done0
+            left = (self.epochs * self.steps_per_epoch - done) * elapsed / new if new > 0 else float("nan")
             self.console.print(f"epoch {epoch}/{self.epochs} step {batch + 1}/{self.steps_per_epoch}: "
-                               f"loss {loss:.4f}, lr {lr:.2g}, {img_s:.0f} images/s", soft_wrap=True)
+                               f"loss {loss:.4f}, lr {lr:.2g}, {img_s:.0f} images/s, run ETA {clock(left)}",
+                               soft_wrap=True)
 
     def epoch(self, record):
         self.console.print(_epoch_line(record), soft_wrap=True)
@@ -106,35 +113,46 @@ class PlainReporter(Reporter):
 
 
 class RichReporter(Reporter):
-    """Two live bars: epochs, and steps in the current epoch with images/s, loss, lr and ETA."""
+    """Two live bars: the whole run (epochs, with an ETA from the steps done) and the steps of the current epoch
+    with images/s, loss, lr and ETA."""
 
     def __init__(self, console: Console):
         self.console = console
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             console=console, transient=False,
         )
         self.epochs_task = self.steps_task = None
+        self.epochs = self.steps_per_epoch = 0
         self.last_update = 0.0
 
     def start(self, epochs, first_epoch, steps_per_epoch):
+        self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
         self.progress.start()
-        self.epochs_task = self.progress.add_task("epochs", total=epochs, completed=first_epoch - 1, stats="")
-        self.steps_task = self.progress.add_task("steps", total=steps_per_epoch, stats="")
+        # the run's bar counts steps (so its ETA moves with every step), and shows epochs
+        self.epochs_task = self.progress.add_task("run", total=epochs * steps_per_epoch,
+                                                  completed=(first_epoch - 1) * steps_per_epoch,
+                                                  count=f"epoch {first_epoch - 1}/{epochs}", stats="")
+        self.steps_task = self.progress.add_task("steps", total=steps_per_epoch, count="", stats="")
 
     def begin_epoch(self, epoch, first_batch):
-        self.progress.reset(self.steps_task, completed=first_batch, description=f"epoch {epoch}", stats="")
+        self.progress.reset(self.steps_task, completed=first_batch, description=f"epoch {epoch}",
+                            count=f"{first_batch}/{self.steps_per_epoch}", stats="")
+        self.progress.update(self.epochs_task, completed=(epoch - 1) * self.steps_per_epoch + first_batch)
 
     def step(self, epoch, batch, loss, lr, img_s):
         stats = f"{img_s:6.0f} img/s" + (f"  loss {loss:.4f}  lr {lr:.2g}" if loss == loss else "")  # nan: no loss
-        self.progress.update(self.steps_task, completed=batch + 1, stats=stats)
+        self.progress.update(self.steps_task, completed=batch + 1, count=f"{batch + 1}/{self.steps_per_epoch}",
+                             stats=stats)
+        self.progress.update(self.epochs_task, completed=(epoch - 1) * self.steps_per_epoch + batch + 1)
 
     def validating(self, epoch, batch, batches):
         self.progress.update(self.steps_task, stats=f"validation {batch}/{batches}")
 
     def epoch(self, record):
-        self.progress.update(self.epochs_task, completed=record["epoch"],
+        self.progress.update(self.epochs_task, completed=record["epoch"] * self.steps_per_epoch,
+                             count=f"epoch {record['epoch']}/{self.epochs}",
                              stats=f"val top-1 {100 * record['val_top1_error']:.1f}%")
         self.progress.console.print(_epoch_line(record), soft_wrap=True)
 
@@ -148,3 +166,72 @@ class RichReporter(Reporter):
 def reporter_for(console: Console, every: int = 50) -> Reporter:
     """Rich bars when ``console`` is a terminal, plain periodic lines otherwise."""
     return RichReporter(console) if console.is_terminal else PlainReporter(console, every)
+
+
+def clock(seconds: float) -> str:
+    """``H:MM:SS`` (``-:--:--`` when unknown)."""
+    if seconds != seconds or seconds in (float("inf"), float("-inf")) or seconds < 0:
+        return "-:--:--"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class Counter:
+    """``counter(done, total)``: progress of a long count (images evaluated, features computed) with the rate
+    and an ETA taken from the items done (not from work handed out), timed from the first report on: the
+    start-up before the first batch (loading the network, starting loader processes) is not a rate.
+
+    On a terminal a rich bar; elsewhere a plain line at every tenth of the total. Nothing shows before the
+    first call, so an error raised before the work starts prints alone.
+    """
+
+    def __init__(self, console: Console, label: str, unit: str = "images", rate_unit: str = "img/s"):
+        self.console, self.label, self.unit, self.rate_unit = console, label, unit, rate_unit
+        self.t0 = None
+        self.done0 = 0
+        self.bar = self.task = None
+        self.next_line = 0
+
+    def start(self, total: int | None = None) -> None:
+        """The work begins: the next report is the baseline of the rate."""
+        self.t0 = None
+
+    def numbers(self, done: int, total: int) -> tuple[float, float]:
+        """(items/s, seconds left) from the items done since the first report; nan at the first."""
+        if self.t0 is None:
+            self.t0, self.done0 = time.perf_counter(), done
+        elapsed = time.perf_counter() - self.t0
+        new = done - self.done0
+        rate = new / elapsed if new > 0 and elapsed > 0 else float("nan")
+        return rate, (total - done) / rate if rate == rate and rate > 0 else float("nan")
+
+    def text(self, done: int, total: int) -> str:
+        rate, left = self.numbers(done, total)
+        shown = "-" if rate != rate else f"{rate:,.0f}" if rate >= 10 else f"{rate:.1f}"
+        return f"{shown} {self.rate_unit}, ETA {clock(left)}"
+
+    def __call__(self, done: int, total: int) -> None:
+        stats = self.text(done, total)
+        if self.console.is_terminal:
+            if self.bar is None:
+                self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                    TextColumn(self.unit), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+                                    console=self.console, transient=False)
+                self.bar.start()
+                self.task = self.bar.add_task(self.label, total=total, stats=stats)
+            self.bar.update(self.task, completed=done, total=total, stats=stats)
+        elif done >= self.next_line or done >= total:
+            self.console.print(f"{self.label}: {done:,}/{total:,} {self.unit}, {stats}", soft_wrap=True)
+            step = max(1, total // 10)
+            self.next_line = (done // step + 1) * step if done < total else float("inf")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -7,6 +7,8 @@
   The log changes only ``epsW``: the biases of conv2 ... fc8 keep their initial rate (0.02 in
   ``layer-params-145.cfg``) for the whole run; conv1's bias follows conv1's own changes (its final
   rate in the file is 0).
+- ``step``: every lr times ``factor`` from each of ``milestones`` on (a fixed schedule for short runs,
+  e.g. ``configs/paper-cpu.toml``: nothing depends on the validation error).
 - ``none``: the initial lr throughout.
 
 A schedule sets ``group["lr"] = group["initial_lr"] * factor`` for each parameter group (see
@@ -40,6 +42,8 @@ class Schedule:
                 reached = [cf for m, cf in zip(c.conv1_milestones, c.conv1_factors) if epoch >= m]
                 f *= reached[-1] if reached else 1.0  # the latest conv1 change in force
             return f
+        if c.kind == "step":
+            return c.factor ** sum(epoch >= m for m in c.milestones)
         return 1.0
 
     def apply(self, optimizer, epoch: int) -> None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.loader import TowerInputs
+from ..data.split import take_subset
 from ..errors import UserError
 from ..model import build_model
 from ..model.load import canonical_layout, load_into, to_layout
@@ -150,7 +151,8 @@ def make_data_loader(config: Config, split, batch_size: int, ctx: DistContext, t
     for key, value in (("data.cache", d.cache), ("data.decode", d.decode)):
         if value == "gpu" and not use_cuda:
             raise UserError(f"{key}=gpu needs a GPU but this run is on the CPU; set {key}={value_off(key)}")
-    workers = d.workers if d.workers >= 0 else max(1, (os.cpu_count() or 1) - 2) if use_cuda else 4
+    cores = os.cpu_count() or 1
+    workers = d.workers if d.workers >= 0 else max(1, cores - 2) if use_cuda else min(4, max(1, cores - 1))
     return make_loader(split, batch_size=batch_size, shuffle=train, workers=workers, seed=config.train.seed,
                        drop_last=train, distributed=ctx.enabled, rank=ctx.rank, world_size=ctx.world_size,
                        device=device, cache=d.cache == "gpu")
@@ -301,7 +303,9 @@ def train(config: Config, run_dir: "str | os.PathLike", *, resume: bool = False,
             payload, resumed_from, notes = ckpt.load_latest(run_dir)
             for note in notes:
                 reporter.message(f"{note}; resuming from {resumed_from.name}")
-        reporter.message(f"run folder: {run_dir}" + (" (resuming)" if resume else ""))
+        reporter.message(f"run folder: {run_dir}" + (f" (resuming from {resumed_from}: epoch {payload['epoch']} done, "
+                                                     f"batch {payload['batch']}, step {payload['step']})"
+                                                     if payload else " (resuming)" if resume else ""))
         reporter.message(placement.note)
 
         if placement.cuda_device is not None:
@@ -390,7 +394,8 @@ class _Run:
         c = self.config
         requested = c.model.num_classes or None
         train_split = open_data(c, "train", input_size=self.input_size, num_classes=requested, color_noise=self.noise)
-        val_split = open_data(c, "val", input_size=self.input_size, num_classes=requested)
+        val_split = take_subset(open_data(c, "val", input_size=self.input_size, num_classes=requested),
+                                c.train.val_images, c.train.seed)     # train.val_images: a fixed, seeded subset
         for split in (train_split, val_split):
             if split.walk_skipped:
                 n, first = len(split.walk_skipped), split.walk_skipped[0]
@@ -628,6 +633,7 @@ class _Run:
                 "progress": dict(self.progress), "best_val_top1_error": self.best, "config": to_dict(c),
                 "mode": self.placement.mode, "world_size": self.ctx.world_size,
                 "data_stats": self.train_split.stats.to_dict(),  # the training mean and RGB PCA, for evaluation
+                "class_names": list(self.train_split.classes),  # folder names / wnids, checked by evaluate, predict
                 "conv1_init": self.conv1_init,  # conv1 at step 0 (None for runs begun before it was kept)
             }
             path = ckpt.save_run_checkpoint(self.run_dir, state, epoch_done=epochs_completed if epoch_file else None,
