@@ -235,9 +235,8 @@ def decoder_rates(data, *, images: int = 200, seconds: float = 3.0) -> dict:
 
     import numpy as np
     from PIL import Image
-    from torchcodec.decoders import decode_image as codec_decode
 
-    from .data.decode import decode_rgb, read_bytes
+    from .data.decode import CODEC, decode_rgb, read_bytes
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")                   # torchvision.io's deprecation notice: measured on purpose
@@ -255,8 +254,11 @@ def decoder_rates(data, *, images: int = 200, seconds: float = 3.0) -> dict:
             warnings.simplefilter("ignore")
             return decode_image(d, mode=ImageReadMode.RGB)
 
-    decoders = {"decode_rgb": decode_rgb, "torchcodec": lambda d: codec_decode(d, mode="RGB"),
-                "torchvision_io": torchvision_io, "pil": pil}
+    decoders = {"decode_rgb": decode_rgb, "torchvision_io": torchvision_io, "pil": pil}
+    if CODEC == "torchcodec":                              # absent where only torch and torchvision are installed
+        from torchcodec.decoders import decode_image as codec_decode
+
+        decoders["torchcodec"] = lambda d: codec_decode(d, mode="RGB")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
