@@ -9,6 +9,7 @@ from twogpu_alexnet.bench import (
     first_layer_macs,
     forward_macs,
     peak_tflops_for,
+    peak_tflops_of,
     train_step_flops,
 )
 from twogpu_alexnet.errors import UserError
@@ -43,6 +44,13 @@ def test_torchvision_alexnet_is_counted_from_its_layers():
 
 def test_no_peak_is_claimed_for_a_cpu():
     assert peak_tflops_for(torch.device("cpu"), "bf16") is None
+    assert peak_tflops_of(["cpu"], "bf16", 100.0) is None
+
+
+def test_a_row_on_two_gpus_is_measured_against_both_peaks():
+    assert peak_tflops_of(["cuda:0", "cuda:1"], "bf16", 100.0) == 200.0
+    assert peak_tflops_of(["cuda:0", "cuda:0"], "bf16", 100.0) == 100.0  # one GPU, both towers
+    assert peak_tflops_of(["cuda:0", "cpu"], "bf16", 100.0) == 100.0  # a CPU tower adds no peak
 
 
 @pytest.mark.parametrize("kwargs,words", [

@@ -35,8 +35,6 @@ def test_help_answers_without_importing_torch(command):
     assert out.stderr.strip().endswith("NO-TORCH") and "usage: twogpu-alexnet" in out.stdout
 
 
-@pytest.mark.xfail(reason="cli/kernels.py reads its defaults from analysis/kernels.py, which imports torch",
-                   strict=False)
 def test_kernels_help_answers_without_importing_torch():
     out = _run("-X", "importtime", "-m", "twogpu_alexnet", "kernels", "--help")
     assert "torch" not in [line.split("|")[-1].strip() for line in out.stderr.splitlines()]

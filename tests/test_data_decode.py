@@ -157,3 +157,48 @@ def test_16_bit_images_in_class_folders_train_and_validate(tmp_path, data_write_
     val = open_split("imagefolder", tmp_path, "val", DataOptions(input_size=32), train=False)
     images, labels, skipped = next(iter(make_loader(val, batch_size=2, shuffle=False, workers=0)))
     assert skipped == 0 and labels.tolist() == [0, 1] and torch.equal(images[0], images[1])
+
+
+FALLBACK_SCRIPT = r"""
+import builtins, sys, warnings
+real = builtins.__import__
+def no_torchcodec(name, *args, **kwargs):
+    if name.startswith("torchcodec"):
+        raise ImportError("torchcodec is not installed")
+    return real(name, *args, **kwargs)
+builtins.__import__ = no_torchcodec
+warnings.simplefilter("error")                 # our own calls print no deprecation notice
+import torch
+from twogpu_alexnet.data import decode
+assert decode.CODEC == "torchvision.io", decode.CODEC
+data = torch.load(sys.argv[1])
+out = {k: decode.decode_rgb(v, decode.pixel_limit()) for k, v in data["files"].items()}
+out["encoded"] = decode.encode_jpeg(data["image"], 90)
+out["store_record"] = decode.decode_jpeg(out["encoded"])
+torch.save(out, sys.argv[2])
+"""
+
+
+def test_without_torchcodec_the_torchvision_codecs_give_the_same_pixels_and_bytes(tmp_path):
+    """A machine with only torch and torchvision (a GPU image, say) decodes and encodes through
+    torchvision.io: the same libjpeg-turbo and libpng, so the same pixels and the same JPEG bytes."""
+    import os
+    import subprocess
+    import sys
+
+    from twogpu_alexnet.data.decode import CODEC, decode_jpeg, decode_rgb, encode_jpeg, pixel_limit
+
+    assert CODEC == "torchcodec"
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    files = {"jpeg": _encoded(rgb, "JPEG", quality=85), "png": _encoded(rgb, "PNG"),
+             "png16": _tensor(_png(5, 6, 16, 2, _values16(6, 5, 3).astype(">u2").tobytes()))}
+    image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
+    torch.save({"files": files, "image": image}, tmp_path / "in.pt")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
+                   check=True, env=env, timeout=120)
+    out = torch.load(tmp_path / "out.pt")
+    for name, data in files.items():
+        assert torch.equal(out[name], decode_rgb(data, pixel_limit())), name
+    assert torch.equal(out["encoded"], encode_jpeg(image, 90))
+    assert torch.equal(out["store_record"], decode_jpeg(encode_jpeg(image, 90)))

@@ -41,6 +41,7 @@ def _worker(rank: int, port: int, out: str):
     distributed.init(ctx, use_cuda=False)
     try:
         model = _model()
+        model.seed_dropout(0, rank)  # each rank's own dropout keys: DDP must not overwrite them with rank 0's
         net = distributed.wrap(model, ctx)
         opt = make_optimizer(model, lr=0.1, momentum=0.9, weight_decay=5e-4)
         scaler = torch.amp.GradScaler("cuda", enabled=False)
@@ -48,7 +49,8 @@ def _worker(rank: int, port: int, out: str):
             part = slice(rank * BATCH, (rank + 1) * BATCH)  # this rank's half of the union batch
             train_step(net, opt, scaler, x[part], y[part], device=CPU)
         total = distributed.sum_across([float(rank + 1)], ctx)
-        torch.save({"state": model.state_dict(), "sum": total}, os.path.join(out, f"rank{rank}.pt"))
+        torch.save({"state": model.state_dict(), "sum": total, "dropout": model.dropout_rng_state()},
+                   os.path.join(out, f"rank{rank}.pt"))
     finally:
         distributed.shutdown(ctx)
 
@@ -63,6 +65,7 @@ def test_two_gloo_processes_equal_one_process_on_the_union_batch(tmp_path):
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert ranks[0]["sum"] == ranks[1]["sum"] == [3.0]  # metrics reduce across ranks
+    assert not torch.equal(ranks[0]["dropout"][0], ranks[1]["dropout"][0])  # other ranks, other masks
     for k, v in ranks[0]["state"].items():
         assert torch.equal(v, ranks[1]["state"][k]), k  # identical on both ranks, bit for bit
 

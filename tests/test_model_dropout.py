@@ -1,4 +1,4 @@
-"""Dropout as published (sec. 4.2), each tower's masks from its own generator, and seeded initialization.
+"""Dropout as published (sec. 4.2), each tower's masks from its own counter-based stream, and seeded initialization.
 
 Float64 throughout; the fc layers' outputs are compared with the formula written out here.
 """
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from twogpu_alexnet import PRESETS, build_model, to_grouped_state
-from twogpu_alexnet.model.ops import Dropout
+from twogpu_alexnet.model.ops import Dropout, dropout_keep_mask
 
 
 def _models(preset="cifar", seed=0):
@@ -40,15 +40,36 @@ def _fc_outputs(model, x):
     return f, torch.cat(linears["fc6"], 1), torch.cat(linears["fc7"], 1), inputs[0]
 
 
-def _masks(generators, n, width, draws):
-    """``draws`` masks per generator (keep 0.5), as each tower draws them: fc6's, then fc7's."""
-    clones = []
-    for g in generators:
-        c = torch.Generator()
-        c.set_state(g.get_state())
-        clones.append(c)
-    return [torch.cat([torch.empty(n, width, dtype=torch.float64).bernoulli_(0.5, generator=c) for c in clones], 1)
-            for _ in range(draws)]
+def _masks(states, n, width, draws):
+    """``draws`` masks per layer (keep 0.5) as the towers draw them from ``states`` (dropout_rng_state):
+    [fc6's, fc7's] for the first pass, then the next pass's, ...; float64, tower 0's units first."""
+    masks = []
+    for step in range(draws):
+        for layer in range(2):
+            rows = torch.stack([s[layer] for s in states]) + torch.tensor([0, step])
+            masks.append(dropout_keep_mask(rows, layer, n, width, 0.5).reshape(n, -1).double())
+    return masks
+
+
+M32 = 0xFFFFFFFF
+
+
+def _mix32_reference(x: int) -> int:
+    """lowbias32 on Python integers (no overflow possible), to check the tensor version's int64 arithmetic."""
+    x ^= x >> 16
+    x = x * 0x7FEB352D & M32
+    x ^= x >> 15
+    x = x * 0x846CA68B & M32
+    return x ^ (x >> 16)
+
+
+def _keep_reference(key: int, counter: int, stream: int, unit: int) -> bool:
+    a = _mix32_reference((key & M32) ^ (stream * 0x9E3779B9 & M32))
+    a = _mix32_reference(a ^ (key >> 32))
+    a = _mix32_reference(a ^ (counter & M32))
+    a = _mix32_reference(a ^ (counter >> 32))
+    b = _mix32_reference((a + 0x6A09E667) & M32)
+    return _mix32_reference(_mix32_reference((unit + a) & M32) ^ b) < 2**31
 
 
 def _spec(form):
@@ -86,7 +107,7 @@ def test_training_multiplies_by_each_towers_mask_from_its_generator(mode, form):
     model = (towers if mode == "two-tower" else grouped).train()
     model.seed_dropout(7)
     x = _images()
-    m6, m7 = _masks(model.dropout_generators, 4, 512, 2)
+    m6, m7 = _masks(model.dropout_rng_state(), 4, 512, 1)
     f, z6, z7, fc7_in = _fc_outputs(model, x)
     scale = 1.0 if form == "published" else 2.0  # published: kept units are not rescaled
     torch.testing.assert_close(fc7_in, F.relu(z6) * m6 * scale, rtol=0, atol=0)
@@ -108,21 +129,58 @@ def test_both_executors_draw_the_same_masks_and_take_the_same_training_step():
         torch.testing.assert_close(t[name], g, rtol=0, atol=1e-12 * g.abs().max().item(), msg=name)
 
 
-def test_seeds_ranks_and_generator_states():
+def test_seeds_ranks_and_states():
     model = _models()[0].train()
     x = _images()
     model.seed_dropout(5, rank=0)
     state = model.dropout_rng_state()
-    assert len(state) == 2 and not torch.equal(state[0], state[1])
+    assert len(state) == 2 and state[0].shape == (2, 2) and not torch.equal(state[0][:, 0], state[1][:, 0])
     first = model.features(x)
+    assert [s[:, 1].tolist() for s in model.dropout_rng_state()] == [[1, 1], [1, 1]]  # one pass drawn per layer
     model.set_dropout_rng_state(state)
     assert torch.equal(model.features(x), first)  # restored state -> the same masks
+    assert not torch.equal(model.features(x), first)  # the next pass draws new ones
     model.seed_dropout(5, rank=1)
     assert not torch.equal(model.features(x), first)  # another process, other masks
-    with pytest.raises(ValueError, match="another tower count or device type"):
+    with pytest.raises(ValueError, match="another tower count or an older version"):
         model.set_dropout_rng_state(state[:1])
-    with pytest.raises(ValueError, match="another tower count or device type"):
-        model.set_dropout_rng_state([torch.zeros(16, dtype=torch.uint8)] * 2)  # a CUDA generator's state
+    with pytest.raises(ValueError, match="another tower count or an older version"):
+        model.set_dropout_rng_state([torch.zeros(5056, dtype=torch.uint8)] * 2)  # a torch generator's state
+
+
+def test_masks_are_the_hash_computed_on_python_integers():
+    key, counter = 0x5DEECE66D1234567, 2**33 + 7  # both halves of key and counter in use
+    rows = torch.tensor([[key, counter]])
+    mask = dropout_keep_mask(rows, 1, 3, 1000, 0.5).flatten()
+    units = [0, 1, 2, 999, 1000, 2999]
+    assert [bool(mask[u]) for u in units] == [_keep_reference(key, counter, 1, u) for u in units]
+    assert mask.sum() > 0 and (~mask).sum() > 0
+
+
+def test_masks_keep_half_the_units_and_differ_by_tower_layer_and_pass():
+    n, width = 64, 2048
+    rows = torch.tensor([[12345, 0], [67890, 0]])
+    mask = dropout_keep_mask(rows, 0, n, width, 0.5).float()  # n x towers x width
+    # 131,072 units per tower: the standard deviation of the kept share is 0.0014 at keep 0.5
+    assert abs(mask.mean() - 0.5) < 0.01 and abs(mask[:, 0].mean() - 0.5) < 0.01
+    agree = lambda a, b: (a == b).float().mean().item()  # noqa: E731  0.5 for independent masks
+    assert abs(agree(mask[:, 0], mask[:, 1]) - 0.5) < 0.01  # tower 0 vs tower 1
+    assert abs(agree(mask, dropout_keep_mask(rows, 1, n, width, 0.5).float()) - 0.5) < 0.01  # fc6 vs fc7
+    later = dropout_keep_mask(rows + torch.tensor([0, 1]), 0, n, width, 0.5).float()
+    assert abs(agree(mask, later) - 0.5) < 0.01  # one pass vs the next
+    assert abs(agree(mask[:-1], mask[1:]) - 0.5) < 0.01  # image i vs image i + 1
+    assert abs(dropout_keep_mask(rows, 0, n, width, 0.25).float().mean() - 0.25) < 0.01
+
+
+def test_states_are_the_same_in_both_executors_and_resume_the_same_masks():
+    towers, grouped = _models(_spec("published"))
+    for model in (towers, grouped):
+        model.train().seed_dropout(11, rank=2)
+    assert all(torch.equal(a, b) for a, b in zip(towers.dropout_rng_state(), grouped.dropout_rng_state()))
+    x = _images()
+    towers.features(x)  # one pass on the two-tower model; its state resumes on the grouped one
+    grouped.set_dropout_rng_state(towers.dropout_rng_state())
+    torch.testing.assert_close(grouped.features(x), towers.features(x), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("preset", ["paper", "cifar"])
@@ -154,15 +212,22 @@ def test_initial_weights_do_not_depend_on_the_devices():
 @pytest.mark.gpu
 @pytest.mark.parametrize("devices", [("cuda:0", "cuda:1"), ("cuda:0", "cuda:0"), ("cuda:0", "cpu")])
 def test_gpu_towers_draw_independent_masks(devices):
-    """torch.manual_seed gives every GPU the same state; each tower's own generator does not repeat it."""
+    """torch.manual_seed gives every GPU the same generator state; each tower's own key does not repeat it."""
     if "cuda:1" in devices and torch.cuda.device_count() < 2:
         pytest.skip("needs two CUDA devices")
     torch.manual_seed(0)
     model = build_model("paper", mode="two-tower", devices=devices).train()
     model.seed_dropout(0)
-    assert [g.device for g in model.dropout_generators] == [torch.device(d) for d in devices]
+    assert [t.fc6_dropout.rng.device for t in model.towers] == [torch.device(d) for d in devices]
     with torch.no_grad():
         f = model.features(torch.randn(8, 3, 224, 224) * 50).cpu()
     kept0, kept1 = f[:, :2048] != 0, f[:, 2048:] != 0
     assert 0.3 < kept0.float().mean() < 0.6  # ~half the (positive) units kept
     assert (kept0 != kept1).float().mean() > 0.2  # identical masks would give 0
+
+
+@pytest.mark.gpu
+def test_gpu_draws_the_same_masks_as_the_cpu():
+    rows = torch.tensor([[0x5DEECE66D1234567, 2**33 + 7], [42, 3]])
+    assert torch.equal(dropout_keep_mask(rows.cuda(), 1, 128, 2048, 0.5).cpu(),
+                       dropout_keep_mask(rows, 1, 128, 2048, 0.5))

@@ -1,9 +1,10 @@
-"""The two towers' dropout masks are independent draws, also when the towers live on two GPUs.
+"""The two towers' dropout masks are independent draws, wherever the towers live.
 
 ``torch.manual_seed`` gives every CUDA device a generator in the same state, so two towers drawing
-equal-sized masks on cuda:0 and cuda:1 could draw the same mask: the towers' fc6 units would be
-dropped in lockstep. The check makes fc6's ReLU outputs all 1 so that the zeros of its output are the
-dropped units, and compares tower 0's mask with tower 1's as fc7 receives them.
+equal-sized masks from their devices' generators on cuda:0 and cuda:1 would draw the same mask: the
+towers' fc6 units would be dropped in lockstep. Each tower's masks come from its own key instead.
+The check makes fc6's ReLU outputs all 1 so that the zeros of its output are the dropped units, and
+compares tower 0's mask with tower 1's as fc7 receives them.
 """
 import pytest
 import torch
@@ -34,7 +35,8 @@ def test_towers_on_one_cpu_draw_independent_masks():
 
 
 @pytest.mark.gpu
-def test_towers_on_two_gpus_draw_independent_masks():
-    if torch.cuda.device_count() < 2:
+@pytest.mark.parametrize("devices", [("cuda:0", "cuda:0"), ("cuda:0", "cpu"), ("cuda:0", "cuda:1")])
+def test_towers_on_gpus_draw_independent_masks(devices):
+    if "cuda:1" in devices and torch.cuda.device_count() < 2:
         pytest.skip("needs two CUDA devices")
-    assert 0.45 < mask_agreement(("cuda:0", "cuda:1")) < 0.55
+    assert 0.45 < mask_agreement(devices) < 0.55

@@ -19,7 +19,7 @@ def test_grouped_printout_lists_every_step_with_its_constants():
                  "(conv2_samemap): SameMapNormalization(5x5 window, alpha=4e-05 (times the plain sum), beta=0.75, k=1)",
                  "(conv2): Conv2d(96, 256, kernel_size=(5, 5), stride=(1, 1), padding=(2, 2), groups=2)",
                  "(fc7_dropout): Dropout(p=0.5, published: training x 0/1 mask (keep 0.5, no rescaling), "
-                 "evaluation x 0.5, one generator per tower)"]:
+                 "evaluation x 0.5, towers 0, 1, each its own stream)"]:
         assert line in text, line
     names = [line.split(")")[0].strip(" (") for line in text.splitlines() if line.startswith("  (")]
     assert names[:5] == ["conv1_pad", "conv1", "conv1_lrn", "conv1_pool", "conv1_relu"]  # layers-145's order

@@ -111,6 +111,14 @@ def peak_tflops_for(device: torch.device, amp: str) -> float | None:
     return None
 
 
+def peak_tflops_of(devices, amp: str, per_gpu: float | None = None) -> float | None:
+    """The peak of every GPU in ``devices`` together (each counted once): ``per_gpu`` each, or each one's
+    datasheet value; None without a GPU or when one GPU's peak is unknown. CPUs add nothing."""
+    gpus = {torch.device(d) for d in devices if torch.device(d).type == "cuda"}
+    peaks = [per_gpu if per_gpu is not None else peak_tflops_for(d, amp) for d in gpus]
+    return sum(peaks) if peaks and None not in peaks else None
+
+
 # ---------------------------------------------------------------------------------------------
 # Timing
 
@@ -249,7 +257,8 @@ def bench_model(device="cpu", *, devices=None, batch: int | None = None, repeats
 
     torchvision's alexnet is timed only for presets with 224 inputs (``torchvision_img_s`` is None otherwise).
     ``batch`` defaults to 32 on a CPU and 128 on a GPU. ``peak_tflops`` (default: the datasheet value
-    of a known GPU, else none) turns achieved TFLOP/s into a percentage.
+    of a known GPU, else none; per GPU) turns achieved TFLOP/s into a percentage of the peak of every GPU
+    the row uses: a two-tower row on two GPUs divides by both GPUs' peaks.
     """
     import torchvision
 
@@ -286,9 +295,11 @@ def bench_model(device="cpu", *, devices=None, batch: int | None = None, repeats
     for case in cases:
         t = timed[case.name]
         tflops = t["img_s"] * case.step_flops / 1e12
+        row_peak = peak_tflops_of(case.devices, amp, peak_tflops)  # a two-tower row on two GPUs: both peaks
         rows.append({"model": case.name, "img_s": round(t["img_s"], 2), "ms_step": round(t["ms_step"], 2),
                      "peak_memory_mib": t["peak_memory_mib"], "train_gflop_per_image": round(case.step_flops / 1e9, 3),
-                     "tflops": round(tflops, 4), "percent_of_peak": round(100 * tflops / peak, 2) if peak else None})
+                     "tflops": round(tflops, 4), "peak_tflops": row_peak,
+                     "percent_of_peak": round(100 * tflops / row_peak, 2) if row_peak else None})
     med = {r["model"]: r["img_s"] for r in rows}
     tv = med.get("torchvision")
     return {

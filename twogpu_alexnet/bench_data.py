@@ -37,27 +37,31 @@ from .errors import UserError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BATCH = 32
+LOADER_PASSES = 4  # the loader rows read at most this many passes over the images (or --seconds of wall time)
 
 
 def _rates(fns: dict, count: int, seconds: float) -> dict:
     """Images/s of each ``fn(indices)`` (a batch maker) over 0..count-1, in CPU time of this process.
 
-    The pipelines take turns, one pass over the images each, until each has used ``seconds``, so a
-    shared or throttled machine slows them all alike; CPU time leaves out time other processes hold the core.
+    Bounded work: each pipeline makes at most one pass over the images and stops once it has used
+    ``seconds`` (the batch in hand finished). The pipelines take turns batch by batch, so a shared or
+    throttled machine slows them all alike; CPU time leaves out time other processes hold the core.
     """
     batches = [list(range(lo, min(count, lo + BATCH))) for lo in range(0, count, BATCH)]
     for fn in fns.values():                 # warm-up
         fn(batches[0][:8])
     spent = {name: 0.0 for name in fns}
-    done = 0
-    while min(spent.values()) < seconds:
+    done = {name: 0 for name in fns}
+    for b in batches:
         for name, fn in fns.items():
-            start = time.process_time()
-            for b in batches:
+            if spent[name] < seconds:
+                start = time.process_time()
                 fn(b)
-            spent[name] += time.process_time() - start
-        done += count
-    return {name: done / spent[name] for name in fns}
+                spent[name] += time.process_time() - start
+                done[name] += len(b)
+        if min(spent.values()) >= seconds:
+            break
+    return {name: done[name] / max(spent[name], 1e-9) for name in fns}
 
 
 def _subset(listing, picked: list[int], tmp: Path) -> Path:
@@ -96,7 +100,9 @@ def bench_data(data, *, images: int = 200, seconds: float = 3.0, input_size: int
                batch: int = 256, device=None, workdir=None, progress=None) -> dict:
     """Measure the rows of the module docstring on up to ``images`` files of split folder ``data``.
 
-    ``seconds``: CPU seconds per pipeline. ``progress(stage)`` is called with "prepare", then "measure".
+    Bounded work: each per-worker pipeline makes at most one pass over the images and uses at most
+    ``seconds`` of CPU time; each loader row reads at most ``LOADER_PASSES`` passes or ``seconds`` of
+    wall time. ``progress(stage)`` is called with "prepare", then "measure".
     """
     if images < 1:
         raise UserError(f"--images {images} must be at least 1; use e.g. --images 200.")
@@ -198,19 +204,22 @@ def _loaders(roots: dict, count: int, geometry, workers: int, device, seconds: f
     for name, (source, root, opts, kw) in runs.items():
         split = open_split(source, root, "train", opts)
         loader = make_loader(split, batch_size=min(batch, count), workers=workers, drop_last=True, **kw)
-        out[f"{name}_img_s"] = _wall_rate(loader, seconds)
+        out[f"{name}_img_s"] = _wall_rate(loader, seconds, LOADER_PASSES * count)
     return out
 
 
-def _wall_rate(loader, seconds: float) -> float:
+def _wall_rate(loader, seconds: float, limit: int) -> float:
+    """Wall-time images/s of ``loader`` after its first batch: at most ``limit`` images or ``seconds``."""
     loader.set_epoch(0)
     for _ in loader:                        # warm-up: workers started, cache filled
         break
     n, epoch, start = 0, 1, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    while n < limit and time.perf_counter() - start < seconds:
         loader.set_epoch(epoch)
         for x, _, _ in loader:
             n += len(x)
+            if n >= limit or time.perf_counter() - start >= seconds:
+                break
         epoch += 1
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -226,9 +235,8 @@ def decoder_rates(data, *, images: int = 200, seconds: float = 3.0) -> dict:
 
     import numpy as np
     from PIL import Image
-    from torchcodec.decoders import decode_image as codec_decode
 
-    from .data.decode import decode_rgb, read_bytes
+    from .data.decode import CODEC, decode_rgb, read_bytes
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")                   # torchvision.io's deprecation notice: measured on purpose
@@ -246,8 +254,11 @@ def decoder_rates(data, *, images: int = 200, seconds: float = 3.0) -> dict:
             warnings.simplefilter("ignore")
             return decode_image(d, mode=ImageReadMode.RGB)
 
-    decoders = {"decode_rgb": decode_rgb, "torchcodec": lambda d: codec_decode(d, mode="RGB"),
-                "torchvision_io": torchvision_io, "pil": pil}
+    decoders = {"decode_rgb": decode_rgb, "torchvision_io": torchvision_io, "pil": pil}
+    if CODEC == "torchcodec":                              # absent where only torch and torchvision are installed
+        from torchcodec.decoders import decode_image as codec_decode
+
+        decoders["torchcodec"] = lambda d: codec_decode(d, mode="RGB")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -44,6 +44,7 @@ from ..model.load import check_finite
 from ..spec import get_spec
 from . import output_folder
 from .plots import save_kernel_figure, save_score_plot
+from .protocol import ALPHA, BASELINE, MAX_PERMUTATIONS, MIN_EFFECT, PERMUTATIONS, THRESHOLD  # noqa: F401 (re-exported)
 
 COLOR_AXES = ("achromatic", "red_green", "blue_yellow")
 # Rows: an orthonormal basis of RGB space, achromatic first, then the two opponent axes.
@@ -52,13 +53,7 @@ _COLOR_BASIS = (
     (1 / math.sqrt(2), -1 / math.sqrt(2), 0.0),
     (-1 / math.sqrt(6), -1 / math.sqrt(6), 2 / math.sqrt(6)),
 )
-THRESHOLD = 0.5  # a kernel is "colour-specific" when more than half its energy is colour (descriptive counts)
-ALPHA = 0.01  # the protocol: a run splits when the permutation p of r is below this ...
-MIN_EFFECT = 0.5  # ... and |rank-biserial r| is at least this
-PERMUTATIONS = 0  # 0: the exact permutation distribution; > 0: that many random permutations
-MAX_PERMUTATIONS = 1_000_000
 _CHUNK = 20_000  # permutations drawn at once (memory: chunk x kernels indices)
-BASELINE = 2 / 3  # mean score of kernels with i.i.d. random weights (W at init); no chance level for L
 LOW_FREQUENCY = 0.125  # cycles per pixel (a quarter of Nyquist): the spatial-frequency score's cut
 
 

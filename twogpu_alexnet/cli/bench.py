@@ -103,7 +103,7 @@ def run_model(args) -> int:
     table = Table(title=f"training step, preset {result['preset']}, batch {result['batch']}, {', '.join(settings)}, "
                   f"{where}, torch {result['torch']}", title_justify="left")
     peak = result["peak_tflops"]
-    columns = ["model", "images/s", "ms/step", "vs torchvision", "TFLOP/s"] + ([f"% of {peak:g}"] if peak else [])
+    columns = ["model", "images/s", "ms/step", "vs torchvision", "TFLOP/s"] + ([f"% of {peak:g}/GPU"] if peak else [])
     for col in columns + ["peak memory (MiB)"]:
         table.add_column(col, justify="left" if col == "model" else "right")
     tv = result["torchvision_img_s"]
@@ -111,8 +111,9 @@ def run_model(args) -> int:
         label = LABELS[row["model"]]
         if row["model"] == "two_tower":
             label += " " + "/".join(result["two_tower_devices"])
+        share = row["percent_of_peak"]  # of every GPU the row uses
         cells = [label, f"{row['img_s']:,.1f}", f"{row['ms_step']:,.1f}", f"{row['img_s'] / tv:.2f}x" if tv else "-",
-                 f"{row['tflops']:.3g}"] + ([f"{row['percent_of_peak']:.1f}%"] if peak else [])
+                 f"{row['tflops']:.3g}"] + ([f"{share:.1f}%" if share is not None else "-"] if peak else [])
         table.add_row(*cells, _memory(row["peak_memory_mib"]))
     console.print(table)
     console.print(f"grouped vs stock-LRN grouped: {result['grouped_vs_stock_lrn']:.2f}x   "

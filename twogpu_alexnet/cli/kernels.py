@@ -35,7 +35,7 @@ def _count(text: str) -> int:
 
 
 def add_parser(subparsers) -> None:
-    from ..analysis.kernels import ALPHA, MAX_PERMUTATIONS, MIN_EFFECT, PERMUTATIONS, THRESHOLD
+    from ..analysis.protocol import ALPHA, MAX_PERMUTATIONS, MIN_EFFECT, PERMUTATIONS, THRESHOLD
 
     p = subparsers.add_parser(
         "kernels",
@@ -74,7 +74,7 @@ def add_parser(subparsers) -> None:
 
 
 def check_options(args) -> None:
-    from ..analysis.kernels import MAX_PERMUTATIONS
+    from ..analysis.protocol import MAX_PERMUTATIONS
     from ..errors import UserError
 
     if not 0 <= args.threshold <= 1:
@@ -180,7 +180,7 @@ def _percent(share: float) -> str:
 
 
 def result_baseline() -> float:
-    from ..analysis.kernels import BASELINE
+    from ..analysis.protocol import BASELINE
 
     return BASELINE
 

@@ -32,11 +32,16 @@ import warnings
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
-from torchcodec.decoders import decode_jpeg as _codec_decode_jpeg
-from torchcodec.decoders import decode_png as _codec_decode_png
-from torchcodec.encoders import JpegEncoder
 
 from ..errors import UserError
+
+try:                # torchcodec: the maintained codecs (a dependency; absent on machines with only torch/torchvision)
+    from torchcodec.decoders import decode_jpeg as _codec_decode_jpeg
+    from torchcodec.decoders import decode_png as _codec_decode_png
+    from torchcodec.encoders import JpegEncoder
+    CODEC = "torchcodec"
+except (ImportError, OSError, RuntimeError):       # missing, or its native library does not load
+    CODEC = "torchvision.io"
 
 MAX_PIXELS = 100_000_000           # width x height; a 100-megapixel photo decodes to 300 MB of RGB
 MAX_PIXELS_ENV = "TWOGPU_ALEXNET_MAX_PIXELS"
@@ -234,6 +239,30 @@ def decode_jpeg(data: torch.Tensor) -> torch.Tensor:
 def encode_jpeg(img: torch.Tensor, quality: int) -> torch.Tensor:
     """uint8 RGB 3 x H x W to JPEG bytes (1-D uint8 tensor) at ``quality`` (1..100)."""
     return JpegEncoder(img.contiguous()).to_tensor(quality=quality)
+
+
+if CODEC == "torchvision.io":   # the same libjpeg-turbo/libpng and the same pixels; its deprecation notice hidden
+    import torchvision.io as _tvio
+
+    def _quiet(fn, *args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return fn(*args, **kwargs)
+
+    def _codec_decode_jpeg(data, mode="RGB", device="cpu"):
+        return _quiet(_tvio.decode_jpeg, data, mode=_tvio.ImageReadMode.RGB, device=device)
+
+    def _codec_decode_png(data, mode="RGB", output_dtype=None):
+        read_mode = _tvio.ImageReadMode.RGB if mode == "RGB" else _tvio.ImageReadMode.UNCHANGED
+        return _quiet(_tvio.decode_png, data, mode=read_mode)
+
+    class JpegEncoder:
+        def __init__(self, img):
+            self.img = img
+
+        def to_tensor(self, quality):
+            return _quiet(_tvio.encode_jpeg, self.img, quality=quality)
 
 
 def _decode_pil(buf: memoryview, limit: int) -> torch.Tensor:

@@ -110,6 +110,7 @@ def wrap(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     """``DistributedDataParallel(model)`` across ranks (multi-device form), or ``model`` alone."""
     if not ctx.enabled:
         return model
+    # broadcast_buffers=False: the only buffers are the dropout streams' keys, which differ by rank on purpose
     return DistributedDataParallel(model, device_ids=None, output_device=None, broadcast_buffers=False)
 
 

@@ -183,7 +183,7 @@ class _Run:
         self.optimizer = make_optimizer(self.model, tc.lr, tc.momentum, tc.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=c.speed.amp == "fp16")
         torch.manual_seed(tc.seed * 1000 + self.ctx.rank)  # dropout differs across ranks; init is the same on all
-        self.model.seed_dropout(tc.seed, self.ctx.rank)  # each tower's own dropout generator
+        self.model.seed_dropout(tc.seed, self.ctx.rank)  # each tower's own dropout stream
         if payload:
             self.restore(payload, resumed_from)
         net = distributed.wrap(self.model, self.ctx)
@@ -430,15 +430,15 @@ class _Run:
         rngs = payload["rng"]
         if len(rngs) == self.ctx.world_size:
             ckpt.set_rng_state(rngs[self.ctx.rank])
-            try:  # the towers' dropout generators (absent in older checkpoints: they keep their seed)
+            try:  # the towers' dropout streams (absent or torch generator states in older checkpoints)
                 if "dropout_rng" in payload:
                     self.model.set_dropout_rng_state(payload["dropout_rng"][self.ctx.rank])
                 else:
-                    self.reporter.message("the checkpoint has no dropout generator states (an older version): "
+                    self.reporter.message("the checkpoint has no dropout states (an older version): "
                                           "dropout masks start from the seed")
             except (IndexError, ValueError):
-                self.reporter.message("the checkpoint's dropout generator states do not fit this placement "
-                                      "(another tower count or device type): dropout masks will differ")
+                self.reporter.message("the checkpoint's dropout states come from an older version or another "
+                                      "tower count: dropout masks start from the seed")
         else:
             self.reporter.message(f"the checkpoint has random states for {len(rngs)} processes, this run has "
                                   f"{self.ctx.world_size}: augmentation order is kept, dropout masks will differ")

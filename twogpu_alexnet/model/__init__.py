@@ -47,7 +47,7 @@ def build_model(
 
     The initial weights are drawn from torch's global CPU generator (``torch.manual_seed``) in the
     canonical layout, so a seed gives the same weights in both modes on any devices; the towers'
-    dropout generators are seeded from it too (reseed with ``model.seed_dropout(seed, rank)``).
+    dropout streams are seeded from it too (reseed with ``model.seed_dropout(seed, rank)``).
     """
     spec = get_spec(preset, num_classes)
     mode = resolve_mode(mode, spec)

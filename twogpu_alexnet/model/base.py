@@ -1,4 +1,4 @@
-"""What both executors share: input checks, the modules each layer runs, and the towers' dropout generators.
+"""What both executors share: input checks, the modules each layer runs, and the towers' dropout randomness.
 
 The executors differ only in where tensors live and how the two towers' halves are joined; the
 layer order, the normalizations and the dropout come from the spec through this class. Every step
@@ -19,6 +19,14 @@ from .ops import CrossMapNorm, Dropout, SameMapNormalization, to_device
 __all__ = ["AlexNetBase", "to_device"]
 
 
+def _dropout_key(seed: int, rank: int, tower: int) -> int:
+    """A 63-bit key for tower ``tower`` of process ``rank`` (splitmix64 of the three), for the int64 ``rng`` buffer."""
+    z = (((seed * 1000 + rank) * 2 + tower) * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**64
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 % 2**64
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB % 2**64
+    return (z ^ (z >> 31)) >> 1
+
+
 class AlexNetBase(nn.Module):
     mode = ""
     # The cross-map LRN both executors use; ``groups`` = towers held in one tensor.
@@ -28,9 +36,6 @@ class AlexNetBase(nn.Module):
         super().__init__()
         self.spec = spec
         self._shapes = {s.name: s for s in layer_shapes(spec)}
-        # One dropout generator per tower, on the device where that tower's masks are drawn, so the
-        # towers' masks are independent on any devices (torch.manual_seed gives every GPU one state).
-        self.dropout_generators = [None if d.type == "meta" else torch.Generator(device=d) for d in tower_devices]
         # module names per layer, in the order they run
         self._steps: dict[str, list[str]] = {}
 
@@ -50,11 +55,14 @@ class AlexNetBase(nn.Module):
         self._register(owner, layer.name, steps)
 
     def _add_fc(self, owner: nn.Module, layer: FC, in_features: int, out_features: int,
-                generators: list, device: torch.device) -> None:
+                towers: tuple[int, ...], device: torch.device) -> None:
+        """Register ``layer``'s modules on ``owner``; ``towers``: the towers whose units its output holds."""
         steps = [(layer.name, skip_init(nn.Linear, in_features, out_features, device=device)),
                  (f"{layer.name}_relu", nn.ReLU(inplace=True))]
         if layer.dropout:
-            steps.append((f"{layer.name}_dropout", Dropout(layer.dropout, self.spec.dropout_form, generators)))
+            stream = [h.name for h in self.spec.hidden].index(layer.name)  # fc6 0, fc7 1: each layer its own masks
+            steps.append((f"{layer.name}_dropout",
+                          Dropout(layer.dropout, self.spec.dropout_form, towers, stream, device)))
         self._register(owner, layer.name, steps)
 
     def _op(self, op: str, towers: int) -> nn.Module:
@@ -81,24 +89,38 @@ class AlexNetBase(nn.Module):
         return x
 
     # ----- dropout randomness --------------------------------------------------------------------
+    def _dropouts(self) -> list[Dropout]:
+        return [m for m in self.modules() if isinstance(m, Dropout) and m.rng.device.type != "meta"]
+
     def seed_dropout(self, seed: int, rank: int = 0) -> None:
-        """Seed tower t's dropout generator from (seed, rank, t): independent towers and processes."""
-        for tower, g in enumerate(self.dropout_generators):
-            if g is not None:
-                g.manual_seed(((seed * 1000 + rank) * len(self.dropout_generators) + tower) % 2**64)
+        """Give tower t's dropout stream the key of (seed, rank, t) and restart its counter: independent
+        towers and processes, the same masks for a seed on any devices and in either executor."""
+        for m in self._dropouts():
+            keys = [_dropout_key(seed, rank, tower) for tower in m.towers]
+            with torch.no_grad():
+                m.rng.copy_(torch.tensor([[k, 0] for k in keys], dtype=torch.int64))
 
     def dropout_rng_state(self) -> list[Tensor]:
-        """The towers' dropout generator states (cpu uint8 tensors), tower 0 first."""
-        return [g.get_state() for g in self.dropout_generators if g is not None]
+        """The towers' dropout states, tower 0 first: per tower an int64 cpu tensor, one ``[key, counter]``
+        row per dropout layer (fc6, fc7). The same on any devices and in either executor."""
+        rows: dict[int, dict[int, Tensor]] = {}
+        for m in self._dropouts():
+            for r, tower in enumerate(m.towers):
+                rows.setdefault(tower, {})[m.stream] = m.rng[r].detach().cpu()
+        return [torch.stack([by_stream[s] for s in sorted(by_stream)]) for _, by_stream in sorted(rows.items())]
 
     def set_dropout_rng_state(self, states: list[Tensor]) -> None:
-        """Restore :meth:`dropout_rng_state`; ValueError when it was taken from other generators (tower
-        count, or CPU vs CUDA), in which case the generators keep their state."""
-        gens = [g for g in self.dropout_generators if g is not None]
-        if len(states) != len(gens) or any(s.numel() != g.get_state().numel() for s, g in zip(states, gens)):
-            raise ValueError("the dropout generator states come from another tower count or device type")
-        for g, s in zip(gens, states):
-            g.set_state(s)
+        """Restore :meth:`dropout_rng_state`; ValueError when ``states`` do not fit (another tower count, or
+        the torch generator states of an older version), in which case the towers keep their state."""
+        current = self.dropout_rng_state()
+        if len(states) != len(current) or any(
+                not isinstance(s, Tensor) or s.dtype != torch.int64 or s.shape != c.shape
+                for s, c in zip(states, current)):
+            raise ValueError("the dropout states come from another tower count or an older version")
+        for m in self._dropouts():
+            with torch.no_grad():
+                for r, tower in enumerate(m.towers):
+                    m.rng[r].copy_(states[tower][m.stream])
 
     # ----- running -------------------------------------------------------------------------------
     def _check_input(self, x: Tensor) -> Tensor:

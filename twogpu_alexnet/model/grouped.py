@@ -3,7 +3,7 @@
 Own-tower layers (conv2, conv4, conv5 in the paper) are ``groups=2`` convolutions; conv1, conv3 and
 the fc layers read everything and are dense. Every tensor holds tower 0's channels then tower 1's,
 the LRN window is kept inside each tower's block of channels, and each tower's dropout units are
-drawn from that tower's own generator, as on two GPUs. With a one-tower spec (``paper-half``) this
+drawn from that tower's own random stream, as on two GPUs. With a one-tower spec (``paper-half``) this
 is the plain single-column network.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ class GroupedAlexNet(AlexNetBase):
             self._add_conv(self, layer, in_channels, n * layer.per_tower, groups, n, device)
         for layer in spec.hidden:
             shape = self._shapes[layer.name]
-            self._add_fc(self, layer, shape.in_channels, n * shape.out_channels, self.dropout_generators, device)
+            self._add_fc(self, layer, shape.in_channels, n * shape.out_channels, tuple(range(n)), device)
         head = self._shapes[spec.head.name]
         self.add_module(spec.head.name, skip_init(torch.nn.Linear, head.in_channels, head.out_channels, device=device))
 

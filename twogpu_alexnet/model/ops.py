@@ -59,30 +59,75 @@ class SameMapNormalization(nn.Module):
         return f"{n.size}x{n.size} window, alpha={n.alpha:g} (times the plain sum), beta={n.beta:g}, k={n.k:g}"
 
 
-class Dropout(nn.Module):
-    """Dropout on a hidden layer's output, each tower's units masked from that tower's own generator.
+_M32 = 0xFFFFFFFF
 
-    ``generators``: one per tower held in the tensor (the tensor's units split into that many equal
-    blocks, tower 0's first). ``form`` "published" (the paper, sec. 4.2): training multiplies by a 0/1
-    mask (keep probability 1 - p) and does not rescale, evaluation multiplies by 1 - p. "inverted":
-    kept units x 1/(1 - p) in training, identity in evaluation. A generator of None draws from torch's
-    default generator of the tensor's device.
+
+def _mul32(x: Tensor, c: int) -> Tensor:
+    """``x * c`` modulo 2**32 for int64 ``x`` in [0, 2**32) and a 32-bit ``c``, never overflowing int64."""
+    return ((((x >> 16) * c) & _M32) << 16) + (x & 0xFFFF) * c & _M32
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """A bijective 32-bit integer hash with full avalanche (C. Wellons' "lowbias32"), on int64 values in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def dropout_keep_mask(rng: Tensor, stream: int, n: int, width: int, keep: float) -> Tensor:
+    """The 0/1 keep masks (bool, n x rows x width) that dropout layer ``stream`` draws for ``rng``'s towers.
+
+    ``rng``: int64, one row per tower, ``[key, counter]`` (the tower's seed and the forward passes drawn
+    so far). Unit j of image i keeps with probability ``keep``, decided by a counter-based hash of
+    (key, stream, counter, i * width + j): a pure function of integers, so it compiles into the graph
+    and gives the same masks on every device, for either executor, however the towers are placed.
+    """
+    if n * width >= 2**32:
+        raise ValueError(f"a dropout mask of {n} x {width} units exceeds the hash's 2**32 counter range")
+    key, counter = rng[:, 0], rng[:, 1]
+    a = _mix32((key & _M32) ^ ((stream * 0x9E3779B9) & _M32))  # per tower and layer
+    a = _mix32(a ^ (key >> 32))
+    a = _mix32(a ^ (counter & _M32))  # per forward pass
+    a = _mix32(a ^ ((counter >> 32) & _M32))
+    b = _mix32((a + 0x6A09E667) & _M32)
+    units = torch.arange(n * width, device=rng.device, dtype=torch.int64).view(n, 1, width)
+    bits = _mix32((_mix32((units + a.view(1, -1, 1)) & _M32)) ^ b.view(1, -1, 1))
+    return bits < round(keep * 2**32)
+
+
+class Dropout(nn.Module):
+    """Dropout on a hidden layer's output, each tower's units masked by that tower's own random stream.
+
+    ``towers``: the towers held in the tensor (its units split into that many equal blocks, in that
+    order); ``stream``: this layer's index among the dropout layers (fc6 0, fc7 1). ``form`` "published"
+    (the paper, sec. 4.2): training multiplies by a 0/1 mask (keep probability 1 - p) and does not
+    rescale, evaluation multiplies by 1 - p. "inverted": kept units x 1/(1 - p) in training, identity
+    in evaluation.
+
+    The randomness is the buffer ``rng`` (int64, not in the state dict; one row ``[key, counter]`` per
+    tower, on the layer's device): masks come from :func:`dropout_keep_mask` and every training forward
+    advances the counter, so ``torch.compile`` keeps the whole step in one graph, masks are the same on
+    CPU and GPU, and saving and restoring ``rng`` resumes the exact sequence of masks.
     """
 
-    def __init__(self, p: float, form: str, generators: list):
+    def __init__(self, p: float, form: str, towers: tuple[int, ...], stream: int, device: torch.device):
         super().__init__()
-        self.p, self.form, self.generators = p, form, generators
+        self.p, self.form, self.towers, self.stream = p, form, tuple(towers), stream
+        self.register_buffer("rng", torch.zeros(len(self.towers), 2, dtype=torch.int64, device=device),
+                             persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         keep = 1.0 - self.p
         if not self.training or not self.p:
             return x * keep if self.form == "published" and self.p else x
-        blocks = x.chunk(len(self.generators), 1) if len(self.generators) > 1 else (x,)
-        masks = [x.new_empty(b.shape).bernoulli_(keep, generator=g) for b, g in zip(blocks, self.generators)]
-        mask = masks[0] if len(masks) == 1 else torch.cat(masks, 1)
-        if self.form == "inverted":
-            mask.div_(keep)
-        return x * mask
+        rows = len(self.towers)
+        mask = dropout_keep_mask(self.rng, self.stream, x.shape[0], x.shape[1] // rows, keep)
+        with torch.no_grad():
+            self.rng[:, 1] += 1  # the next forward pass draws new masks
+        mask = mask.reshape(x.shape).to(x.dtype)
+        return x * (mask if self.form == "published" else mask / keep)
 
     def extra_repr(self) -> str:
         keep = 1.0 - self.p
@@ -90,7 +135,9 @@ class Dropout(nn.Module):
             what = f"published: training x 0/1 mask (keep {keep:g}, no rescaling), evaluation x {keep:g}"
         else:
             what = f"inverted: training x 0/1 mask / {keep:g}, evaluation identity"
-        return f"p={self.p:g}, {what}, " + ("one generator per tower" if len(self.generators) > 1 else "own generator")
+        towers = ", ".join(str(t) for t in self.towers)
+        return f"p={self.p:g}, {what}, " + (f"towers {towers}, each its own stream" if len(self.towers) > 1
+                                            else f"tower {towers}'s own stream")
 
 
 class CrossTowers(nn.Module):

@@ -50,7 +50,7 @@ class TwoTowerAlexNet(AlexNetBase):
             for layer in spec.hidden:
                 shape = self._shapes[layer.name]
                 tower.add_module(f"{layer.name}_cross", CrossTowers(device, devices))
-                self._add_fc(tower, layer, shape.in_channels, shape.out_channels, [self.dropout_generators[t]], device)
+                self._add_fc(tower, layer, shape.in_channels, shape.out_channels, (t,), device)
         head = self._shapes[spec.head.name]
         self.add_module(f"{spec.head.name}_cross", CrossTowers(self.devices[0], devices))
         self.add_module(spec.head.name,
