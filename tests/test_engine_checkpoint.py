@@ -11,7 +11,8 @@ from twogpu_alexnet.errors import UserError
 
 
 def _payload(value: float) -> dict:
-    return {"model": {"fc8.weight": torch.full((3, 2), value)}, "epoch": int(value), "batch": 0, "step": 7}
+    return {"model": {"fc8.weight": torch.full((3, 2), value)}, "epoch": int(value), "batch": 0, "step": 7,
+            "optimizer": {}, "scheduler": {}, "rng": [], "config": {}, "best_val_top1_error": 0.5}
 
 
 def test_save_and_load_round_trip_with_weights_only(tmp_path):
@@ -79,7 +80,7 @@ def test_foreign_and_missing_files_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="not a twogpu-alexnet training checkpoint"):
         ckpt.load_checkpoint(tmp_path / "plain.pt")
     torch.save({"model": _Unsafe()}, tmp_path / "pickle.pt")  # arbitrary pickled objects are refused
-    with pytest.raises(UserError, match="pickle.pt is not a readable checkpoint"):
+    with pytest.raises(UserError, match="pickle.pt holds pickled Python objects, which are not loaded"):
         ckpt.load_checkpoint(tmp_path / "pickle.pt")
     with pytest.raises(UserError, match="does not exist"):
         ckpt.load_checkpoint(tmp_path / "nothing.pt")
@@ -161,22 +162,22 @@ def test_a_training_run_that_fills_the_disk_exits_2_and_resumes(tmp_path, monkey
 
 
 def test_a_full_disk_while_appending_metrics_is_one_sentence_and_resumes(tmp_path, monkeypatch, capsys):
-    import builtins
     import errno
 
+    from twogpu_alexnet import files
     from twogpu_alexnet.cli import main
 
     run = tmp_path / "run"
-    real_open, appends = builtins.open, []
+    real_open, appends = files.os.open, []
 
-    def open_(file, mode="r", *args, **kwargs):  # epoch 1's lines fit, then the disk is full
-        if str(file).endswith("metrics.jsonl") and "a" in mode:
+    def open_(file, flags, *args, **kwargs):  # epoch 1's lines fit, then the disk is full
+        if str(file).endswith("metrics.jsonl") and flags & os.O_APPEND:
             appends.append(1)
             if len(appends) > 2:
                 raise OSError(errno.ENOSPC, "No space left on device")
-        return real_open(file, mode, *args, **kwargs)
+        return real_open(file, flags, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "open", open_)
+    monkeypatch.setattr(files.os, "open", open_)
     assert main(["train", "--out", str(run)] + _TINY_RUN) == 2
     err = capsys.readouterr().err
     assert f"error: could not write {run / 'metrics.jsonl'} (the disk is full)" in err, err
@@ -185,3 +186,42 @@ def test_a_full_disk_while_appending_metrics_is_one_sentence_and_resumes(tmp_pat
     monkeypatch.undo()  # space freed
     assert main(["train", "--resume", str(run)]) == 0
     assert ckpt.load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
+
+
+def test_checkpoint_names_share_no_bytes_and_a_manual_roll_back_changes_no_other_file(tmp_path):
+    for epoch in (1, 2):
+        ckpt.save_run_checkpoint(tmp_path, _payload(float(epoch)), epoch_done=epoch, is_best=True, keep_last=3)
+    folder = tmp_path / "checkpoints"
+    names = ("last.pt", "best.pt", "epoch_001.pt", "epoch_002.pt")
+    assert all(os.stat(folder / n).st_nlink == 1 for n in names)  # no hard links
+    assert len({os.stat(folder / n).st_ino for n in names}) == 4
+    before = {n: (folder / n).read_bytes() for n in names}
+    # the roll-back a user does by hand: copy in place over last.pt (cp keeps last.pt's inode)
+    with open(folder / "last.pt", "r+b") as f:
+        f.truncate(0)
+        f.write(before["epoch_001.pt"])
+    for n in ("best.pt", "epoch_001.pt", "epoch_002.pt"):
+        assert (folder / n).read_bytes() == before[n], n
+    assert ckpt.load_checkpoint(folder / "last.pt")["epoch"] == 1
+
+
+def test_resume_from_a_chosen_epoch(tmp_path, capsys):
+    from twogpu_alexnet.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run)] + _TINY_RUN) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--from-epoch", "1", "--set", "train.epochs=2"]) == 0
+    err = capsys.readouterr().err
+    assert "rolling back to the end of epoch 1 (epoch_001.pt)" in err, err
+    last = ckpt.load_checkpoint(run / "checkpoints" / "last.pt")
+    assert (last["epoch"], last["step"]) == (2, 2)  # epoch 2 trained again from epoch 1's state
+    from twogpu_alexnet.engine.metrics import read_metrics
+
+    epochs = [r["epoch"] for r in read_metrics(run / "metrics.jsonl")[0] if r["kind"] == "epoch"]
+    assert epochs == [1, 2]  # the abandoned epoch 2's line was replaced, not repeated
+    assert main(["train", "--resume", str(run), "--from-epoch", "7"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --from-epoch 7: {run / 'checkpoints'} has no epoch_007.pt (epochs kept: 1, 2)" in err, err
+    assert main(["train", "--from-epoch", "1"]) == 2
+    assert "--from-epoch 1 needs --resume DIR" in capsys.readouterr().err

@@ -39,6 +39,8 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from ..errors import UserError
+from ..files import write_atomic
+from ..model.load import check_finite
 from ..spec import get_spec
 from . import output_folder
 from .plots import save_kernel_figure, save_score_plot
@@ -498,8 +500,8 @@ def save_kernel_grid(state: dict, path, **options) -> Path:
     """Write the Figure-3 PNG of a state dict's conv1 kernels (options as :func:`kernel_grid`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(kernel_grid(state, **options), path)
-    return path
+    grid = kernel_grid(state, **options)
+    return write_atomic(path, lambda f: save_image(grid, f, format="png"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -564,7 +566,7 @@ def write_analysis(state: dict, summary: dict, out_dir, about: dict, *, init: di
     plot = save_score_plot(summary, out / "scores.png", title=title)
     files["scores"] = str(plot) if plot else None
     result = {**about, **summary, "files": files}
-    (out / "kernels.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_atomic(out / "kernels.json", json.dumps(result, indent=1) + "\n")
     return result
 
 
@@ -583,6 +585,7 @@ def analyze_weights(path, out_dir, *, key: str | None = None, groups: int = 2, *
         raise UserError(f"--groups {groups} is not supported: the between-tower test compares two groups; "
                         "use --groups 2")
     w, found = read_conv1(path, key)
+    check_finite({found: w}, path)  # no statistics from NaN weights
     if w.shape[0] % groups:
         raise UserError(f"{path}: {found} has {w.shape[0]} output channels, which do not split into {groups} equal "
                         "groups; pass a weight whose output channels divide evenly")

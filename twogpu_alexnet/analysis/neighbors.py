@@ -20,6 +20,7 @@ import torch
 import torchvision.transforms.v2.functional as F
 from torchvision.utils import make_grid, save_image
 
+from .. import files
 from ..data import make_loader
 from ..data.decode import CorruptImage, decode_rgb, read_bytes, resize_center_crop
 from ..engine.inference import open_for_inference
@@ -200,9 +201,7 @@ def training_features(model, split, *, checkpoint: Path, preset: str, batch_size
     }
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(entry, tmp)
-        os.replace(tmp, path)
+        files.write_atomic(path, lambda f: torch.save(entry, f), what=f"feature cache {path}")
     return entry, False
 
 
@@ -266,7 +265,8 @@ def find_neighbors(checkpoint, data, queries, out_dir, *, k: int = 6, preset: st
             neighbor_tiles.append(_tile(split.dataset.image(position[rel]), tile))
         results.append({"query": str(q), "neighbors": found})
     picture = out / "neighbors.png"
-    save_image(neighbor_picture(query_tiles, neighbor_tiles, k), picture)
+    grid = neighbor_picture(query_tiles, neighbor_tiles, k)
+    files.write_atomic(picture, lambda f: save_image(grid, f, format="png"))
     return {
         "checkpoint": str(ck.path), "preset": ck.preset, "data": str(split.root), "k": k,
         "images": len(db["files"]), "skipped": db["skipped"], "cached": cached, "device": str(model_device),

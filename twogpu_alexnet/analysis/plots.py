@@ -8,6 +8,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+from .. import files
+
 PLOTS_HINT = "install matplotlib to draw the plots: pip install 'twogpu-alexnet[plots]' (or pip install matplotlib)"
 TOWER_COLORS = ("#4c72b0", "#dd8452")
 
@@ -69,7 +71,7 @@ def save_score_plot(summary: dict, path, title: str | None = None) -> Path | Non
     fig.tight_layout(rect=(0, 0, 1, 0.9 if title else 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    files.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return path
 
@@ -101,7 +103,7 @@ def save_training_curves(steps: list[dict], epochs: list[dict], out_dir) -> dict
         if ax.get_legend_handles_labels()[0]:  # beside the axes, where it covers no data
             ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         fig.tight_layout()
-        fig.savefig(out / f"{name}.png", dpi=110)
+        files.write_atomic(out / f"{name}.png", lambda f: fig.savefig(f, format="png", dpi=110))
         plt.close(fig)
         written[name] = out / f"{name}.png"
 
@@ -189,6 +191,6 @@ def save_kernel_figure(panels: list[tuple[str, "object"]], path, title: str | No
     fig.tight_layout(rect=(0, 0, 1, 0.85 if title else 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    files.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return path

@@ -13,9 +13,10 @@ import html
 import math
 from pathlib import Path
 
+from .. import files
 from ..engine.metrics import read_metrics
 from ..errors import UserError
-from ..model.load import load_weights
+from ..model.load import load_weights, read_file
 from . import output_folder
 from .kernels import grid_layout, kernel_grid, learned_state, run_specialization, score_name
 from .plots import PLOTS_HINT, save_kernel_figure, save_training_curves
@@ -99,7 +100,7 @@ def build_report(run_dir, out_dir=None) -> dict:
 
     page = _page(run, summary, epochs, curves, grids, towers, towers_note, config, bad, figure, configs)
     html_path = out / "report.html"
-    html_path.write_text(page, encoding="utf-8")
+    files.write_atomic(html_path, page)
     return {
         "run": str(run),
         "html": str(html_path),
@@ -164,7 +165,6 @@ def checkpoint_configs(run: Path) -> list[tuple[list[str], int | None, str]]:
     """Every distinct config the run's kept checkpoints were written under (a resume with --set changes it):
     (checkpoint names, the earliest step among them, the config as TOML), earliest first. Tensors are
     memory-mapped, not read."""
-    import torch
 
     from ..engine.config import from_dict, to_toml
 
@@ -172,7 +172,7 @@ def checkpoint_configs(run: Path) -> list[tuple[list[str], int | None, str]]:
     folder = run / "checkpoints"
     for path in sorted(folder.glob("*.pt")) if folder.is_dir() else []:
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            payload = read_file(path, mmap=True)  # the one checkpoint reader
             text = to_toml(from_dict(payload["config"]))
         except Exception:  # unreadable, not a training checkpoint, or a config of another version: left out
             continue

@@ -21,6 +21,7 @@ examples:
   twogpu-alexnet train --config configs/paper-2gpu.toml --set data.root=/data/imagenet --out runs/paper
   twogpu-alexnet train --config configs/cifar10.toml --set data.root=/data/cifar10 --set speed.amp=bf16
   twogpu-alexnet train --resume runs/paper --set train.epochs=100
+  twogpu-alexnet train --resume runs/paper --from-epoch 10
 """
 
 
@@ -34,6 +35,8 @@ def add_parser(subparsers) -> None:
                    help="run folder: a new or empty folder, or a run without checkpoints "
                    "(default: runs/<date>-<time>-<pid>)")
     p.add_argument("--resume", metavar="DIR", type=path_value, help="continue the run in DIR with its saved config")
+    p.add_argument("--from-epoch", metavar="N", type=int, help="with --resume: go on from the end of epoch N "
+                   "(DIR/checkpoints/epoch_NNN.pt) instead of the newest checkpoint")
     add_json_flag(p)
     p.set_defaults(run=run)
 
@@ -50,6 +53,9 @@ def run(args) -> int:
     console = console_for(args)  # the summary: stdout (stderr with --json)
     progress = console_for(args, stderr=True)  # progress lines and notes: always stderr
     ctx = context_from_env()
+    if args.from_epoch is not None and (not args.resume or args.from_epoch < 1):
+        raise UserError(f"--from-epoch {args.from_epoch} needs --resume DIR and an epoch of 1 or more; "
+                        "e.g. --resume runs/paper --from-epoch 10")
     if args.resume:
         if args.config or args.out:
             raise UserError("--resume continues a run in its own folder with its saved config; drop --config and "
@@ -68,7 +74,8 @@ def run(args) -> int:
     reporter = reporter_for(progress, config.train.log_every)
     hooks = epoch_hooks(config)  # colour statistics and kernel grids at each epoch's end
     with StopRequest() as stop:
-        result = train(config, run_dir, resume=bool(args.resume), reporter=reporter, stop=stop, ctx=ctx, hooks=hooks)
+        result = train(config, run_dir, resume=bool(args.resume), reporter=reporter, stop=stop, ctx=ctx, hooks=hooks,
+                       from_epoch=args.from_epoch)
     if not ctx.is_main:
         return result.exit_code
     if args.json:

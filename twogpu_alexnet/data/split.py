@@ -281,8 +281,8 @@ def folder_stats(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_stats(stats, path, {"source": str(listing.root), "fingerprint": fingerprint})
-    except OSError:
-        pass   # a read-only cache only costs recomputation next time
+    except (OSError, UserError):
+        pass   # a read-only cache (or a link planted at its name) only costs recomputation next time
     return stats
 
 

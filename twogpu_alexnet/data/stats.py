@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..files import write_atomic
 from .decode import CorruptImage
 from .pool import pool_map
 
@@ -186,10 +187,8 @@ def check_side(size, option: str = "--size") -> int:
 
 def save_stats(stats: Stats, path, extra: dict | None = None) -> Path:
     """Write stats (plus ``extra`` identification keys) atomically to ``path``."""
-    path, tmp = Path(path), Path(path).with_name(Path(path).name + ".tmp")
-    torch.save({**stats.to_dict(), **(extra or {})}, tmp)
-    os.replace(tmp, path)
-    return path
+    payload = {**stats.to_dict(), **(extra or {})}
+    return write_atomic(path, lambda f: torch.save(payload, f), what=f"statistics file {path}")
 
 
 def load_stats(path) -> tuple[Stats, dict]:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from .. import files
 from ..errors import UserError
 from .decode import CorruptImage, decode_jpeg, decode_rgb, encode_jpeg, read_bytes, resize_center_crop
 from .folders import FolderListing, list_split
@@ -112,9 +113,9 @@ def _check_output(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "shards").mkdir(exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        fd, probe = files.temporary_file(out / ".write-test")  # never through a link planted there
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise UserError(
             f"cannot write to output folder {out} ({exc.strerror or exc}); choose a folder you can write to with --out."
@@ -157,13 +158,12 @@ def _load_or_start(out: Path, listing: FolderListing, settings: dict, chunk_size
 
 
 def _write(path: Path, obj) -> None:
-    """Write ``obj`` (JSON for a .json path, else torch.save) under a temporary name, then rename it."""
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".json":
-        tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    else:
-        torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Write ``obj`` (JSON for a .json path, else torch.save) through the one writer (whole or not at all)."""
+    data = (json.dumps(obj, indent=1) + "\n") if path.suffix == ".json" else (lambda f: torch.save(obj, f))
+    files.write_atomic(path, data, what=f"store file {path}", then=_AGAIN, error_folder=path.parent)
+
+
+_AGAIN = "run the same prepare command again to finish the store"
 
 
 def _chunk_done(out: Path, chunk: int) -> bool:
@@ -194,6 +194,15 @@ class _RawShard:
         size = job["size"]
         shape = (count, size, size, 3)
         self.array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+        if hasattr(os, "posix_fallocate"):  # a full disk fails here, not as SIGBUS on a page of the map
+            fd = os.open(path, os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+            except OSError as exc:
+                if exc.errno in files.DISK_FULL:
+                    raise
+            finally:
+                os.close(fd)
         self.rows = 0
 
     def add(self, img: torch.Tensor):
@@ -226,22 +235,30 @@ def _prepare_chunk(job: dict, chunk: int) -> int:
     shards, size = Path(job["out"]) / "shards", job["size"]
     ids = range(chunk * job["chunk_size"], min(len(job["files"]), (chunk + 1) * job["chunk_size"]))
     data_path = shards / f"{chunk:05d}.data"
-    tmp = data_path.with_name(data_path.name + ".tmp")
-    shard = SHARDS[job["format"]](tmp, len(ids), job)
+    files.refuse_link(data_path, f"store file {data_path}")
+    # left by a prepare killed while writing this chunk (also the fixed names of older versions)
+    for old in [*shards.glob(f".{chunk:05d}.*.tmp"), *shards.glob(f"{chunk:05d}.*.tmp")]:
+        old.unlink(missing_ok=True)
+    tmp = None
     acc, rows, skipped = StatsAccumulator(size), [], []
     try:
-        for i in ids:
-            path = Path(job["root"]) / job["files"][i]
-            img, reason = _source_image(path, size)
-            if img is None:
-                skipped.append({"path": str(path), "reason": reason})
-                continue
-            stored, (offset, length) = shard.add(img)
-            acc.add(stored)
-            rows.append((offset, length, job["labels"][i], i))
-    finally:
-        shard.close()
-    os.replace(tmp, data_path)
+        fd, tmp = files.temporary_file(data_path)  # an unpredictable name, made by this call
+        os.close(fd)
+        with closing(SHARDS[job["format"]](tmp, len(ids), job)) as shard:
+            for i in ids:
+                path = Path(job["root"]) / job["files"][i]
+                img, reason = _source_image(path, size)
+                if img is None:
+                    skipped.append({"path": str(path), "reason": reason})
+                    continue
+                stored, (offset, length) = shard.add(img)
+                acc.add(stored)
+                rows.append((offset, length, job["labels"][i], i))
+        os.replace(tmp, data_path)
+    except OSError as exc:  # a full or read-only disk: one sentence; the chunks finished before are kept
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise files.write_error(exc, f"store file {data_path}", shards, _AGAIN) from None
     state = acc.state()      # exact sums; the mean-image sum fits int32 for chunks of up to 8M/255 images
     _write(shards / f"{chunk:05d}.stats.pt", {**state, "sum_image": state["sum_image"].to(torch.int32)})
     offsets, lengths, labels, kept = torch.tensor(rows, dtype=torch.int64).reshape(-1, 4).T.contiguous()
@@ -260,8 +277,8 @@ def _finalize(out: Path, meta: dict, walk_skipped: list) -> None:
     index = {key: torch.cat([p[key + "s"] for p in parts]) for key in ("offset", "length", "label", "id")}
     index["shard"] = torch.cat([torch.full((len(p["labels"]),), p["chunk"], dtype=torch.int32) for p in parts])
     _write(out / "index.pt", index)
-    (out / "paths.txt").write_text("".join(rel + "\n" for part in parts for rel in part["paths"]),
-                                      encoding="utf-8", errors="surrogateescape")
+    files.write_atomic(out / "paths.txt", "".join(rel + "\n" for part in parts for rel in part["paths"])
+                       .encode("utf-8", errors="surrogateescape"), then=_AGAIN)
     skipped = walk_skipped + [s for p in parts for s in p["skipped"]]
     _write(out / "skipped.json", skipped)
     acc = StatsAccumulator(meta["size"])

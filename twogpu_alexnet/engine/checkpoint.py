@@ -11,10 +11,16 @@ epoch), ``step`` (global), ``optimizer`` (:func:`~.optim.optimizer_state`), ``sc
 loader's order and augmentation are functions of these), ``progress`` (the running epoch sums),
 ``best_val_top1_error``, ``config`` (the resolved config as nested dicts), ``format`` (this version).
 
-Writing: a temporary file in the same folder, flushed and fsynced, then ``os.replace`` over the name
-and an fsync of the folder. ``last.pt`` and ``best.pt`` are hard links to (or copies of) the epoch
-file, replaced the same way. A write that fails (a full disk) removes its temporary file and raises a
-UserError; the files written before stay as they were.
+Writing goes through :func:`twogpu_alexnet.files.write_atomic`: a temporary file made by
+``mkstemp`` in the same folder, flushed and fsynced, then ``os.replace`` over the name and an fsync
+of the folder; a symbolic link planted at a name is refused. ``last.pt``, ``best.pt`` and
+``epoch_NNN.pt`` are separate files (copies, never hard links), so writing one name -- also ``cp
+epoch_001.pt last.pt``, the manual roll-back -- changes no other. A write that fails (a full disk, a
+read-only folder) removes its temporary file and raises a UserError; the files written before stay
+as they were.
+
+Reading: :func:`load_checkpoint` is strict (the entries a resume needs, finite weights) on top of
+:func:`twogpu_alexnet.model.load.read_file`, the one place a checkpoint file is loaded.
 """
 from __future__ import annotations
 
@@ -22,83 +28,63 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import files
 from ..errors import UserError
-from .rundir import write_error
+from ..model.load import check_finite, read_file
+from .rundir import resume_hint, write_error
 
 FORMAT = "twogpu-alexnet/checkpoint-1"
 _EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt$")
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_save(obj, path: "str | os.PathLike") -> Path:
+def atomic_save(obj, path: "str | os.PathLike", then: str | None = None) -> Path:
     """``torch.save(obj)`` to ``path`` via a temporary file, fsync and rename: ``path`` is either the
     old file or the complete new one, never a partial write."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-    return path
+    return files.write_atomic(path, lambda f: torch.save(obj, f), what=f"a checkpoint in {Path(path).parent}",
+                              then=then, error_folder=Path(path).parent.parent if then else None)
 
 
-def atomic_link(src: Path, dst: Path) -> None:
-    """Make ``dst`` the same content as ``src`` (a hard link, or a copy), replacing it atomically."""
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    try:
-        if tmp.exists():
-            tmp.unlink()
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(dst.parent)
+def atomic_copy(src: Path, dst: Path, then: str | None = None) -> Path:
+    """Make ``dst`` a separate copy of ``src`` (never a hard link: no later write to one changes the
+    other), replacing it atomically."""
+    def copy(f) -> None:
+        with open(src, "rb") as source:
+            shutil.copyfileobj(source, f, 16 << 20)
+
+    return files.write_atomic(dst, copy, what=f"a checkpoint in {dst.parent}", then=then,
+                              error_folder=dst.parent.parent if then else None)
+
+
+# what a training checkpoint must hold to be resumed, and the types
+REQUIRED = {"model": Mapping, "epoch": int, "batch": int, "step": int, "optimizer": Mapping, "scheduler": Mapping,
+            "rng": list, "config": Mapping, "best_val_top1_error": (int, float)}
 
 
 def load_checkpoint(path: "str | os.PathLike") -> dict:
     """A training checkpoint written by this package, loaded with ``weights_only=True`` on the cpu.
 
-    A missing, truncated or foreign file raises UserError saying what it is.
+    A missing, truncated or foreign file, one without an entry a resume needs, and weights holding
+    NaN or infinity raise UserError saying what it is.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; pass a .pt file written by `twogpu-alexnet train`")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, not a torch file, or pickled objects weights_only refuses
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} is not a readable checkpoint (truncated or not a torch file: {reason}); "
-                        "use another checkpoint") from None
+    payload = read_file(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path} is not a twogpu-alexnet training checkpoint; "
                         "pass a checkpoints/*.pt file from a run folder")
+    for key, kind in REQUIRED.items():
+        if not isinstance(payload.get(key), kind) or isinstance(payload.get(key), bool):
+            raise UserError(f"{path} is a damaged training checkpoint (its {key!r} entry is missing or of the wrong "
+                            "type); use another checkpoint of the run")
+    if not all(isinstance(v, torch.Tensor) for v in payload["model"].values()):
+        raise UserError(f"{path} is a damaged training checkpoint (its model holds values that are not tensors); "
+                        "use another checkpoint of the run")
+    check_finite(payload["model"], path)
     return payload
 
 
@@ -108,12 +94,15 @@ def epoch_files(folder: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def load_latest(run_dir: "str | os.PathLike") -> tuple[dict, Path, list[str]]:
-    """The newest good checkpoint of a run: ``last.pt``, else the newest readable ``epoch_NNN.pt``.
+def load_latest(run_dir: "str | os.PathLike", epoch: int | None = None) -> tuple[dict, Path, list[str]]:
+    """The newest good checkpoint of a run: ``last.pt``, else the newest readable ``epoch_NNN.pt``;
+    with ``epoch``, that epoch's file (the roll-back: ``--resume RUN --from-epoch N``).
 
     Returns (payload, path, notes); ``notes`` says which files were unreadable and skipped.
     """
     folder = Path(run_dir) / "checkpoints"
+    if epoch is not None:
+        return _load_epoch(folder, epoch), folder / f"epoch_{epoch:03d}.pt", []
     candidates = [folder / "last.pt"] + epoch_files(folder) if folder.is_dir() else []
     notes: list[str] = []
     for path in candidates:
@@ -129,35 +118,49 @@ def load_latest(run_dir: "str | os.PathLike") -> tuple[dict, Path, list[str]]:
                     "`twogpu-alexnet train`")
 
 
+def _load_epoch(folder: Path, epoch: int) -> dict:
+    path = folder / f"epoch_{epoch:03d}.pt"
+    if not path.is_file():
+        kept = sorted(int(m.group(1)) for p in epoch_files(folder) if (m := _EPOCH_FILE.search(p.name)))
+        have = ", ".join(map(str, kept)) if kept else "none"
+        raise UserError(f"--from-epoch {epoch}: {folder} has no epoch_{epoch:03d}.pt (epochs kept: {have}); "
+                        "choose one of those")
+    payload = load_checkpoint(path)
+    if payload["epoch"] != epoch or payload["batch"] != 0:
+        raise UserError(f"{path} holds epoch {payload['epoch']}, batch {payload['batch']}, not the end of epoch "
+                        f"{epoch}; it was renamed or replaced: choose another --from-epoch")
+    return payload
+
+
 def save_run_checkpoint(run_dir: "str | os.PathLike", payload: dict, *, epoch_done: int | None,
                         is_best: bool, keep_last: int) -> Path:
     """Write ``payload`` as the run's newest checkpoint.
 
     ``epoch_done``: the epoch just finished (writes ``epoch_NNN.pt`` and prunes all but the newest
-    ``keep_last`` of them), or None for a mid-epoch save (``last.pt`` only). ``is_best`` also points
-    ``best.pt`` at it. Returns the path of ``last.pt``.
+    ``keep_last`` of them), or None for a mid-epoch save (``last.pt`` only). ``is_best`` also writes
+    ``best.pt``. Every name is a separate file. Returns the path of ``last.pt``.
     """
+    run_dir = Path(run_dir)
     try:
-        return _save_run_checkpoint(Path(run_dir), payload, epoch_done, is_best, keep_last)
-    except OSError as exc:  # a full disk, a quota, a file system gone read-only: the older files are intact
-        raise write_error(exc, f"a checkpoint in {Path(run_dir) / 'checkpoints'}", run_dir) from None
+        return _save_run_checkpoint(run_dir, payload, epoch_done, is_best, keep_last, resume_hint(run_dir))
+    except OSError as exc:  # pruning, or making the folder: the older files are intact
+        raise write_error(exc, f"a checkpoint in {run_dir / 'checkpoints'}", run_dir) from None
 
 
 def _save_run_checkpoint(run_dir: Path, payload: dict, epoch_done: int | None, is_best: bool,
-                         keep_last: int) -> Path:
-    folder = run_dir / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
+                         keep_last: int, then: str) -> Path:
+    folder = files.make_folder(run_dir / "checkpoints", "checkpoints")
     payload = {**payload, "format": FORMAT}
     last = folder / "last.pt"
     if epoch_done is None:
-        atomic_save(payload, last)
+        atomic_save(payload, last, then)
         if is_best:
-            atomic_link(last, folder / "best.pt")
+            atomic_copy(last, folder / "best.pt", then)
         return last
-    epoch_path = atomic_save(payload, folder / f"epoch_{epoch_done:03d}.pt")
-    atomic_link(epoch_path, last)
+    epoch_path = atomic_save(payload, folder / f"epoch_{epoch_done:03d}.pt", then)
+    atomic_copy(epoch_path, last, then)
     if is_best:
-        atomic_link(epoch_path, folder / "best.pt")
+        atomic_copy(epoch_path, folder / "best.pt", then)
     for old in epoch_files(folder)[max(keep_last, 1):]:
         old.unlink()
     return last

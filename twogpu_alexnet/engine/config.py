@@ -232,8 +232,43 @@ def _merge(data: dict, base: Config | None, origin: str) -> Config:
     return config
 
 
+# Upper bounds of the whole-number keys, checked before anything is allocated (a few zeros too many are one
+# sentence, not a MemoryError or an overflow deep in torch): key -> (largest value, why). Keys not listed
+# here are bounded by INT_LIMIT.
+INT_LIMIT = 2**31 - 1
+LIMITS = {
+    "model.num_classes": (100_000, "fc8 alone would need 4096 x that many weights; ImageNet-21k has 21,841"),
+    "data.synthetic_images": (10_000_000, "the synthetic set is generated in memory"),
+    "data.synthetic_val_images": (10_000_000, "the synthetic set is generated in memory"),
+    "data.workers": (256, "one process each"),
+    "data.crop_group": (65_536, "images sharing one crop"),
+    "train.seed": (2**32 - 1, "the seeds numpy and torch take"),
+    "train.batch_size": (65_536, "images per step"),
+    "train.epochs": (100_000, "the paper trains 90"),
+    "checkpoint.keep_last": (100_000, "files kept"),
+}
+
+
+def _check_limits(config: Config) -> None:
+    for section, cls in _sections().items():
+        for f in dataclasses.fields(cls):
+            if f.type not in (int, list[int]):
+                continue
+            key = f"{section}.{f.name}"
+            limit, why = LIMITS.get(key, (INT_LIMIT, ""))
+            value = getattr(getattr(config, section), f.name)
+            for v in (value if isinstance(value, list) else [value]):
+                if v > limit:
+                    reason = f" ({why})" if why else ""
+                    raise UserError(f"{key} is {v}, above the largest value this program takes, {limit:,}{reason}; "
+                                    "set a smaller value")
+                if v < -INT_LIMIT:
+                    raise UserError(f"{key} is {v}, far below anything it takes; set a value of 0 or more")
+
+
 def validate(config: Config) -> Config:
     """Check choices and ranges; raises UserError naming the first bad key."""
+    _check_limits(config)
     for key, choices in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
@@ -258,6 +293,10 @@ def validate(config: Config) -> Config:
     if m.num_classes == 1:
         raise UserError("model.num_classes must be 0 (follow the data) or at least 2, got 1; "
                         "a classifier needs two classes or more")
+    if t.seed < 0:
+        raise UserError(f"train.seed must be 0 .. {2**32 - 1}, got {t.seed}")
+    if any(e < 1 for e in config.analysis.kernel_grid_epochs):
+        raise UserError(f"analysis.kernel_grid_epochs lists epochs from 1, got {config.analysis.kernel_grid_epochs}")
     if d.workers < -1:
         raise UserError(f"data.workers must be -1 (automatic) or 0 or more, got {d.workers}")
     non_negative = {"model.num_classes": m.num_classes,

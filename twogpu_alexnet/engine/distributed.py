@@ -42,7 +42,11 @@ class DistContext:
 
 
 def context_from_env(env=None) -> DistContext:
-    """The process's place in a torchrun job (a single process when the variables are absent)."""
+    """The process's place in a torchrun job (a single process when the variables are absent).
+
+    Half a torchrun environment (RANK without WORLD_SIZE, a WORLD_SIZE below 1, a RANK outside it) is
+    one sentence: such a process would otherwise run alone, or never start, without saying why.
+    """
     env = os.environ if env is None else env
     try:
         world = int(env.get("WORLD_SIZE", "1"))
@@ -51,7 +55,27 @@ def context_from_env(env=None) -> DistContext:
         local_world = int(env.get("LOCAL_WORLD_SIZE", str(world)))
     except ValueError:
         raise UserError("RANK, WORLD_SIZE, LOCAL_RANK must be integers; launch with torchrun") from None
+    hint = "launch with torchrun, or unset RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE to train in one process"
+    if "WORLD_SIZE" not in env and any(name in env for name in ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE")):
+        found = ", ".join(f"{name}={env[name]}" for name in ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE") if name in env)
+        raise UserError(f"the environment has {found} but no WORLD_SIZE (half a torchrun environment); {hint}")
+    if world < 1 or local_world < 1:
+        raise UserError(f"WORLD_SIZE={world} and LOCAL_WORLD_SIZE={local_world} must be 1 or more; {hint}")
+    if not 0 <= rank < world or not 0 <= local_rank < local_world:
+        raise UserError(f"RANK={rank} must be 0 .. WORLD_SIZE-1 ({world - 1}) and LOCAL_RANK={local_rank} 0 .. "
+                        f"LOCAL_WORLD_SIZE-1 ({local_world - 1}); {hint}")
     return DistContext(rank, world, local_rank, local_world)
+
+
+def check_rendezvous(ctx: DistContext, env=None) -> None:
+    """UserError when a job of several processes lacks the address they meet at (torchrun sets it)."""
+    env = os.environ if env is None else env
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not env.get(name)]
+    if ctx.enabled and missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise UserError(f"WORLD_SIZE={ctx.world_size} but {' and '.join(missing)} {verb} not set, so the processes "
+                        "cannot meet; launch with torchrun (it sets them), or unset "
+                        "WORLD_SIZE and RANK to train in one process")
 
 
 def per_rank_batch(batch_size: int, ctx: DistContext) -> int:

@@ -197,25 +197,12 @@ def export_weights(checkpoint, out, *, layout: str = "two-tower", preset: str | 
 
 
 def _save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then renamed over ``path`` (never half a file)."""
-    import tempfile
+    """torch.save through the one writer (a temporary file in the same folder, renamed over ``path``)."""
+    from .. import files
 
     folder = path.parent if str(path.parent) else Path(".")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)             # a shared file: the usual permissions, not mkstemp's 0600
     except OSError as exc:
         raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose a folder you can write to") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"cannot write {path} ({getattr(exc, 'strerror', None) or exc}); free space or choose "
-                        "another --out") from None
+    files.write_atomic(path, lambda f: torch.save(obj, f), then="choose another --out or run the command again")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .rundir import write_error
+from .. import files
+from .rundir import resume_hint
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[int]:
@@ -42,38 +43,39 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        try:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
-        except OSError as exc:  # the checkpoints are intact; a resumed run writes these lines again
-            raise write_error(exc, str(self.path), self.path.parent) from None
+        # appended without following a link planted at the name; a full disk is one sentence (the
+        # checkpoints are intact; a resumed run writes these lines again)
+        files.append_text(self.path, json.dumps({k: _clean(v) for k, v in record.items()}) + "\n",
+                          then=resume_hint(self.path.parent), error_folder=self.path.parent)
 
     def truncate_after(self, epochs_done: int, step: int) -> None:
         """Drop records a resumed run will write again: step lines past ``step`` and epoch lines past
         ``epochs_done`` (when resuming from an earlier checkpoint than the last one written)."""
-        if not self.enabled or not self.path.exists():
+        if not self.enabled:
             return
-        if epochs_done == 0 and step == 0:
-            self.path.unlink()
+        files.refuse_link(self.path, "the metrics")  # also a folder at the name
+        if not self.path.exists():
             return
         kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash
-            if record.get("kind") == "step" and record.get("step", 0) > step:
-                continue
-            if record.get("kind") == "epoch" and record.get("epoch", 0) > epochs_done:
-                continue
-            kept.append(line)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        try:
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise write_error(exc, str(self.path), self.path.parent) from None
+        if epochs_done or step:
+            for line in files.read_plain_text(self.path, "the metrics").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a crash
+                if not isinstance(record, dict):
+                    continue
+                if record.get("kind") == "step" and _number(record.get("step")) > step:
+                    continue
+                if record.get("kind") == "epoch" and _number(record.get("epoch")) > epochs_done:
+                    continue
+                kept.append(line)
+        files.write_atomic(self.path, "".join(line + "\n" for line in kept), then=resume_hint(self.path.parent),
+                           error_folder=self.path.parent)
+
+
+def _number(value) -> float:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
 def read_metrics(path: "str | os.PathLike") -> tuple[list[dict], int]:

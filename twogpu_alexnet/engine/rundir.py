@@ -21,6 +21,7 @@ import socket
 import time
 from pathlib import Path
 
+from .. import files
 from ..errors import UserError
 from .config import allowed_keys, parse_toml, read_text
 
@@ -30,7 +31,8 @@ except ImportError:  # pragma: no cover - Windows: no advisory locks, the folder
     fcntl = None
 
 LOCK_NAME = ".lock"
-_TEMP_FILE = re.compile(r"^\..+\.tmp-(\d+)$")  # what checkpoint.atomic_save / atomic_link write first
+_TEMP_FILE = re.compile(r"^\..+\.tmp-(\d+)$")  # what older versions wrote first (NAME.tmp-PID)
+_MKSTEMP_FILE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # what files.write_atomic writes first
 
 
 def default_run_dir(base: "str | os.PathLike" = "runs") -> Path:
@@ -133,7 +135,7 @@ class RunFolder:
         except BaseException:
             self._release(failed=True)
             raise
-        self.notes = remove_stale_temp_files(self.path / "checkpoints")
+        self.notes = remove_stale_temp_files(self.path / "checkpoints") + remove_stale_temp_files(self.path)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -158,7 +160,7 @@ class RunFolder:
     def _lock(self) -> None:
         lock = self.path / LOCK_NAME
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = files.open_lock_file(lock)  # never through a link planted at .lock
         except OSError as exc:
             raise UserError(f"{self.path} cannot be written ({exc.strerror or exc}); "
                             "choose a folder you can write to") from None
@@ -173,14 +175,20 @@ class RunFolder:
                 other = "" if self.resume else ", or choose another --out"
                 raise UserError(f"{self.path} is in use by another trainer ({holder}); wait for it to end or "
                                 f"stop it{other}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        try:  # who holds it, for a second trainer's message (the lock works without it: a full disk)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        except OSError:
+            pass
         self._fd = fd
 
     def _release(self, failed: bool) -> None:
         locked, self._fd = self._fd, None
         if locked is not None and failed and self._created is not None:
-            (self.path / LOCK_NAME).unlink()  # still ours: nobody else can take the lock before the close
+            try:
+                (self.path / LOCK_NAME).unlink()  # still ours: nobody else can take the lock before the close
+            except OSError:  # a folder gone read-only: the lock file stays, the lock itself ends with the close
+                pass
         if locked is not None:
             os.close(locked)  # releases the lock
         if failed and self._created is not None:  # made by this call: removed again if the run left it empty
@@ -207,15 +215,20 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temp_files(folder: Path) -> list[str]:
-    """Delete ``.NAME.tmp-PID`` files whose writer (PID) no longer runs; returns one note, or none."""
-    if not folder.is_dir():
+    """Delete the temporary files of writers that died (``.NAME.XXXXXXXX.tmp``: the lock is held, so no
+    other writer runs; ``.NAME.tmp-PID`` of older versions: when PID no longer runs); one note, or none."""
+    if not folder.is_dir() or folder.is_symlink():
         return []
     removed, size = [], 0
     for path in sorted(folder.iterdir()):
         m = _TEMP_FILE.match(path.name)
-        if m and path.is_file() and not _alive(int(m.group(1))):
-            size += path.stat().st_size
-            path.unlink()
+        stale = (m and not _alive(int(m.group(1)))) or _MKSTEMP_FILE.match(path.name)
+        if stale and (path.is_symlink() or path.is_file()):
+            try:
+                size += path.lstat().st_size
+                path.unlink()  # a link is removed, not followed
+            except OSError:  # a read-only folder: left for the next run
+                continue
             removed.append(path.name)
     if not removed:
         return []
@@ -224,8 +237,9 @@ def remove_stale_temp_files(folder: Path) -> list[str]:
 
 
 def write_error(exc: OSError, what: str, run_dir: "str | os.PathLike") -> UserError:
-    """One sentence for an OSError while writing ``what`` in a run folder (a full disk, a quota, a file
-    system gone read-only). Checkpoints are replaced atomically, so the ones before are intact."""
-    why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
-    return UserError(f"could not write {what} ({why}); the previous checkpoints are unchanged: free space and "
-                     f"continue with --resume {run_dir}")
+    """:func:`twogpu_alexnet.files.write_error` for a file of a run folder: go on with ``--resume``."""
+    return files.write_error(exc, what, run_dir, then=resume_hint(run_dir))
+
+
+def resume_hint(run_dir: "str | os.PathLike") -> str:
+    return f"continue with --resume {run_dir}"

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import files
 from ..data.split import take_subset
 from ..errors import UserError
 from ..model import build_model
@@ -38,7 +39,7 @@ from .metrics import MetricsLog
 from .optim import load_optimizer_state, make_optimizer, optimizer_state
 from .placement import Placement, resolve
 from .progress import Pace, Reporter
-from .rundir import RunFolder, write_error
+from .rundir import RunFolder, resume_hint
 from .schedule import Schedule
 from .signals import StopRequest
 from .step import AMP_DTYPES, rng_neutral_iter, train_step
@@ -83,8 +84,9 @@ class RunResult:
 
 def train(config: Config, run_dir: "str | os.PathLike", *, resume: bool = False, reporter: Reporter | None = None,
           stop: StopRequest | None = None, ctx: DistContext | None = None,
-          hooks: Sequence[EpochHook] = ()) -> RunResult:
-    """Train per ``config`` into ``run_dir`` (or continue the run there with ``resume=True``).
+          hooks: Sequence[EpochHook] = (), from_epoch: int | None = None) -> RunResult:
+    """Train per ``config`` into ``run_dir`` (or continue the run there with ``resume=True``; from the
+    end of epoch ``from_epoch``'s checkpoint instead of the newest one when given).
 
     Returns a :class:`RunResult`; its ``exit_code`` is 0 when done, 130/143 after SIGINT/SIGTERM (a
     checkpoint saved), 3 after a non-finite loss. User mistakes raise UserError before any data is
@@ -100,6 +102,7 @@ def train(config: Config, run_dir: "str | os.PathLike", *, resume: bool = False,
     validate(config)
     tc = config.train
     rank_batch = distributed.per_rank_batch(tc.batch_size, ctx)
+    distributed.check_rendezvous(ctx)
     placement = resolve(config.model, ctx)
     check_speed(config, placement)
     check_data(config)
@@ -109,9 +112,12 @@ def train(config: Config, run_dir: "str | os.PathLike", *, resume: bool = False,
             reporter.message(note)
         payload, resumed_from, notes = None, None, []
         if resume:
-            payload, resumed_from, notes = ckpt.load_latest(run_dir)
+            payload, resumed_from, notes = ckpt.load_latest(run_dir, from_epoch)
             for note in notes:
                 reporter.message(f"{note}; resuming from {resumed_from.name}")
+            if from_epoch is not None:
+                reporter.message(f"rolling back to the end of epoch {from_epoch} ({resumed_from.name}): the run goes "
+                                 "on from there; its later checkpoints and metrics lines are replaced as it goes")
         reporter.message(f"run folder: {run_dir}" + (f" (resuming from {resumed_from}: epoch {payload['epoch']} done, "
                                                      f"batch {payload['batch']}, step {payload['step']})"
                                                      if payload else " (resuming)" if resume else ""))
@@ -264,6 +270,13 @@ class _Run:
         train_time = p["time_s"]
         loss_total, images, skipped, nonfinite = distributed.sum_across(  # sync (ranks, host values)
             [p["loss_sum"], p["images"], p["skipped"], p["nonfinite"]], ctx)
+        if images == 0 and nonfinite == 0:
+            raise UserError(f"epoch {epoch} trained on no image: all {int(skipped)} training images read were skipped "
+                            "(unreadable, or larger than TWOGPU_ALEXNET_MAX_PIXELS allows); check the images in "
+                            "data.root or raise that limit")
+        if val[2] == 0:
+            raise UserError(f"epoch {epoch} validated on no image: no validation image could be read (unreadable, or "
+                            "larger than TWOGPU_ALEXNET_MAX_PIXELS allows); check the images in data.root's val/")
         lr_used = _lr_of(self.optimizer)
         dropped = self.schedule.end_epoch(epoch, top1)
         is_best = top1 < self.best
@@ -434,13 +447,8 @@ class _Run:
         """config.toml: the resolved config (what --resume reads)."""
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            path = self.run_dir / "config.toml"
-            tmp = path.with_name(".config.toml.tmp")
-            try:
-                tmp.write_text(to_toml(self.config))
-                os.replace(tmp, path)
-            except OSError as exc:
-                raise write_error(exc, str(path), self.run_dir) from None
+            files.write_atomic(self.run_dir / "config.toml", to_toml(self.config), then=resume_hint(self.run_dir),
+                               error_folder=self.run_dir)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,32 +49,84 @@ def _strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def read_file(path: "str | Path", *, mmap: bool = False) -> object:
+    """What ``path`` holds, loaded with ``torch.load(weights_only=True)`` on the cpu: the one place a
+    checkpoint file is read. A missing, truncated or foreign file, and pickled Python objects (which
+    could run code when loaded), are one sentence each. ``mmap``: tensors mapped, not read (a zip file only)."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise UserError(f"checkpoint {path} {what}; pass a file such as RUN/checkpoints/last.pt")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as exc:  # truncated, not a torch file, or objects that weights_only refuses
+        if "Weights only load failed" in str(exc) and _pickle_or_zip(path):
+            raise UserError(f"{path} holds pickled Python objects, which are not loaded because loading them can "
+                            "run any code; pass a file of tensors written by twogpu-alexnet train or "
+                            "torch.save(model.state_dict())") from None
+        raise UserError(
+            f"{path} is not a readable checkpoint (truncated or not written by torch.save); pass a file written by "
+            "twogpu-alexnet train or torch.save(model.state_dict())"
+        ) from None
+
+
+def _pickle_or_zip(path: Path) -> bool:
+    """Whether ``path`` starts as torch's zip format or a pickle does (not text that happens to fail unpickling)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
+def check_finite(state: Mapping[str, Tensor], path: "str | Path") -> None:
+    """UserError naming the first tensor of ``state`` that holds NaN or infinity (numbers computed from
+    such weights would mean nothing)."""
+    for key, value in state.items():
+        if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            kind = "NaN" if bool(torch.isnan(value).any()) else "infinite values"
+            raise UserError(f"{path}: {key} holds {kind}; these weights are broken (the training diverged): "
+                            "use an earlier checkpoint")
+
+
+def check_towers(state: Mapping[str, Tensor], path: "str | Path") -> None:
+    """UserError when a two-tower state's towers differ: every ``towers.0.K`` has a ``towers.1.K`` of the same
+    shape (the towers of every preset are mirror images)."""
+    for key, value in state.items():
+        if not key.startswith("towers.0."):
+            continue
+        twin = "towers.1." + key[len("towers.0."):]
+        other = state.get(twin)
+        if other is None or tuple(other.shape) != tuple(value.shape):
+            found = "missing" if other is None else f"of shape {tuple(other.shape)}"
+            raise UserError(f"{path}: {twin} is {found} but {key} has shape {tuple(value.shape)}; the two towers "
+                            "of a layer must match: the file is damaged or not an AlexNet state dict")
+
+
 def load_weights(path: "str | Path") -> tuple[dict[str, Tensor], dict]:
     """A training checkpoint or a plain state dict (either layout) -> (canonical state, metadata).
 
     The canonical layout is the two-tower one, except for a checkpoint of a one-tower preset
     (``paper-half``), whose only layout is ``conv1.weight`` ... ``fc8.bias``. Metadata holds the
     checkpoint's other entries (``preset``, ``epoch``, ...), with ``preset`` None for a plain state
-    dict and ``num_classes`` read from fc8.
+    dict and ``num_classes`` read from fc8. Weights holding NaN or infinity are refused.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; pass a file such as RUN/checkpoints/last.pt")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # truncated, not a torch file, or objects that weights_only refuses
-        raise UserError(
-            f"{path} is not a readable checkpoint (truncated, not written by torch.save, or holding more than "
-            "tensors); pass a file written by twogpu-alexnet train or torch.save(model.state_dict())"
-        ) from None
+    obj = read_file(path)
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         state, meta = obj["model"], {k: v for k, v in obj.items() if k != "model"}
+        if not all(isinstance(v, Tensor) for v in state.values()):
+            raise UserError(f"{path}: its model entry holds values that are not tensors; the checkpoint is damaged: "
+                            "use another one")
     elif isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
         state, meta = obj, {}
     else:
         raise UserError(
             f"{path} holds neither a training checkpoint nor a state dict of tensors; pass RUN/checkpoints/last.pt"
         )
+    check_finite(state, path)
+    check_towers(state, path)
     try:
         state = to_layout(state, canonical_layout(meta.get("preset")))
     except UserError as exc:

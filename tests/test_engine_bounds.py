@@ -1,0 +1,102 @@
+"""Every numeric config key bounded before anything is allocated, half a torchrun environment, and a run on
+zero images: one sentence each, exit 2, no run folder made (engine/config.py, engine/distributed.py)."""
+import pytest
+
+from twogpu_alexnet.cli import main
+from twogpu_alexnet.engine import distributed
+from twogpu_alexnet.engine.config import allowed_keys, load_config
+from twogpu_alexnet.errors import UserError
+
+_TORCHRUN = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+CASES = [  # (--set values, environment, words of the one sentence)
+    (["model.num_classes=5000000"], {}, "model.num_classes is 5000000, above the largest value this program takes, "
+                                        "100,000"),
+    (["data.synthetic_images=2000000000"], {}, "data.synthetic_images is 2000000000, above the largest value"),
+    (["data.synthetic_val_images=20000000"], {}, "data.synthetic_val_images is 20000000, above"),
+    (["train.seed=9223372036854775807"], {}, "train.seed is 9223372036854775807, above the largest value this "
+                                             "program takes, 4,294,967,295"),
+    (["train.seed=-1"], {}, "train.seed must be 0 .. 4294967295, got -1"),
+    (["data.workers=100000"], {}, "data.workers is 100000, above the largest value this program takes, 256"),
+    (["train.batch_size=100000000"], {}, "train.batch_size is 100000000, above"),
+    (["train.epochs=99999999999"], {}, "train.epochs is 99999999999, above"),
+    (["train.log_every=99999999999999"], {}, "train.log_every is 99999999999999, above the largest value this "
+                                             "program takes, 2,147,483,647"),
+    (["schedule.milestones=[1, 99999999999]"], {}, "schedule.milestones is 99999999999, above"),
+    (["analysis.kernel_grid_epochs=[0]"], {}, "analysis.kernel_grid_epochs lists epochs from 1, got [0]"),
+    ([], {"WORLD_SIZE": "0"}, "WORLD_SIZE=0 and LOCAL_WORLD_SIZE=0 must be 1 or more"),
+    ([], {"RANK": "1"}, "the environment has RANK=1 but no WORLD_SIZE (half a torchrun environment)"),
+    ([], {"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 must be 0 .. WORLD_SIZE-1 (1)"),
+    ([], {"WORLD_SIZE": "2", "RANK": "0"}, "WORLD_SIZE=2 but MASTER_ADDR and MASTER_PORT are not set, so the "
+                                           "processes cannot meet; launch with torchrun"),
+]
+
+
+@pytest.mark.parametrize("sets, env, words", CASES, ids=[" ".join(c[0]) or " ".join(f"{k}={v}" for k, v in c[1].items())
+                                                          for c in CASES])
+def test_each_out_of_bounds_key_or_environment_is_one_sentence_before_anything_is_made(
+        tmp_path, capsys, monkeypatch, sets, env, words):
+    for name in _TORCHRUN:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    run = tmp_path / "run"
+    code = main(["train", "--out", str(run)] + [a for s in sets for a in ("--set", s)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"error: {words}" in err, err
+    assert "Traceback" not in err
+    assert not run.exists()  # refused before the run folder was made
+
+
+def test_every_whole_number_key_has_an_upper_bound():
+    import dataclasses
+
+    from twogpu_alexnet.engine.config import Config
+
+    config = load_config(None)
+    whole = [k for k in allowed_keys()
+             if {f.name: f.type for f in dataclasses.fields(getattr(Config(), k.split(".")[0]))}[k.split(".")[1]]
+             in (int, list[int])]
+    assert len(whole) >= 15
+    for key in whole:
+        section, name = key.split(".")
+        value = [2**63] if isinstance(getattr(getattr(config, section), name), list) else 2**63
+        with pytest.raises(UserError, match=f"{key} is {2**63}, above the largest value"):
+            load_config(None, [f"{key}={value}"])
+
+
+def test_a_complete_torchrun_environment_is_accepted():
+    env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": "29500"}
+    ctx = distributed.context_from_env(env)
+    assert (ctx.rank, ctx.world_size, ctx.local_rank) == (1, 2, 1)
+    distributed.check_rendezvous(ctx, env)
+
+
+def test_a_run_on_zero_readable_images_is_one_sentence(tmp_path, capsys, monkeypatch, data_write_images):
+    """Every image over the pixel limit (its statistics computed before the limit was set): the run stops
+    with a sentence, not "best error inf%"."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        data_write_images(tmp_path / "data" / split, {f"{c}/{i}.png": rng.integers(0, 255, (32, 32, 3))
+                                                      for c in "ab" for i in range(4)})
+    assert main(["stats", "--data", str(tmp_path / "data" / "train"), "--size", "32", "--workers", "1"]) == 0
+    monkeypatch.setenv("TWOGPU_ALEXNET_MAX_PIXELS", "1")
+    sets = ("data.source=imagefolder", f"data.root={tmp_path / 'data'}", "train.batch_size=4", "train.epochs=1",
+            "data.workers=0", "analysis.color_stats=false")
+    code = main(["train", "--out", str(tmp_path / "run")] + [a for s in sets for a in ("--set", s)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "error: epoch 1 trained on no image: all 8 training images read were skipped" in err, err
+    assert "inf%" not in err and "Traceback" not in err
+
+
+def test_kernel_grids_are_written_without_the_colour_statistics(tmp_path):
+    run = tmp_path / "run"
+    sets = ("data.synthetic_images=16", "data.synthetic_val_images=8", "train.batch_size=8", "train.epochs=1",
+            "train.max_steps_per_epoch=1", "analysis.color_stats=false", "analysis.kernel_grid_epochs=[1]")
+    assert main(["train", "--out", str(run)] + [a for s in sets for a in ("--set", s)]) == 0
+    assert (run / "kernels" / "epoch_001.png").stat().st_size > 0
