@@ -113,7 +113,7 @@ def run_all(out: Path, jobs: list[tuple[Path, list[str]]], parallel: int, log: P
         while waiting and len(running) < parallel:
             run, args = waiting.pop(0)
             print(f"train {run.name}", file=sys.stderr, flush=True)
-            f = open(log / f"{run.name}.log", "a")
+            f = open(log / f"{run.name}.log", "a")  # noqa: SIM115 (the run's output while it runs; closed when it ends)
             running[run] = (subprocess.Popen([sys.executable, "-m", "twogpu_alexnet", *args], stdout=f,
                                              stderr=subprocess.STDOUT), f)
         time.sleep(1.0)

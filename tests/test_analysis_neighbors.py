@@ -24,7 +24,7 @@ def analysis_tiny_set(tmp_path):
     torch.save({"model": model.state_dict(), "preset": "cifar", "num_classes": 10, "epoch": 1}, ckpt)
     rng = np.random.default_rng(0)
     train = tmp_path / "train"
-    for c, name in enumerate(("cats", "dogs")):
+    for name in ("cats", "dogs"):
         (train / name).mkdir(parents=True)
         for i in range(12):
             # smooth-ish random images with a class tint, so they are all different
@@ -69,7 +69,7 @@ def test_neighbors_returns_the_planted_images(analysis_tiny_set, tmp_path, capsy
     first = json.loads(capsys.readouterr().out)
     assert first["images"] == 24 and first["cached"] is False and first["k"] == 3
     assert first["feature_dim"] == 1024  # cifar fc7: 512 per tower
-    for q, rel in zip(first["queries"], picks):
+    for q, rel in zip(first["queries"], picks, strict=True):
         top = q["neighbors"]
         assert len(top) == 3
         assert os.path.relpath(top[0]["path"], train) == rel
@@ -132,8 +132,8 @@ def test_preprocessing_matches_the_data_package_and_uses_the_carried_mean(analys
     eye = torch.eye(3, dtype=torch.float64)
     carried = Stats(torch.full((3, 32, 32), 100.0, dtype=torch.float64), torch.full((3,), 100.0, dtype=torch.float64),
                     eye, torch.ones(3, dtype=torch.float64), eye, 50, 50 * 32 * 32)
-    assert all(torch.equal(a, b) for a, b in zip(Stats.from_dict(carried.to_dict()).to_dict().values(),
-                                                 carried.to_dict().values()) if isinstance(a, torch.Tensor))
+    pairs = zip(Stats.from_dict(carried.to_dict()).to_dict().values(), carried.to_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs if isinstance(a, torch.Tensor))
     with_stats = eval_split(train, 32, stats=Stats.from_dict(carried.to_dict()))
     img, net_input = _query(queries / "q0.png", with_stats)
     assert torch.equal(with_stats.pipeline.stats.mean_image, carried.mean_image)

@@ -79,7 +79,7 @@ def _options(command: str) -> dict:
     parser = build_parser(words[0])
     for word in words:
         sub = next(a for a in parser._actions if a.dest in ("command", "bench"))
-        parser = sub.choices[word] if word in sub.choices else parser
+        parser = sub.choices.get(word, parser)
     return {s: a for a in parser._actions for s in a.option_strings}
 
 

@@ -18,7 +18,7 @@ def _batches(loader, epoch, start=0):
 
 def _same(a, b):
     return len(a) == len(b) and all(torch.equal(x1, x2) and torch.equal(y1, y2) and k1 == k2
-                                    for (x1, y1, k1), (x2, y2, k2) in zip(a, b))
+                                    for (x1, y1, k1), (x2, y2, k2) in zip(a, b, strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_distributed_ranks_partition_the_epoch(synthetic_train):
         )
         assert len(loader) == 6
         loader.set_epoch(0)
-        for x, y, _ in loader:
+        for x, _y, _ in loader:
             seen.append(x)
     allx = torch.cat(seen)
     assert allx.shape[0] == 96
@@ -243,6 +243,6 @@ def test_nvjpeg_decoding_is_close_to_the_cpu_decoder(tmp_path, data_jpeg_store):
     gpu = open_split("store", tmp_path / "store", "train", DataOptions(input_size=224, decode="gpu"))
     a = _batches(make_loader(cpu, batch_size=4, workers=0, seed=3), 0)
     b = _batches(make_loader(gpu, batch_size=4, workers=1, seed=3, device="cuda"), 0)
-    for (x1, y1, _), (x2, y2, _) in zip(a, b):
+    for (x1, y1, _), (x2, y2, _) in zip(a, b, strict=True):
         assert x2.is_cuda and torch.equal(y1, y2)
         assert (x1 - x2.cpu()).abs().mean() < 3.0        # nvJPEG and libjpeg-turbo differ by a few grey levels

@@ -45,7 +45,7 @@ def test_one_distinct_device_gives_the_plain_batches(synthetic_train, finish, ca
     one = _batches(make_loader(synthetic_train, device="cpu", **kw), 1)
     pair = _batches(make_loader(synthetic_train, device=("cpu", "cpu"), **kw), 1)
     assert len(one) == len(pair) == 3
-    for a, b in zip(one, pair):
+    for a, b in zip(one, pair, strict=True):
         assert type(b.images) is torch.Tensor and torch.equal(a.images, b.images)
         assert torch.equal(a.labels, b.labels) and torch.equal(a.indices, b.indices) and a.skipped == b.skipped
 
@@ -60,7 +60,7 @@ def test_each_device_finishes_its_own_copy_of_the_uint8_batch(synthetic_train, m
     loader = make_loader(synthetic_train, device=("cpu", "cpu"), **kw)
     pair = _batches(loader, 2)
     assert len(pair) == len(one) == 3
-    for a, b in zip(one, pair):
+    for a, b in zip(one, pair, strict=True):
         assert isinstance(b.images, TowerInputs) and len(b.images) == 2
         if finish:                                                   # finished twice, not one tensor shared
             assert b.images[0] is not b.images[1]                    # (uint8 views: .to("cpu") is the same tensor)
@@ -79,11 +79,11 @@ def test_the_gpu_cache_finishes_once_and_sends_the_batch_on(synthetic_train, mon
     loader = make_loader(synthetic_train, batch_size=16, workers=0, seed=7, cache=True, device=("cpu", "cpu"))
     assert len(loader) == 3
     pair = _batches(loader, 1)
-    for a, b in zip(one, pair):
+    for a, b in zip(one, pair, strict=True):
         assert isinstance(b.images, TowerInputs) and all(torch.equal(x, a.images) for x in b.images)
         assert torch.equal(a.labels, b.labels)
     loader.set_epoch(1)
-    assert [torch.equal(x[1], b.images[1]) for (x, _, _), b in zip(loader, pair)] == [True] * 3
+    assert [torch.equal(x[1], b.images[1]) for (x, _, _), b in zip(loader, pair, strict=True)] == [True] * 3
 
 
 def test_jpeg_bytes_are_decoded_on_the_first_device_and_sent_on(tmp_path, data_jpeg_store, monkeypatch):
@@ -93,7 +93,7 @@ def test_jpeg_bytes_are_decoded_on_the_first_device_and_sent_on(tmp_path, data_j
     monkeypatch.setattr(loader_module, "device_slots", _every_entry_its_own_device)
     pair = _batches(make_loader(split, batch_size=4, workers=0, seed=3, device=("cpu", "cpu")), 0)
     assert len(one) == len(pair) == 2
-    for a, b in zip(one, pair):
+    for a, b in zip(one, pair, strict=True):
         assert isinstance(b.images, TowerInputs) and all(torch.equal(x, a.images) for x in b.images)
 
 
@@ -113,12 +113,12 @@ def test_a_gpu_and_the_cpu_each_get_the_cpu_batch(synthetic_train, cache):
     cpu = _batches(make_loader(synthetic_train, batch_size=16, workers=2, seed=7), 1)
     mixed = _batches(make_loader(synthetic_train, batch_size=16, workers=2, seed=7, device=("cuda:0", "cpu"),
                                  cache=cache), 1)
-    for a, b in zip(cpu, mixed):
+    for a, b in zip(cpu, mixed, strict=True):
         assert isinstance(b.images, TowerInputs) and b.images[0].is_cuda and not b.images[1].is_cuda
         assert torch.equal(b.images[0].cpu(), a.images) and torch.equal(b.images[1], a.images)
     same = _batches(make_loader(synthetic_train, batch_size=16, workers=2, seed=7, device=("cuda:0", "cuda")), 1)
     assert all(type(b.images) is torch.Tensor and b.images.is_cuda and torch.equal(b.images.cpu(), a.images)
-               for a, b in zip(cpu, same))
+               for a, b in zip(cpu, same, strict=True))
 
 
 @pytest.mark.gpu
@@ -135,7 +135,7 @@ def test_two_gpu_slots_each_copy_on_their_side_stream(synthetic_train, monkeypat
         torch.cuda._sleep(10_000_000)                       # the compute stream is busy while the next copy runs
         got.append(b)
     assert len(got) == len(cpu)
-    for a, b in zip(cpu, got):
+    for a, b in zip(cpu, got, strict=True):
         assert isinstance(b.images, TowerInputs) and b.images[0] is not b.images[1]
         assert all(x.is_cuda and torch.equal(x.cpu(), a.images) for x in b.images)
 

@@ -106,7 +106,7 @@ def test_ten_views_are_the_documented_ones_in_order(geometry, base):
     for k in range(10):
         assert torch.equal(views[k], expected[k]), k
     # the flipped half: view 5 is the reflection of view 1 (top-right), 6 of 0, 7 of 3, 8 of 2, 9 of 4
-    for k, j in zip(range(5, 10), (1, 0, 3, 2, 4)):
+    for k, j in zip(range(5, 10), (1, 0, 3, 2, 4), strict=True):
         assert torch.equal(views[k], views[j].flip(-1))
 
 
@@ -136,7 +136,7 @@ def test_pca_noise_moves_pixels_along_the_eigenvectors(form):
     img = torch.full((3, 32, 32), 100, dtype=torch.uint8)
     lam, vecs = stats.eigenvalues, stats.eigenvectors
     n = 2000
-    views, rows = zip(*(pipe(img, index, 0) for index in range(n)))
+    views, rows = zip(*(pipe(img, index, 0) for index in range(n)), strict=True)
     out = pipe.finish(torch.stack(views), torch.stack(rows)).double()
     shift = out[:, :, 4:28, 4:28].reshape(n, 3, -1)                       # never padding for any crop
     assert torch.allclose(shift, shift[:, :, :1].expand_as(shift), atol=1e-3)  # one RGB shift per image

@@ -62,9 +62,9 @@ def test_a_second_trainer_on_a_running_folder_is_one_sentence_naming_the_holder(
 def test_the_lock_is_held_for_the_whole_run_and_released_after(tmp_path):
     run = tmp_path / "run"
     with RunFolder(run):
-        with pytest.raises(UserError, match=rf"{run} is in use by another trainer \(pid {os.getpid()} on "):
-            with RunFolder(run):
-                pass
+        with (pytest.raises(UserError, match=rf"{run} is in use by another trainer \(pid {os.getpid()} on "),
+              RunFolder(run)):
+            pass
         assert sorted(p.name for p in run.iterdir()) == [".lock"]  # the refused one removed nothing
     with RunFolder(run):  # released
         pass

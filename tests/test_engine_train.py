@@ -92,7 +92,7 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path):
     ea = [r for r in read_metrics(tmp_path / "a" / "metrics.jsonl")[0] if r["kind"] == "epoch"]
     eb = [r for r in read_metrics(tmp_path / "b" / "metrics.jsonl")[0] if r["kind"] == "epoch"]
     assert [r["epoch"] for r in eb] == [1, 2]
-    for ra, rb in zip(ea, eb):
+    for ra, rb in zip(ea, eb, strict=True):
         assert rb["val_top1_error"] == ra["val_top1_error"] and rb["val_top5_error"] == ra["val_top5_error"]
         assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-12)  # summed in two parts in run b
 

@@ -59,7 +59,7 @@ def test_compiled_training_steps_match_eager_and_advance_the_same_masks(executor
                                        msg=name)
         for m in (eager, model):
             m.zero_grad()
-        assert all(torch.equal(a, b) for a, b in zip(eager.dropout_rng_state(), model.dropout_rng_state()))
+        assert all(torch.equal(a, b) for a, b in zip(eager.dropout_rng_state(), model.dropout_rng_state(), strict=True))
         assert model.dropout_rng_state()[0][0, 1] == step + 1
     assert counter.frame_count == 1
 
@@ -87,4 +87,4 @@ def test_gpu_inductor_compiled_step_matches_eager(executor):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
         torch.testing.assert_close(model.fc8.weight.grad, eager.fc8.weight.grad, rtol=1e-2,
                                    atol=1e-3 * eager.fc8.weight.grad.abs().max().item())
-    assert all(torch.equal(a, b) for a, b in zip(eager.dropout_rng_state(), model.dropout_rng_state()))
+    assert all(torch.equal(a, b) for a, b in zip(eager.dropout_rng_state(), model.dropout_rng_state(), strict=True))

@@ -32,7 +32,7 @@ def _fc_outputs(model, x):
     handles = [getattr(owner, name).register_forward_hook(lambda m, i, o, name=name: linears[name].append(o.clone()))
                for owner in owners for name in linears]
     inputs = []
-    handles += [getattr(owner, "fc7").register_forward_pre_hook(lambda m, a: inputs.append(a[0].clone()))
+    handles += [owner.fc7.register_forward_pre_hook(lambda m, a: inputs.append(a[0].clone()))
                 for owner in owners]
     f = model.features(x)
     for h in handles:
@@ -176,7 +176,7 @@ def test_states_are_the_same_in_both_executors_and_resume_the_same_masks():
     towers, grouped = _models(_spec("published"))
     for model in (towers, grouped):
         model.train().seed_dropout(11, rank=2)
-    assert all(torch.equal(a, b) for a, b in zip(towers.dropout_rng_state(), grouped.dropout_rng_state()))
+    assert all(torch.equal(a, b) for a, b in zip(towers.dropout_rng_state(), grouped.dropout_rng_state(), strict=True))
     x = _images()
     towers.features(x)  # one pass on the two-tower model; its state resumes on the grouped one
     grouped.set_dropout_rng_state(towers.dropout_rng_state())

@@ -25,7 +25,7 @@ def _lrn_window_groups(monkeypatch, model, groups):
 ORIGINAL_32 = replace(PRESETS["cifar"], name="original-32", lrn=PRESETS["original"].lrn,
                       same_map=PRESETS["original"].same_map,
                       convs=tuple(replace(c, ops=o.ops) for c, o in zip(PRESETS["cifar"].convs,
-                                                                          PRESETS["original"].convs)))
+                                                                          PRESETS["original"].convs, strict=False)))
 
 
 def _loud_init(model, seed=0):

@@ -157,7 +157,8 @@ def _measure(listing, picked, store, raw_store, geometry, seconds, progress) -> 
     worker = {"raw": _worker_batch(pipeline, lambda k: folder.image(good[k]), collate),
               "prepared": _worker_batch(pipeline, store.image, collate),
               "prepared_raw": _worker_batch(pipeline, raw_store.image, collate)}
-    finish = {name: (lambda fn: lambda idx: pipeline.finish(*fn(idx)[:2]))(fn) for name, fn in worker.items()}
+    finish = {name: (lambda fn: lambda idx: pipeline.finish(*fn(idx)[:2]))(fn)  # noqa: B023 (fn bound by the call)
+              for name, fn in worker.items()}
     files = [listing.root / listing.files[i] for i in good]
     sizes = [folder_image_size(f) for f in files]
     if progress:
@@ -267,7 +268,8 @@ def decoder_rates(data, *, images: int = 200, seconds: float = 3.0) -> dict:
     finally:
         torch.set_num_threads(threads)
     first = [decode_rgb(d).int() for d in datas]
-    diff = {k: max(int((fn(d).int() - f).abs().max()) for d, f in zip(datas, first)) for k, fn in decoders.items()}
+    diff = {k: max(int((fn(d).int() - f).abs().max()) for d, f in zip(datas, first, strict=True))
+            for k, fn in decoders.items()}
     sizes = [decode_rgb(d).shape[-2:] for d in datas[:20]]
     return {"data": str(data), "images": len(datas), "mean_height": sum(s[0] for s in sizes) / len(sizes),
             "mean_width": sum(s[1] for s in sizes) / len(sizes),

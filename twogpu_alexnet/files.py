@@ -17,6 +17,7 @@ reports that instead.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -30,7 +31,7 @@ DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
-def write_error(exc: OSError, what: str, folder: "str | os.PathLike", then: str | None = None) -> UserError:
+def write_error(exc: OSError, what: str, folder: str | os.PathLike, then: str | None = None) -> UserError:
     """One sentence for an OSError while writing ``what`` in ``folder`` (a full disk, a quota, a file
     system gone read-only, no permission): the files written before are unchanged; ``then`` is what
     to do once the cause is fixed (default: run the command again; one that goes on with ``--resume``
@@ -48,7 +49,7 @@ def write_error(exc: OSError, what: str, folder: "str | os.PathLike", then: str 
     return UserError(f"could not write {what} ({why}); {kept} unchanged: {fix} and {then or 'run the command again'}")
 
 
-def refuse_link(path: "str | os.PathLike", what: str | None = None) -> None:
+def refuse_link(path: str | os.PathLike, what: str | None = None) -> None:
     """UserError when ``path`` is a symbolic link or a folder (the program writes only plain files of its own)."""
     path = Path(path)
     if path.is_symlink():
@@ -84,8 +85,8 @@ class _Recorded:
         return getattr(self.file, name)
 
 
-def write_atomic(path: "str | os.PathLike", data_or_writer: "bytes | str | Callable", *, what: str | None = None,
-                 then: str | None = None, error_folder: "str | os.PathLike | None" = None) -> Path:
+def write_atomic(path: str | os.PathLike, data_or_writer: bytes | str | Callable, *, what: str | None = None,
+                 then: str | None = None, error_folder: str | os.PathLike | None = None) -> Path:
     """Write ``path`` whole or not at all; returns ``path``.
 
     ``data_or_writer``: bytes, text (UTF-8), or a function given the open binary file (e.g.
@@ -122,21 +123,19 @@ def write_atomic(path: "str | os.PathLike", data_or_writer: "bytes | str | Calla
         raise write_error(exc, what, folder, then) from None
     finally:
         if tmp is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
     return path
 
 
-def temporary_file(path: "str | os.PathLike") -> tuple[int, str]:
+def temporary_file(path: str | os.PathLike) -> tuple[int, str]:
     """(fd, name) of a new file beside ``path`` to write it under first: ``.NAME.XXXXXXXX.tmp``, created
     exclusively (``O_EXCL``, so never through a link) under a name nobody can predict."""
     path = Path(path)
     return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
 
 
-def fsync_folder(folder: "str | os.PathLike") -> None:
+def fsync_folder(folder: str | os.PathLike) -> None:
     """fsync a folder, so a rename in it survives a crash (a no-op where folders cannot be opened)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -166,8 +165,8 @@ def _open_plain(path: Path, flags: int, what: str) -> int:
     return fd
 
 
-def append_text(path: "str | os.PathLike", text: str, *, what: str | None = None, then: str | None = None,
-                error_folder: "str | os.PathLike | None" = None) -> None:
+def append_text(path: str | os.PathLike, text: str, *, what: str | None = None, then: str | None = None,
+                error_folder: str | os.PathLike | None = None) -> None:
     """Append ``text`` to ``path`` (created when missing) without following a link planted there."""
     path = Path(path)
     what = what or str(path)
@@ -184,7 +183,7 @@ def append_text(path: "str | os.PathLike", text: str, *, what: str | None = None
         raise write_error(exc, what, folder, then) from None
 
 
-def open_lock_file(path: "str | os.PathLike") -> int:
+def open_lock_file(path: str | os.PathLike) -> int:
     """The file descriptor of a lock file at ``path``: created exclusively, or an existing plain file,
     never through a link. OSError (permissions, read-only) is left to the caller."""
     path = Path(path)
@@ -194,7 +193,7 @@ def open_lock_file(path: "str | os.PathLike") -> int:
         return _open_plain(path, os.O_RDWR, "the lock")
 
 
-def make_folder(path: "str | os.PathLike", what: str | None = None) -> Path:
+def make_folder(path: str | os.PathLike, what: str | None = None) -> Path:
     """``mkdir -p`` for a folder the program writes into; a symbolic link there is refused in one sentence."""
     path = Path(path)
     if path.is_symlink():
@@ -204,7 +203,7 @@ def make_folder(path: "str | os.PathLike", what: str | None = None) -> Path:
     return path
 
 
-def read_plain_text(path: "str | os.PathLike", what: str | None = None) -> str:
+def read_plain_text(path: str | os.PathLike, what: str | None = None) -> str:
     """The text of a file the program wrote earlier; a folder or link there is one sentence."""
     path = Path(path)
     refuse_link(path, what)

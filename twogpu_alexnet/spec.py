@@ -115,7 +115,7 @@ class NetSpec:
     # "inverted": torch's F.dropout (kept units x 1/(1 - p) in training, identity in evaluation).
     dropout_form: str = "published"
 
-    def with_classes(self, num_classes: int) -> "NetSpec":
+    def with_classes(self, num_classes: int) -> NetSpec:
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise UserError(f"num_classes must be a positive integer, got {num_classes!r}")
         return replace(self, num_classes=num_classes)
@@ -337,7 +337,7 @@ PRESETS: dict[str, NetSpec] = {
 }
 
 
-def get_spec(preset: "str | NetSpec", num_classes: int | None = None) -> NetSpec:
+def get_spec(preset: str | NetSpec, num_classes: int | None = None) -> NetSpec:
     """A preset by name (or a spec as is), with ``num_classes`` replaced when given."""
     if isinstance(preset, NetSpec):
         spec = preset

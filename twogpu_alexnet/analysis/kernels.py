@@ -329,19 +329,19 @@ def specialization(state: dict, init: dict | None = None, *, init_scale: float |
     learned, moved = None, None
     if init is not None:
         w_init = conv1_weights(init)
-        for tower, (a, b) in enumerate(zip(w, w_init)):
+        for tower, (a, b) in enumerate(zip(w, w_init, strict=True)):
             if a.shape != b.shape:
                 raise UserError(f"conv1 at step 0 of tower {tower} has shape {tuple(b.shape)}, the weights "
                                 f"{tuple(a.shape)}; pass the step-0 weights of the same network")
-        parts = [learned_part(a, b, init_scale) for a, b in zip(w, w_init)]
+        parts = [learned_part(a, b, init_scale) for a, b in zip(w, w_init, strict=True)]
         learned = summarize_towers(*parts, **options)
-        moved = [movement(part, b).tolist() for part, b in zip(parts, w_init)]
+        moved = [movement(part, b).tolist() for part, b in zip(parts, w_init, strict=True)]
     head = learned if learned is not None else weights
     result = {**head, "measured": "learned" if learned is not None else "weights",
               "init_scale": init_scale if learned is not None else None, "moved": moved,
               "weights": weights, "learned": learned}
     if moved is not None:
-        for tower, m in zip(result["towers"], moved):
+        for tower, m in zip(result["towers"], moved, strict=True):
             tower["moved_median"] = float(torch.tensor(m).median())
     result["verdict"] = verdict_sentence(result)
     return result
@@ -544,7 +544,7 @@ def learned_state(state: dict, init: dict, scale: float) -> dict:
     from .learned import learned_part
 
     return {f"towers.{t}.conv1.weight": learned_part(w, w0, scale).float()
-            for t, (w, w0) in enumerate(zip(conv1_weights(state), conv1_weights(init)))}
+            for t, (w, w0) in enumerate(zip(conv1_weights(state), conv1_weights(init), strict=True))}
 
 
 def write_analysis(state: dict, summary: dict, out_dir, about: dict, *, init: dict | None = None,

@@ -230,7 +230,7 @@ def find_neighbors(checkpoint, data, queries, out_dir, *, k: int = 6, preset: st
     if not queries:
         raise UserError("no query images given; pass one or more image files with --queries")
     model, ck, split = open_for_inference(checkpoint, data, preset=preset, device=device, count=False)
-    stored, query_inputs = zip(*(_query(Path(q), split) for q in queries))
+    stored, query_inputs = zip(*(_query(Path(q), split) for q in queries), strict=True)
     # both folders are checked before the (long) feature pass, not after it
     out = output_folder(out_dir)
     if use_cache:
@@ -259,7 +259,7 @@ def find_neighbors(checkpoint, data, queries, out_dir, *, k: int = 6, preset: st
     for qi, q in enumerate(queries):
         found = []
         query_tiles.append(_tile(stored[qi], tile))
-        for d, i in zip(distances[qi].tolist(), indices[qi].tolist()):
+        for d, i in zip(distances[qi].tolist(), indices[qi].tolist(), strict=True):
             rel = db["files"][i]
             found.append({"path": rel, "class": listing.classes[db["labels"][i]], "distance": d})
             neighbor_tiles.append(_tile(split.dataset.image(position[rel]), tile))

@@ -59,7 +59,8 @@ def save_score_plot(summary: dict, path, title: str | None = None) -> Path | Non
 
     shares = [(1 - t["red_green"] - t["blue_yellow"], t["red_green"], t["blue_yellow"]) for t in summary["towers"]]
     bottom = np.zeros(2)
-    for i, (label, color) in enumerate(zip(("achromatic", "red-green", "blue-yellow"), ("0.6", "#c44e52", "#dda032"))):
+    axes_colors = zip(("achromatic", "red-green", "blue-yellow"), ("0.6", "#c44e52", "#dda032"), strict=True)
+    for i, (label, color) in enumerate(axes_colors):
         values = np.array([s[i] for s in shares])
         right.bar(["tower 0", "tower 1"], values, bottom=bottom, color=color, label=label)
         bottom += values
@@ -167,7 +168,7 @@ def _step_epochs(rows: list[dict]) -> list[float]:
     return xs
 
 
-def save_kernel_figure(panels: list[tuple[str, "object"]], path, title: str | None = None,
+def save_kernel_figure(panels: list[tuple[str, object]], path, title: str | None = None,
                        tower_rows: tuple[int, int] | None = None) -> Path | None:
     """Kernel grids side by side (e.g. W and the learned part L), each titled, towers labelled.
 
@@ -178,7 +179,7 @@ def save_kernel_figure(panels: list[tuple[str, "object"]], path, title: str | No
     if plt is None:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 2.4), squeeze=False)
-    for ax, (name, grid) in zip(axes[0], panels):
+    for ax, (name, grid) in zip(axes[0], panels, strict=True):
         ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])

@@ -8,6 +8,7 @@ and no command module imports torch before its ``run``: ``--help`` and ``--versi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import importlib
 import re
@@ -83,10 +84,9 @@ def safe_streams() -> None:
     """Printing never fails on an encoding (``PYTHONIOENCODING=ascii``, a C locale): what the stream cannot
     encode is written as a backslash escape."""
     for stream in (sys.stdout, sys.stderr):
-        try:
+        # not a text stream we own (pytest's capture, a pipe wrapper): left as it is
+        with contextlib.suppress(AttributeError, ValueError, OSError):
             stream.reconfigure(errors="backslashreplace")
-        except (AttributeError, ValueError, OSError):   # not a text stream we own (pytest's capture, a pipe wrapper)
-            pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,7 +53,7 @@ def run(args) -> int:
         chosen, total = info["images_chosen"], info["images_total"]
         images = f"{chosen:,} of {total:,} images (seed {args.seed})" if chosen < total else f"{total:,} images"
         views = "10 views" if info["views"] == 10 else "centre view"
-        checkpoints = ", ".join(f"{c} ({p})" for c, p in zip(info["checkpoints"], info["presets"]))
+        checkpoints = ", ".join(f"{c} ({p})" for c, p in zip(info["checkpoints"], info["presets"], strict=True))
         notes.print(f"evaluating {checkpoints} on {args.data}: {images}, {views}, device {info['device']}",
                     soft_wrap=True)
         for note in info["notes"]:

@@ -68,8 +68,7 @@ def run(args) -> int:
         if ctx.enabled and not args.out:
             raise UserError("under torchrun pass --out DIR (one folder, on a filesystem every node can read)")
         run_dir = Path(args.out) if args.out else default_run_dir()
-    if ctx.is_main:
-        if args.config is None and not args.resume:
+    if ctx.is_main and args.config is None and not args.resume:
             progress.print("no --config: running the built-in demo (configs/demo.toml)", soft_wrap=True)
     reporter = reporter_for(progress, config.train.log_every)
     hooks = epoch_hooks(config)  # colour statistics and kernel grids at each epoch's end

@@ -335,7 +335,7 @@ def decode_jpeg_batch(datas: list[torch.Tensor], device) -> list[torch.Tensor | 
             pass
     try:
         decoded = _codec_decode_jpeg([datas[i] for i in todo], mode="RGB", device=device) if todo else []
-        for i, img in zip(todo, decoded):
+        for i, img in zip(todo, decoded, strict=True):
             out[i] = img
         return out
     except (RuntimeError, ValueError):

@@ -54,7 +54,7 @@ class FolderListing:
     labels: list[int]
     skipped: tuple = ()
 
-    def images(self) -> "FolderListing":
+    def images(self) -> FolderListing:
         """Only the files whose extension torchvision's ImageFolder accepts (case-insensitive); none is a UserError."""
         keep = [i for i, f in enumerate(self.files) if f.lower().endswith(IMG_EXTENSIONS)]
         if not keep:

@@ -121,7 +121,7 @@ class TowerInputs(tuple):
     """One batch per tower, tower 0 first: entry t is on tower t's device, and entries on the same device are the
     same tensor. What a loader given several distinct devices yields as ``images``; ``TwoTowerAlexNet`` takes it."""
 
-    def map(self, fn) -> "TowerInputs":
+    def map(self, fn) -> TowerInputs:
         """``fn`` applied once per distinct tensor (entries that shared a tensor still share the result)."""
         done = {}
         for x in self:
@@ -204,7 +204,7 @@ class Loader:
             done = [self._finished(images, params, self.device)]
         else:
             _, _, labels, skipped, indices = raw
-            done = [self._finished(images, params, d) for (images, params), d in zip(copies, self.slots)]
+            done = [self._finished(images, params, d) for (images, params), d in zip(copies, self.slots, strict=True)]
         return Batch(per_tower(done, self.slots, self.owner), labels, skipped, indices)
 
     def _finished(self, images, params, device) -> torch.Tensor:
@@ -236,7 +236,7 @@ class CachedLoader(Loader):
         return Batch(per_tower([x], self.slots, self.owner), labels, drawn - len(keys), index)
 
 
-def per_tower(done: list, slots, owner) -> "torch.Tensor | TowerInputs":
+def per_tower(done: list, slots, owner) -> torch.Tensor | TowerInputs:
     """One tensor per distinct device (``slots``) -> what a loader yields: that tensor alone with one device,
     else one entry per tower (``owner``: each entry's device). With one tensor for several devices (one device
     did the work: the GPU cache, data.decode=gpu) it is copied on to the others -- device to device, queued
@@ -275,7 +275,7 @@ def _copy_ahead(raw, slots, streams):
     pinned = tuple(t if t.is_pinned() else t.pin_memory() for t in (images, params)) \
         if any(s is not None for s in streams) else None     # pinned already by the DataLoader's thread (workers)
     copies, events = [], []
-    for device, stream in zip(slots, streams):
+    for device, stream in zip(slots, streams, strict=True):
         if stream is None:
             copies.append((images, params))
             events.append(None)
@@ -291,7 +291,7 @@ def _arrived(staged, streams):
     """Make each device's compute stream wait for this batch's copy, and tell the allocator the tensors are used
     there."""
     raw, copies, events = staged
-    for pair, stream, event in zip(copies or [], streams, events or []):
+    for pair, stream, event in zip(copies or [], streams, events or [], strict=False):
         if event is None:
             continue
         current = torch.cuda.current_stream(stream.device)

@@ -12,6 +12,7 @@ eigenvector of ``eigenvalues[i]``, signed so that its largest-magnitude componen
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from contextlib import closing
@@ -55,7 +56,7 @@ class Stats:
         return {"format": STATS_FORMAT, **{f.name: getattr(self, f.name) for f in fields(self)}}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Stats":
+    def from_dict(cls, d: dict) -> Stats:
         """The inverse of :meth:`to_dict` (as a training checkpoint's ``data_stats`` or a stats file holds it)."""
         return cls(*(torch.as_tensor(d[f.name], dtype=torch.float64) for f in fields(cls)[:5]),
                    int(d["images"]), int(d["pixels"]))
@@ -111,7 +112,7 @@ class StatsAccumulator:
         self.sum_outer += _outer_sum(images.permute(1, 0, 2, 3).reshape(3, -1))
         self.images += images.shape[0]
 
-    def merge(self, other: "StatsAccumulator") -> None:
+    def merge(self, other: StatsAccumulator) -> None:
         self.sum_image += other.sum_image
         self.sum_outer += other.sum_outer
         self.images += other.images
@@ -120,7 +121,7 @@ class StatsAccumulator:
         return {"size": self.size, "sum_image": self.sum_image, "sum_outer": self.sum_outer, "images": self.images}
 
     @classmethod
-    def from_state(cls, state: dict) -> "StatsAccumulator":
+    def from_state(cls, state: dict) -> StatsAccumulator:
         acc = cls(int(state["size"]))
         acc.sum_image = state["sum_image"].to(torch.int64, copy=True)
         acc.sum_outer = state["sum_outer"].to(torch.int64, copy=True)
@@ -166,10 +167,8 @@ def _chunk_sums(source, indices: range) -> tuple[dict, int]:
     for lo in range(0, len(indices), per_batch):
         images = []
         for i in indices[lo:lo + per_batch]:
-            try:
+            with contextlib.suppress(CorruptImage, OSError):     # unreadable images are left out
                 images.append(source.image(i))
-            except (CorruptImage, OSError):
-                pass
         if images:
             acc.add_batch(torch.stack(images))
     return acc.state(), len(indices)
@@ -242,7 +241,7 @@ def fingerprint_files(files, labels, root=None) -> str:
     part of it too, so an image replaced under the same name is noticed.
     """
     h = hashlib.sha1()
-    for f, y in zip(files, labels):
+    for f, y in zip(files, labels, strict=True):
         stamp = ""
         if root is not None:
             try:

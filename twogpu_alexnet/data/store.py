@@ -174,7 +174,8 @@ class _JpegShard:
     """A chunk's re-encoded JPEGs back to back; an image's index entry is (byte offset, length)."""
 
     def __init__(self, path: Path, count: int, job: dict):
-        self.file, self.quality, self.position = open(path, "wb"), job["quality"], 0
+        # open for the shard's life, closed by close()
+        self.file, self.quality, self.position = open(path, "wb"), job["quality"], 0  # noqa: SIM115
 
     def add(self, img: torch.Tensor):
         """Store ``img``; returns the pixels as training will read them, and the index entry."""

@@ -43,7 +43,7 @@ FORMAT = "twogpu-alexnet/checkpoint-1"
 _EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt$")
 
 
-def atomic_save(obj, path: "str | os.PathLike", then: str | None = None) -> Path:
+def atomic_save(obj, path: str | os.PathLike, then: str | None = None) -> Path:
     """``torch.save(obj)`` to ``path`` via a temporary file, fsync and rename: ``path`` is either the
     old file or the complete new one, never a partial write."""
     return files.write_atomic(path, lambda f: torch.save(obj, f), what=f"a checkpoint in {Path(path).parent}",
@@ -66,7 +66,7 @@ REQUIRED = {"model": Mapping, "epoch": int, "batch": int, "step": int, "optimize
             "rng": list, "config": Mapping, "best_val_top1_error": (int, float)}
 
 
-def load_checkpoint(path: "str | os.PathLike") -> dict:
+def load_checkpoint(path: str | os.PathLike) -> dict:
     """A training checkpoint written by this package, loaded with ``weights_only=True`` on the cpu.
 
     A missing, truncated or foreign file, one without an entry a resume needs, and weights holding
@@ -94,7 +94,7 @@ def epoch_files(folder: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def load_latest(run_dir: "str | os.PathLike", epoch: int | None = None) -> tuple[dict, Path, list[str]]:
+def load_latest(run_dir: str | os.PathLike, epoch: int | None = None) -> tuple[dict, Path, list[str]]:
     """The newest good checkpoint of a run: ``last.pt``, else the newest readable ``epoch_NNN.pt``;
     with ``epoch``, that epoch's file (the roll-back: ``--resume RUN --from-epoch N``).
 
@@ -132,7 +132,7 @@ def _load_epoch(folder: Path, epoch: int) -> dict:
     return payload
 
 
-def save_run_checkpoint(run_dir: "str | os.PathLike", payload: dict, *, epoch_done: int | None,
+def save_run_checkpoint(run_dir: str | os.PathLike, payload: dict, *, epoch_done: int | None,
                         is_best: bool, keep_last: int) -> Path:
     """Write ``payload`` as the run's newest checkpoint.
 

@@ -32,7 +32,7 @@ class Checkpoint:
     stats: object = None     # data.Stats of the training split, or None for a plain state dict
 
 
-def read_checkpoint(path: "str | os.PathLike", preset: str | None = None) -> Checkpoint:
+def read_checkpoint(path: str | os.PathLike, preset: str | None = None) -> Checkpoint:
     """The weights in ``path``; the preset is ``preset`` when given, else the checkpoint's, else the matching one."""
     from ..data import Stats
 
@@ -54,7 +54,7 @@ def torch_device(device, option: str = "--device") -> torch.device:
     return check_device(device, what=option, kinds=("cpu", "cuda"))
 
 
-def load_network(checkpoint: "str | os.PathLike | Checkpoint", preset: str | None = None,
+def load_network(checkpoint: str | os.PathLike | Checkpoint, preset: str | None = None,
                  device="cpu") -> tuple[torch.nn.Module, Checkpoint]:
     """The checkpoint's weights as a grouped model on ``device`` in eval mode (the same function as two towers)."""
     ck = checkpoint if isinstance(checkpoint, Checkpoint) else read_checkpoint(checkpoint, preset)
@@ -66,7 +66,7 @@ def load_network(checkpoint: "str | os.PathLike | Checkpoint", preset: str | Non
     return model.eval(), ck
 
 
-def eval_split(data: "str | os.PathLike", input_size: int, *, views: int = 1, stats=None):
+def eval_split(data: str | os.PathLike, input_size: int, *, views: int = 1, stats=None):
     """ONE split (a store made by ``prepare`` or a folder of class subfolders) as the network must see it:
     data/ builds it (:func:`twogpu_alexnet.data.split.inference_split`); ``stats`` (the training mean)
     defaults to the data's own."""
@@ -159,7 +159,7 @@ def predict(checkpoint, images, *, preset: str | None = None, device=None, top: 
         probs = torch.softmax(logits, 1).mean(0)
         p, idx = probs.topk(k)
         results.append({"image": str(f), "top": [{"class": names[i], "index": int(i), "probability": float(q)}
-                                                 for q, i in zip(p.tolist(), idx.tolist())]})
+                                                 for q, i in zip(p.tolist(), idx.tolist(), strict=True)]})
     if not results:
         first = skipped[0]
         raise UserError(f"none of the {len(files)} image files could be read (first: {first['path']}: "

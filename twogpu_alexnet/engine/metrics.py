@@ -36,7 +36,7 @@ class MetricsLog:
     """Appends records to ``path`` (one JSON object a line, flushed each time); a no-op when
     ``enabled`` is False (distributed ranks other than 0)."""
 
-    def __init__(self, path: "str | os.PathLike", enabled: bool = True):
+    def __init__(self, path: str | os.PathLike, enabled: bool = True):
         self.path = Path(path)
         self.enabled = enabled
 
@@ -78,7 +78,7 @@ def _number(value) -> float:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
-def read_metrics(path: "str | os.PathLike") -> tuple[list[dict], int]:
+def read_metrics(path: str | os.PathLike) -> tuple[list[dict], int]:
     """(records, unreadable lines) of a ``metrics.jsonl`` file, in file order.
 
     A line that is not a JSON object (e.g. the last one of a run killed mid-write) is counted and

@@ -62,8 +62,10 @@ def _one_tower_grouped(model: ModelConfig) -> ModelConfig:
     return replace(model, mode="grouped")
 
 
-def resolve(model: ModelConfig, ctx: DistContext = DistContext(), cuda_count: int | None = None) -> Placement:
-    """The placement for ``model`` in process ``ctx``; UserError when the request cannot be met."""
+def resolve(model: ModelConfig, ctx: DistContext | None = None, cuda_count: int | None = None) -> Placement:
+    """The placement for ``model`` in process ``ctx`` (default: a single process); UserError when the
+    request cannot be met."""
+    ctx = ctx if ctx is not None else DistContext()
     if cuda_count is None:
         cuda_count = visible_gpus()
     model = _one_tower_grouped(model)

@@ -14,6 +14,7 @@ removed.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -35,7 +36,7 @@ _TEMP_FILE = re.compile(r"^\..+\.tmp-(\d+)$")  # what older versions wrote first
 _MKSTEMP_FILE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # what files.write_atomic writes first
 
 
-def default_run_dir(base: "str | os.PathLike" = "runs") -> Path:
+def default_run_dir(base: str | os.PathLike = "runs") -> Path:
     """``runs/<date>-<time>-<pid>``: trainers started in the same second get different folders."""
     return Path(base) / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
@@ -118,7 +119,7 @@ class RunFolder:
     run wrote anything, a folder this call created is removed again.
     """
 
-    def __init__(self, run_dir: "str | os.PathLike", resume: bool = False, owner: bool = True):
+    def __init__(self, run_dir: str | os.PathLike, resume: bool = False, owner: bool = True):
         self.path, self.resume, self.owner = Path(run_dir), resume, owner
         self.notes: list[str] = []
         self._fd: int | None = None  # the locked .lock file
@@ -185,10 +186,10 @@ class RunFolder:
     def _release(self, failed: bool) -> None:
         locked, self._fd = self._fd, None
         if locked is not None and failed and self._created is not None:
-            try:
-                (self.path / LOCK_NAME).unlink()  # still ours: nobody else can take the lock before the close
-            except OSError:  # a folder gone read-only: the lock file stays, the lock itself ends with the close
-                pass
+            # still ours: nobody else can take the lock before the close; on a folder gone read-only
+            # the lock file stays, and the lock itself ends with the close
+            with contextlib.suppress(OSError):
+                (self.path / LOCK_NAME).unlink()
         if locked is not None:
             os.close(locked)  # releases the lock
         if failed and self._created is not None:  # made by this call: removed again if the run left it empty
@@ -236,10 +237,10 @@ def remove_stale_temp_files(folder: Path) -> list[str]:
             f"({', '.join(removed[:3])}{', ...' if len(removed) > 3 else ''}; {size / 1e6:.1f} MB)"]
 
 
-def write_error(exc: OSError, what: str, run_dir: "str | os.PathLike") -> UserError:
+def write_error(exc: OSError, what: str, run_dir: str | os.PathLike) -> UserError:
     """:func:`twogpu_alexnet.files.write_error` for a file of a run folder: go on with ``--resume``."""
     return files.write_error(exc, what, run_dir, then=resume_hint(run_dir))
 
 
-def resume_hint(run_dir: "str | os.PathLike") -> str:
+def resume_hint(run_dir: str | os.PathLike) -> str:
     return f"continue with --resume {run_dir}"

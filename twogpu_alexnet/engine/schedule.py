@@ -39,7 +39,7 @@ class Schedule:
         if c.kind == "original":
             f = 0.1 ** sum(epoch >= m for m in c.milestones) if kind == "weight" else 1.0
             if layer == "conv1":
-                reached = [cf for m, cf in zip(c.conv1_milestones, c.conv1_factors) if epoch >= m]
+                reached = [cf for m, cf in zip(c.conv1_milestones, c.conv1_factors, strict=True) if epoch >= m]
                 f *= reached[-1] if reached else 1.0  # the latest conv1 change in force
             return f
         if c.kind == "step":

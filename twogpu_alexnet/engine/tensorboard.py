@@ -72,7 +72,7 @@ class Board:
             self.writer.close()
 
 
-def open_board(run_dir: "str | os.PathLike", enabled: bool, purge_step: int | None = None, writer_class=None) -> Board:
+def open_board(run_dir: str | os.PathLike, enabled: bool, purge_step: int | None = None, writer_class=None) -> Board:
     """A :class:`Board` writing to ``run_dir/tensorboard`` (``enabled``), else one that does nothing.
 
     ``purge_step``: a resumed run's first step; TensorBoard hides what an earlier invocation logged

@@ -82,7 +82,7 @@ class RunResult:
     nonfinite_skipped: int = 0
 
 
-def train(config: Config, run_dir: "str | os.PathLike", *, resume: bool = False, reporter: Reporter | None = None,
+def train(config: Config, run_dir: str | os.PathLike, *, resume: bool = False, reporter: Reporter | None = None,
           stop: StopRequest | None = None, ctx: DistContext | None = None,
           hooks: Sequence[EpochHook] = (), from_epoch: int | None = None) -> RunResult:
     """Train per ``config`` into ``run_dir`` (or continue the run there with ``resume=True``; from the
@@ -337,7 +337,8 @@ class _Run:
         add them to the epoch's sums and write the step line. A RunResult when one was not finite."""
         losses, self.window = self.window, []
         values = torch.stack([loss for loss, *_ in losses]).tolist() if losses else []  # sync: the one host read
-        bad = next(((step, batch) for v, (_, _, step, batch) in zip(values, losses) if not math.isfinite(v)), None)
+        bad = next(((step, batch) for v, (_, _, step, batch) in zip(values, losses, strict=True)
+                    if not math.isfinite(v)), None)
         loss_sum, any_bad = distributed.sum_across([values[-1] if values else math.nan, float(bad is not None)],
                                                    self.ctx)
         if any_bad:
@@ -349,7 +350,7 @@ class _Run:
                                "train.nonfinite=skip to skip such batches)")
         if not values:
             return None
-        for v, (_, n, _, _) in zip(values, losses):
+        for v, (_, n, _, _) in zip(values, losses, strict=True):
             self.progress["loss_sum"] += v * n
             self.progress["images"] += n
         self.last_loss = values[-1]

@@ -30,7 +30,7 @@ def resolve_mode(mode: str, spec: NetSpec | None = None) -> str:
 
 
 def build_model(
-    preset: "str | NetSpec" = "paper",
+    preset: str | NetSpec = "paper",
     mode: str = "auto",
     *,
     devices=None,

@@ -115,7 +115,7 @@ class AlexNetBase(nn.Module):
         current = self.dropout_rng_state()
         if len(states) != len(current) or any(
                 not isinstance(s, Tensor) or s.dtype != torch.int64 or s.shape != c.shape
-                for s, c in zip(states, current)):
+                for s, c in zip(states, current, strict=False)):
             raise ValueError("the dropout states come from another tower count or an older version")
         for m in self._dropouts():
             with torch.no_grad():

@@ -7,7 +7,7 @@ tower 1's, concatenated on dim 0. fc8 is one layer, the same tensor in both layo
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor

@@ -49,7 +49,7 @@ def _strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def read_file(path: "str | Path", *, mmap: bool = False) -> object:
+def read_file(path: str | Path, *, mmap: bool = False) -> object:
     """What ``path`` holds, loaded with ``torch.load(weights_only=True)`` on the cpu: the one place a
     checkpoint file is read. A missing, truncated or foreign file, and pickled Python objects (which
     could run code when loaded), are one sentence each. ``mmap``: tensors mapped, not read (a zip file only)."""
@@ -80,7 +80,7 @@ def _pickle_or_zip(path: Path) -> bool:
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
-def check_finite(state: Mapping[str, Tensor], path: "str | Path") -> None:
+def check_finite(state: Mapping[str, Tensor], path: str | Path) -> None:
     """UserError naming the first tensor of ``state`` that holds NaN or infinity (numbers computed from
     such weights would mean nothing)."""
     for key, value in state.items():
@@ -90,7 +90,7 @@ def check_finite(state: Mapping[str, Tensor], path: "str | Path") -> None:
                             "use an earlier checkpoint")
 
 
-def check_towers(state: Mapping[str, Tensor], path: "str | Path") -> None:
+def check_towers(state: Mapping[str, Tensor], path: str | Path) -> None:
     """UserError when a two-tower state's towers differ: every ``towers.0.K`` has a ``towers.1.K`` of the same
     shape (the towers of every preset are mirror images)."""
     for key, value in state.items():
@@ -104,7 +104,7 @@ def check_towers(state: Mapping[str, Tensor], path: "str | Path") -> None:
                             "of a layer must match: the file is damaged or not an AlexNet state dict")
 
 
-def load_weights(path: "str | Path") -> tuple[dict[str, Tensor], dict]:
+def load_weights(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     """A training checkpoint or a plain state dict (either layout) -> (canonical state, metadata).
 
     The canonical layout is the two-tower one, except for a checkpoint of a one-tower preset

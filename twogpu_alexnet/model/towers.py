@@ -41,7 +41,7 @@ class TwoTowerAlexNet(AlexNetBase):
         super().__init__(spec, devices)
         self.devices = devices
         self.towers = nn.ModuleList(Tower(t, d) for t, d in enumerate(devices))
-        for t, (tower, device) in enumerate(zip(self.towers, devices)):
+        for t, (tower, device) in enumerate(zip(self.towers, devices, strict=True)):
             for layer in spec.convs:
                 shape = self._shapes[layer.name]
                 if layer.reads == "both":
@@ -82,11 +82,11 @@ class TwoTowerAlexNet(AlexNetBase):
     def _hidden(self, x: Tensor | tuple[Tensor, ...]) -> Tensor:
         # tower t's input on its device: its own tensor (a loader's TowerInputs, already there), else a copy of x
         inputs = x if isinstance(x, tuple) else (x,) * len(self.devices)
-        halves = [to_device(h, device) for h, device in zip(inputs, self.devices)]
+        halves = [to_device(h, device) for h, device in zip(inputs, self.devices, strict=False)]
         for layer in (*self.spec.convs, *self.spec.hidden):
             if layer.reads == "both":  # a cross-GPU connection: each tower gets tower 0's then tower 1's
                 halves = [t._modules[f"{layer.name}_cross"](halves) for t in self.towers]
-            halves = [self._run(t, layer.name, h) for t, h in zip(self.towers, halves)]
+            halves = [self._run(t, layer.name, h) for t, h in zip(self.towers, halves, strict=True)]
             if layer.name == self.spec.convs[-1].name:
                 halves = [h.flatten(1) for h in halves]  # pool5, one tower's channels each
         return self._modules[f"{self.spec.head.name}_cross"](halves)  # the head reads both towers
