@@ -44,7 +44,8 @@ def test_torchvision_alexnet_is_counted_from_its_layers():
 
 def test_no_peak_is_claimed_for_a_cpu():
     assert peak_tflops_for(torch.device("cpu"), "bf16") is None
-    assert peak_tflops_of(["cpu"], "bf16", 100.0) is None
+    assert peak_tflops_of(["cpu"], "bf16") is None
+    assert peak_tflops_of(["cpu", "cpu"], "bf16", 2.0) == 2.0  # --peak-tflops given for a CPU row: that one
 
 
 def test_a_row_on_two_gpus_is_measured_against_both_peaks():

@@ -181,7 +181,7 @@ def check_command(argv: list[str], complete: bool = True) -> str | None:
         if not argv[0].startswith("launch/"):
             return None
         # a launch script passes --set on to train: check the keys
-        overrides = [value for flag, value in zip(argv, argv[1:], strict=True) if flag == "--set"]
+        overrides = [value for flag, value in zip(argv, argv[1:], strict=False) if flag == "--set"]
         try:
             load_config(None, overrides)
         except UserError as exc:

@@ -113,8 +113,11 @@ def peak_tflops_for(device: torch.device, amp: str) -> float | None:
 
 def peak_tflops_of(devices, amp: str, per_gpu: float | None = None) -> float | None:
     """The peak of every GPU in ``devices`` together (each counted once): ``per_gpu`` each, or each one's
-    datasheet value; None without a GPU or when one GPU's peak is unknown. CPUs add nothing."""
+    datasheet value; None when one GPU's peak is unknown. CPUs add nothing to GPUs; a row on CPUs alone
+    has the given ``per_gpu`` (``--peak-tflops`` for the CPU), else None."""
     gpus = {torch.device(d) for d in devices if torch.device(d).type == "cuda"}
+    if not gpus:
+        return per_gpu
     peaks = [per_gpu if per_gpu is not None else peak_tflops_for(d, amp) for d in gpus]
     return sum(peaks) if peaks and None not in peaks else None
 
