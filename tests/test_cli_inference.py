@@ -73,6 +73,8 @@ def test_images_is_the_same_seeded_subset_as_train_val_images(run, capsys):
     split = inference_split(run / "store" / "val", 32)
     sub = take_subset(split, 9, seed=0)
     assert len(sub.dataset) == 9 and sub.dataset.source.indices == subset_indices(15, 9, 0)
+    store = split.dataset.source                # record sizes follow the subset (data.decode=gpu sizes buffers by them)
+    assert sub.dataset.source.length.tolist() == [int(store.length[i]) for i in subset_indices(15, 9, 0)]
     assert subset_indices(15, 9, 0) == subset_indices(15, 9, 0) != subset_indices(15, 9, 1)
     assert take_subset(split, 20).dataset is split.dataset and take_subset(split, None).dataset is split.dataset
     assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(run / "store" / "val"), "--workers", "0",

@@ -203,3 +203,15 @@ def test_bench_decoder_rows_measure_the_same_pixels(tmp_path, data_write_images)
         assert result[f"{name}_decode_img_s"] > 0
     assert result["torchcodec_max_diff"] == result["torchvision_io_max_diff"] == 0
     assert result["pil_max_diff"] <= 2          # PIL's libjpeg may round its colour conversion differently
+
+
+def test_bench_decoder_leaves_out_unreadable_files(tmp_path, data_write_images):
+    from twogpu_alexnet.bench_data import decoder_rates
+
+    data_write_images(tmp_path / "src", {f"a/{i}.jpg": _photo_like(30, 40, i) for i in range(2)})
+    (tmp_path / "src" / "a" / "empty.jpg").write_bytes(b"")
+    assert decoder_rates(tmp_path / "src", images=3, seconds=0.02)["images"] == 2
+    (tmp_path / "only" / "a").mkdir(parents=True)
+    (tmp_path / "only" / "a" / "empty.jpg").write_bytes(b"")
+    with pytest.raises(UserError, match="none of the images chosen from .* could be decoded"):
+        decoder_rates(tmp_path / "only", images=3, seconds=0.02)

@@ -46,3 +46,22 @@ def test_colour_statistics_score_the_learned_part_and_keep_the_verdict():
     assert fields["color_score_tower0"] == hook.summary["weights"]["towers"][0]["mean"]
     assert fields["learned_color_score_tower1"] == hook.summary["learned"]["towers"][1]["mean"]
     assert fields["color_specific_tower"] == hook.summary["color_specific_tower"]
+
+
+def test_a_link_planted_at_the_kernels_folder_is_refused(tmp_path):
+    """Grids go through the one writer into RUN/kernels; a symbolic link there (to a folder outside the
+    run) is refused in one sentence and nothing is written outside."""
+    import pytest
+
+    from twogpu_alexnet.errors import UserError
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "kernels").symlink_to(outside)
+    event = type("Event", (), {"epoch": 1, "last": True, "run_dir": run, "step": 1, "board": None,
+                               "weights": None})()
+    with pytest.raises(UserError, match=r"kernels is a symbolic link .*refusing to write kernel grids"):
+        KernelGrids([1])(event)
+    assert list(outside.iterdir()) == []

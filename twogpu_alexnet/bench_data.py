@@ -237,14 +237,23 @@ def decoder_rates(data, *, images: int = 200, seconds: float = 3.0) -> dict:
     import numpy as np
     from PIL import Image
 
-    from .data.decode import CODEC, decode_rgb, read_bytes
+    from .data.decode import CODEC, CorruptImage, decode_rgb, read_bytes
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")                   # torchvision.io's deprecation notice: measured on purpose
         from torchvision.io import ImageReadMode, decode_image
     listing = list_split(data, "--data folder").images()
     step = max(1, len(listing.files) // images)
-    datas = [read_bytes(listing.root / f) for f in listing.files[::step][:images]]
+    datas = []
+    for f in listing.files[::step][:images]:
+        try:                          # unreadable files are left out, as the pipelines leave them out
+            d = read_bytes(listing.root / f)
+            decode_rgb(d)
+        except (CorruptImage, OSError):
+            continue
+        datas.append(d)
+    if not datas:
+        raise UserError(f"none of the images chosen from {data} could be decoded; point --data at readable images")
 
     def pil(d):
         with Image.open(io.BytesIO(d.numpy().tobytes())) as im:

@@ -11,6 +11,7 @@ add to the epoch line. The two are independent: the grids are written with the c
 from __future__ import annotations
 
 from ..engine.config import to_dict
+from ..files import make_folder
 from .kernels import epoch_color_fields, kernel_grid, run_specialization, save_kernel_grid
 
 
@@ -53,6 +54,7 @@ class KernelGrids:
     def __call__(self, event) -> None:
         if event.epoch not in self.epochs and not event.last:
             return None
-        save_kernel_grid(event.weights, event.run_dir / "kernels" / f"epoch_{event.epoch:03d}.png")
+        folder = make_folder(event.run_dir / "kernels", "kernel grids")     # a planted link there is refused
+        save_kernel_grid(event.weights, folder / f"epoch_{event.epoch:03d}.png")
         event.board.image("kernels/conv1", kernel_grid(event.weights), event.step)  # 3 x H x W in [0, 1]
         return None

@@ -89,7 +89,7 @@ def build_report(run_dir, out_dir=None) -> dict:
     """Write ``report.html`` (and the curve PNGs) for ``run_dir``; returns what was written and found."""
     run = Path(run_dir)
     steps, epochs, bad = run_metrics(run)
-    out = output_folder(out_dir if out_dir else run / "report")
+    out = output_folder(out_dir) if out_dir else output_folder(files.make_folder(run / "report", "the report"))
     curves = save_training_curves(steps, epochs, out)
     grids = sorted((run / "kernels").glob("*.png")) if (run / "kernels").is_dir() else []
     towers, towers_note, figure = _last_checkpoint_summary(run, out)

@@ -345,6 +345,8 @@ class SubsetSource:
         self.labels = [source.labels[i] for i in self.indices]
         self.format = getattr(source, "format", None)
         self.skipped = getattr(source, "skipped", ())
+        if hasattr(source, "length"):           # a store's record sizes (data.decode=gpu sizes its buffers by them)
+            self.length = source.length[self.indices]
 
     def __len__(self):
         return len(self.indices)

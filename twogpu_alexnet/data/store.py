@@ -185,6 +185,8 @@ class _JpegShard:
         return decode_jpeg(encoded), (self.position - encoded.numel(), encoded.numel())
 
     def close(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())      # on disk before the chunk's index marks it done
         self.file.close()
 
 
