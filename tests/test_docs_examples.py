@@ -8,7 +8,8 @@
   argparse parser with abbreviations off, so a renamed command or flag fails here; ``train``'s
   ``--config`` and ``--set`` are loaded as the trainer loads them, and the configs/ and launch/ files
   a command names exist (and a launch script's ``--set`` keys load). ``[--option VALUE]`` in a
-  synopsis counts as the option, ``{a,b}`` as its first choice.
+  synopsis counts as the option, ``{a,b}`` as its first choice. The README's Quickstart and Training
+  walk-throughs also run, command by command, in test_docs_walkthrough.py.
 - Relative links point to files that exist; the README stays under 12 KB, shows every command and
   CI's test command, and every public Python name is in the README or docs/api.md.
 """
