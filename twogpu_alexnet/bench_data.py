@@ -43,13 +43,19 @@ LOADER_PASSES = 4  # the loader rows read at most this many passes over the imag
 def _rates(fns: dict, count: int, seconds: float) -> dict:
     """Images/s of each ``fn(indices)`` (a batch maker) over 0..count-1, in CPU time of this process.
 
-    Bounded work: each pipeline makes at most one pass over the images and stops once it has used
-    ``seconds`` (the batch in hand finished). The pipelines take turns batch by batch, so a shared or
-    throttled machine slows them all alike; CPU time leaves out time other processes hold the core.
+    Bounded work: each pipeline first makes one unmeasured pass (at most ``seconds``: a raw store's pages
+    are read in there, as a training epoch finds them after the first), then at most one measured pass,
+    stopping once it has used ``seconds`` (the batch in hand finished). The pipelines take turns batch by
+    batch, so a shared or throttled machine slows them all alike; CPU time leaves out time other
+    processes hold the core.
     """
     batches = [list(range(lo, min(count, lo + BATCH))) for lo in range(0, count, BATCH)]
-    for fn in fns.values():                 # warm-up
-        fn(batches[0][:8])
+    for fn in fns.values():                 # warm-up: one pass, bounded like the measured one
+        start = time.process_time()
+        for b in batches:
+            fn(b)
+            if time.process_time() - start >= seconds:
+                break
     spent = {name: 0.0 for name in fns}
     done = {name: 0 for name in fns}
     for b in batches:
