@@ -177,3 +177,15 @@ def test_synthetic_stats_are_those_of_the_first_training_images():
     expected = acc.finish()
     assert val.stats.images == 1000 and torch.equal(val.stats.mean_image, expected.mean_image)
     assert torch.equal(val.stats.covariance, expected.covariance)
+
+
+def test_the_stats_cache_goes_under_twogpu_alexnet_cache_when_set(tmp_path, data_write_images, monkeypatch):
+    images = _images(seed=3, count=4)
+    src = data_write_images(tmp_path / "train", images)
+    monkeypatch.setenv("TWOGPU_ALEXNET_CACHE", str(tmp_path / "cache"))
+    stats = folder_stats(list_split(src).images(), SIZE, workers=1)
+    _check(stats, images)
+    cached = list((tmp_path / "cache" / "stats").glob(f"stats-*-{SIZE}.pt"))
+    assert len(cached) == 1 and not list(src.glob(".twogpu-alexnet-stats-*"))   # nothing written beside the data
+    again, _ = load_stats(cached[0])
+    assert torch.equal(again.mean_image, stats.mean_image)

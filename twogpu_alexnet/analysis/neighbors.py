@@ -23,6 +23,7 @@ from torchvision.utils import make_grid, save_image
 from .. import files
 from ..data import make_loader
 from ..data.decode import CorruptImage, decode_rgb, read_bytes, resize_center_crop
+from ..data.stats import CACHE_ENV
 from ..engine.inference import open_for_inference
 from ..errors import UserError
 from . import output_folder
@@ -30,8 +31,6 @@ from . import output_folder
 CACHE_FORMAT = 2
 TILE = 128  # pixels per image in the picture
 
-
-CACHE_ENV = "TWOGPU_ALEXNET_CACHE"
 
 
 def default_cache_dir(checkpoint=None) -> Path:

@@ -29,6 +29,7 @@ from .pool import pool_map
 STATS_FORMAT = 1
 MIN_SIDE, MAX_SIDE = 8, 4096     # image sides a user may ask for (prepare/stats --size)
 CHUNK = 1000                     # images per pool task (prepare, stats)
+CACHE_ENV = "TWOGPU_ALEXNET_CACHE"  # one folder for every cache of the program (stats, neighbour features)
 
 
 @dataclass(frozen=True)
@@ -220,17 +221,21 @@ def _stats_problem(stats: Stats) -> str | None:
 
 
 def cache_path_for(split_dir, size: int) -> Path:
-    """Where stats of a class-folder split live: beside the data when writable, else the user cache.
+    """Where stats of a class-folder split live.
 
-    Beside the data: ``<split_dir>/.twogpu-alexnet-stats-<size>.pt``. Otherwise
-    ``$XDG_CACHE_HOME/twogpu-alexnet`` (default ``~/.cache/twogpu-alexnet``), keyed by the absolute path.
+    ``$TWOGPU_ALEXNET_CACHE/stats/`` when that variable is set (the one place for every cache of the
+    program); else beside the data when writable (``<split_dir>/.twogpu-alexnet-stats-<size>.pt``); else
+    ``$XDG_CACHE_HOME/twogpu-alexnet`` (default ``~/.cache/twogpu-alexnet``). Outside the data, the file
+    name is keyed by the split's absolute path.
     """
     split_dir = Path(split_dir).resolve()
+    key = hashlib.sha1(str(split_dir).encode()).hexdigest()[:16]
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser() / "stats" / f"stats-{key}-{size}.pt"
     local = split_dir / f".twogpu-alexnet-stats-{size}.pt"
     if local.exists() or os.access(split_dir, os.W_OK):
         return local
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "twogpu-alexnet"
-    key = hashlib.sha1(str(split_dir).encode()).hexdigest()[:16]
     return cache / f"stats-{key}-{size}.pt"
 
 
