@@ -70,11 +70,7 @@ def save_score_plot(summary: dict, path, title: str | None = None) -> Path | Non
     if title:  # wrapped, and room kept above the axes, so it is never cut
         fig.suptitle(textwrap.fill(title, 110), fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.9 if title else 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    files.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
-    return path
+    return _save_png(fig, path)
 
 
 def save_training_curves(steps: list[dict], epochs: list[dict], out_dir) -> dict[str, Path] | None:
@@ -104,9 +100,7 @@ def save_training_curves(steps: list[dict], epochs: list[dict], out_dir) -> dict
         if ax.get_legend_handles_labels()[0]:  # beside the axes, where it covers no data
             ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         fig.tight_layout()
-        files.write_atomic(out / f"{name}.png", lambda f: fig.savefig(f, format="png", dpi=110))
-        plt.close(fig)
-        written[name] = out / f"{name}.png"
+        written[name] = _save_png(fig, out / f"{name}.png")
 
     # loss: every step (x = fractional epoch) and the per-epoch training mean
     step_rows = [r for r in steps if r.get("loss") is not None]
@@ -190,6 +184,13 @@ def save_kernel_figure(panels: list[tuple[str, object]], path, title: str | None
     if title:
         fig.suptitle(textwrap.fill(title, 60 * len(panels)), fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.85 if title else 1))
+    return _save_png(fig, path)
+
+
+def _save_png(fig, path) -> Path:
+    """Write ``fig`` to ``path`` as a PNG through the one writer, and close it."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     files.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))

@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.table import Table
 
 from .common import add_json_flag, console_for, print_json
+from .options import whole_number
 
 EXAMPLE = """examples:
   twogpu-alexnet kernels --checkpoint runs/paper/checkpoints/last.pt --out runs/paper/analysis
@@ -21,17 +22,6 @@ colour-opponent). A checkpoint of this program keeps conv1 at step 0, and the ve
 learned part L = W - c*W0 (c: what weight decay left of W0). A run splits when the towers'
 rank-biserial |r| >= 0.5 and its permutation p < 0.01. --compare prints one row per run folder, the
 across-arm test and one conclusion. See docs/specialization.md."""
-
-
-def _count(text: str) -> int:
-    """An integer that may be written as 1e4; argparse reports anything else."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not value.is_integer():
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-    return int(value)
 
 
 def add_parser(subparsers) -> None:
@@ -65,7 +55,7 @@ def add_parser(subparsers) -> None:
                    help=f"a run splits when the permutation p is below this (default {ALPHA}: the protocol)")
     p.add_argument("--min-effect", type=float, default=MIN_EFFECT,
                    help=f"... and |rank-biserial r| is at least this (default {MIN_EFFECT}: the protocol)")
-    p.add_argument("--permutations", type=_count, default=PERMUTATIONS,
+    p.add_argument("--permutations", type=whole_number, default=PERMUTATIONS,
                    help=f"0: the exact permutation test (default {PERMUTATIONS}); 1 to {MAX_PERMUTATIONS:,}: that many "
                    "random permutations")
     p.add_argument("--seed", type=int, default=0, help="seed of the permutation test (default 0)")

@@ -14,15 +14,20 @@ MAX_IMAGES = 10**9
 MAX_WORKERS = 1024
 
 
-def count(text: str, *, low: int, high: int, what: str = "a whole number") -> int:
-    """An integer in low..high (written as 64, or 1e4); argparse turns the error into one sentence."""
+def whole_number(text: str, expected: str = "a whole number") -> int:
+    """An integer written as 64 or 1e4; argparse turns the error into one sentence."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {what} in {low}..{high:,}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
     if not value.is_integer():
-        raise argparse.ArgumentTypeError(f"must be {what} in {low}..{high:,}, got {text!r}")
-    value = int(value)
+        raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
+    return int(value)
+
+
+def count(text: str, *, low: int, high: int, what: str = "a whole number") -> int:
+    """An integer in low..high (written as 64, or 1e4); argparse turns the error into one sentence."""
+    value = whole_number(text, f"{what} in {low}..{high:,}")
     if not low <= value <= high:
         raise argparse.ArgumentTypeError(f"must be {what} in {low}..{high:,}, got {value}")
     return value
