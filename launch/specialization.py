@@ -40,13 +40,20 @@ def plan() -> list[tuple[str, str, int]]:
 
 
 def run_state(run: Path) -> tuple[int, int] | None:
-    """(epoch, batch) of the run's last.pt, or None when it has none."""
-    import torch
+    """(epoch, batch) of the checkpoint ``train --resume`` would continue from (last.pt, or the newest
+    readable epoch file when last.pt is damaged), or None when the run has no readable checkpoint."""
+    from twogpu_alexnet.engine.checkpoint import load_latest
+    from twogpu_alexnet.errors import UserError
 
-    path = run / "checkpoints" / "last.pt"
-    if not path.is_file():
+    if not (run / "checkpoints").is_dir():
         return None
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload, path, notes = load_latest(run)  # the trainer's own choice, through the one checkpoint reader
+    except UserError as exc:
+        print(f"{run.name}: {exc}; the run starts over", file=sys.stderr, flush=True)
+        return None
+    for note in notes:
+        print(f"{run.name}: {note}; going on from {path.name}", file=sys.stderr, flush=True)
     return int(payload["epoch"]), int(payload["batch"])
 
 
@@ -73,6 +80,10 @@ def save_conv1(run: Path, out: Path) -> int:
     """Copy conv1 (and W0, step, epoch) of each epoch checkpoint of ``run`` not yet copied; returns the count."""
     import torch
 
+    from twogpu_alexnet import files
+    from twogpu_alexnet.errors import UserError
+    from twogpu_alexnet.model.load import read_file
+
     folder = out / "conv1" / run.name
     copied = 0
     for path in sorted((run / "checkpoints").glob("epoch_*.pt")):
@@ -80,15 +91,14 @@ def save_conv1(run: Path, out: Path) -> int:
         if target.exists():
             continue
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError):  # pruned or replaced while we read: the next poll sees it
+            payload = read_file(path, mmap=True)  # the one checkpoint reader; tensors mapped, not read
+            conv1 = {k: v.clone() for k, v in payload["model"].items() if k.endswith("conv1.weight")}
+            saved = {"conv1": conv1, "conv1_init": payload.get("conv1_init"), "step": int(payload["step"]),
+                     "epoch": int(payload["epoch"]), "preset": payload.get("preset")}
+        except (UserError, KeyError, TypeError, AttributeError):  # being written, pruned or damaged: next poll
             continue
-        conv1 = {k: v for k, v in payload["model"].items() if k.endswith("conv1.weight")}
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        torch.save({"conv1": conv1, "conv1_init": payload.get("conv1_init"), "step": payload["step"],
-                    "epoch": payload["epoch"], "preset": payload.get("preset")}, tmp)
-        os.replace(tmp, target)
+        files.make_folder(folder, "conv1 copies")
+        files.write_atomic(target, lambda f, saved=saved: torch.save(saved, f), what=f"conv1 copy {target}")
         copied += 1
     return copied
 
@@ -131,15 +141,15 @@ def run_all(out: Path, jobs: list[tuple[Path, list[str]]], parallel: int, log: P
 def epoch_scores(out: Path, runs: list[Path]) -> list[dict]:
     """Per run and saved epoch: the per-kernel scores of W and L and the per-run statistics (for scores.json)."""
     import tomllib
-    import torch
 
     from twogpu_alexnet.analysis.kernels import run_specialization
+    from twogpu_alexnet.model.load import read_file
 
     rows = []
     for run in runs:
         config = tomllib.loads((run / "config.toml").read_text()) if (run / "config.toml").is_file() else {}
         for path in sorted((out / "conv1" / run.name).glob("epoch_*.pt")):
-            saved = torch.load(path, map_location="cpu", weights_only=True)
+            saved = read_file(path)
             s = run_specialization(saved["conv1"], saved["conv1_init"], run_dir=run, step=saved["step"],
                                    meta={"config": config})
             rows.append({"run": run.name, "epoch": saved["epoch"], "step": saved["step"],
@@ -186,19 +196,54 @@ def summary_md(out: Path, result: dict, table: str, info: dict) -> str:
     return "\n".join(lines)
 
 
+def whole(name: str, default: str) -> int:
+    """The environment setting ``name`` as a whole number >= 1; UserError otherwise."""
+    from twogpu_alexnet.errors import UserError
+
+    text = env(name, default)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"{name}={text!r} is not a whole number of at least 1; set {name} to one (e.g. {default})")
+    return value
+
+
+def write(path: Path, text: str) -> None:
+    """An OUT file, written whole or not at all (a full disk is one sentence; a link there is refused)."""
+    from twogpu_alexnet import files
+
+    files.write_atomic(path, text, then="free space and run launch/specialization.sh again: finished runs are kept")
+
+
 def main() -> int:
-    here = Path(__file__).resolve().parents[1]
-    out = Path(os.environ["OUT"]).resolve()
-    steps, epochs = int(env("STEPS", "800")), int(env("EPOCHS", "16"))
-    if steps % epochs:
-        print(f"error: STEPS={steps} is not a multiple of EPOCHS={epochs}; choose STEPS = EPOCHS x steps per epoch",
-              file=sys.stderr)
+    """The study; a user mistake or a damaged file is one sentence and exit 2."""
+    from twogpu_alexnet.errors import UserError
+
+    try:
+        return study()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def study() -> int:
+    from twogpu_alexnet import files
+    from twogpu_alexnet.errors import UserError
+
+    here = Path(__file__).resolve().parents[1]
+    if not os.environ.get("OUT"):
+        raise UserError("OUT is not set; set OUT to the folder the study writes to (launch/specialization.sh does)")
+    out = Path(os.environ["OUT"]).resolve()
+    steps, epochs = whole("STEPS", "800"), whole("EPOCHS", "16")
+    if steps % epochs:
+        raise UserError(f"STEPS={steps} is not a multiple of EPOCHS={epochs}; choose STEPS = EPOCHS x steps per epoch")
     settings = [s for s in env("SETTINGS", "").splitlines() if s.strip()]
-    parallel = int(env("PARALLEL", "5"))
+    parallel = whole("PARALLEL", "5")
     config = Path(os.environ["CONFIG"]) if os.environ.get("CONFIG") else None
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    (out / "logs").mkdir(exist_ok=True)
+    files.make_folder(out / "runs", "the study's runs")
+    files.make_folder(out / "logs", "the study's logs")
     started = time.perf_counter()
     jobs, names = [], []
     for name, preset, seed in plan():
@@ -213,21 +258,20 @@ def main() -> int:
 
     from twogpu_alexnet.analysis.compare import compare_runs
     from twogpu_alexnet.cli.kernels import compare_lines, compare_table
-    from twogpu_alexnet.errors import UserError
 
     try:
         result = compare_runs(names)  # the protocol's defaults: what `kernels --compare --json` prints
     except UserError as exc:
         print(f"error: {exc} (logs in {out / 'logs'})", file=sys.stderr)
         return 1
-    (out / "compare.json").write_text(json.dumps(result) + "\n")
+    write(out / "compare.json", json.dumps(result) + "\n")
     console = Console(file=io.StringIO(), width=140, color_system=None)
     console.print(compare_table(result))
     for line in compare_lines(result):
         console.print(line, soft_wrap=True, markup=False)
     table = console.file.getvalue()
-    (out / "compare.txt").write_text(table)
-    (out / "scores.json").write_text(json.dumps(epoch_scores(out, names)) + "\n")
+    write(out / "compare.txt", table)
+    write(out / "scores.json", json.dumps(epoch_scores(out, names)) + "\n")
     import torch
 
     rates = [r for r in (measured_rate(run) for run in names) if r]
@@ -238,7 +282,7 @@ def main() -> int:
             "control": env("CONTROL", "paper-onetower"), "device": device, "parallel": parallel,
             "wall_s": time.perf_counter() - started, "img_s": sum(rates) / len(rates) if rates else None,
             "torch": torch.__version__, "python": platform.python_version(), "commit": commit.strip() or "unknown"}
-    (out / "summary.md").write_text(summary_md(out, result, table, info))
+    write(out / "summary.md", summary_md(out, result, table, info))
     print(table)
     if failed:
         print(f"error: these runs failed: {' '.join(failed)} (logs in {out / 'logs'})", file=sys.stderr)

@@ -257,6 +257,10 @@ def test_weights_groups_are_consecutive_channels_and_key_selects(tmp_path, capsy
     assert code == 0 and [t["n"] for t in result["towers"]] == [32, 32] and result["color_specific_tower"] == 1
 
 
+class _Unsafe:
+    """A pickled Python object (what weights_only refuses)."""
+
+
 def test_weights_refusals_are_one_sentence(tmp_path, capsys):
     def refused(path, *extra):
         code, _, err = run_weights(path, tmp_path / "o", capsys, *extra)
@@ -280,6 +284,9 @@ def test_weights_refusals_are_one_sentence(tmp_path, capsys):
     bad = tmp_path / "junk.pth"
     bad.write_bytes(b"not a torch file")
     assert "not a readable" in refused(bad)
+    pickled = tmp_path / "pickled.pth"  # read by the one checkpoint reader: pickles are named as such
+    torch.save({"w": planted_conv1(), "note": _Unsafe()}, pickled)
+    assert "holds pickled Python objects, which are not loaded" in refused(pickled)
     assert "does not exist" in refused(tmp_path / "missing.pt")
     other = tmp_path / "w.h5"
     other.write_bytes(b"x")

@@ -94,6 +94,30 @@ def test_a_run_on_zero_readable_images_is_one_sentence(tmp_path, capsys, monkeyp
     assert "inf%" not in err and "Traceback" not in err
 
 
+def test_a_run_that_reads_no_image_stops_after_its_first_batches_not_the_epoch(tmp_path, capsys, monkeypatch,
+                                                                                data_write_images):
+    """The check runs after ZERO_CHECK_IMAGES training images (here 8 of the epoch's 24), not after the wasted
+    epoch and its validation."""
+    import numpy as np
+
+    from twogpu_alexnet.engine import train as train_module
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        data_write_images(tmp_path / "data" / split, {f"{c}/{i}.png": rng.integers(0, 255, (32, 32, 3))
+                                                      for c in "ab" for i in range(12 if split == "train" else 2)})
+    assert main(["stats", "--data", str(tmp_path / "data" / "train"), "--size", "32", "--workers", "1"]) == 0
+    monkeypatch.setenv("TWOGPU_ALEXNET_MAX_PIXELS", "1")
+    monkeypatch.setattr(train_module, "ZERO_CHECK_IMAGES", 8)
+    sets = ("data.source=imagefolder", f"data.root={tmp_path / 'data'}", "train.batch_size=4", "train.epochs=1",
+            "data.workers=0", "analysis.color_stats=false")
+    code = main(["train", "--out", str(tmp_path / "run")] + [a for s in sets for a in ("--set", s)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert ("error: epoch 1 trained on no image: all 8 training images read in its first 2 batches (stopped there) "
+            "were skipped") in err, err
+
+
 def test_kernel_grids_are_written_without_the_colour_statistics(tmp_path):
     run = tmp_path / "run"
     sets = ("data.synthetic_images=16", "data.synthetic_val_images=8", "train.batch_size=8", "train.epochs=1",

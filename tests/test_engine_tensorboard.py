@@ -36,8 +36,9 @@ def test_the_key_takes_true_or_false():
 class _Writer:
     """Keeps what a SummaryWriter would write."""
 
-    def __init__(self, log_dir, purge_step=None):
+    def __init__(self, log_dir, purge_step=None, filename_suffix=""):
         self.log_dir, self.purge_step, self.scalars, self.images, self.closed = log_dir, purge_step, [], [], False
+        self.filename_suffix = filename_suffix
 
     def add_scalar(self, tag, value, step):
         self.scalars.append((tag, value, step))
@@ -96,3 +97,51 @@ def test_a_run_writes_an_event_file_tensorboard_reads_back(tmp_path):
     (image,) = events.Images("kernels/conv1")
     png = Image.open(io.BytesIO(image.encoded_image_string))
     assert image.step == 4 and png.mode == "RGB" and png.size == (image.width, image.height) and image.height > 50
+
+
+def test_a_link_planted_at_the_event_folder_is_refused_and_event_names_cannot_be_predicted(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "tensorboard").symlink_to(outside)
+    with pytest.raises(UserError, match="tensorboard is a symbolic link .*refusing to write TensorBoard events"):
+        open_board(run, enabled=True, writer_class=_Writer)
+    assert not any(outside.iterdir())
+    (run / "tensorboard").unlink()
+    suffixes = {open_board(run, enabled=True, writer_class=_Writer).writer.filename_suffix for _ in range(2)}
+    assert len(suffixes) == 2 and all(len(x) == 17 for x in suffixes)  # "." + 16 random hex digits each
+
+
+class _FullDisk(_Writer):
+    """A writer whose file write fails as on a full disk (SummaryWriter's queue raises it at a later call)."""
+
+    def flush(self):
+        raise OSError(28, "No space left on device")
+
+    def close(self):
+        raise OSError(28, "No space left on device")
+
+
+def test_a_full_disk_under_the_event_file_is_the_one_write_error_sentence(tmp_path):
+    board = open_board(tmp_path / "run", enabled=True, writer_class=_FullDisk)
+    for write in (lambda: board.record({"kind": "step", "loss": 1.0}, 1), lambda: board.image("k", _Image(), 1),
+                  board.close):
+        with pytest.raises(UserError) as err:
+            write()
+        text = str(err.value)
+        assert text.startswith("could not write the TensorBoard events (the disk is full)") and "--resume" in text, text
+    board.close()  # closed once: a second close does nothing
+
+
+class _Image:
+    shape = (3, 4, 4)
+
+
+def test_a_real_event_file_gets_the_random_suffix(tmp_path):
+    pytest.importorskip("tensorboard")
+    board = open_board(tmp_path / "run", enabled=True)
+    board.record({"kind": "step", "loss": 1.0}, 1)
+    board.close()
+    (event,) = (tmp_path / "run" / "tensorboard").iterdir()
+    assert event.name.startswith("events.out.tfevents.") and len(event.name.rsplit(".", 1)[-1]) == 16

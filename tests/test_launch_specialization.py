@@ -1,5 +1,7 @@
 """launch/specialization.sh: the 10 + 5 study in its dry mode on the CPU, and how it continues runs."""
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -55,20 +57,92 @@ def test_dry_study_keeps_the_protocol_shape(tmp_path):
     assert json.loads((out / "compare.json").read_text())["runs"] == runs
 
 
-def test_unfinished_runs_are_continued_and_finished_ones_left_alone(tmp_path):
+TINY = ["data.synthetic_images=16", "data.synthetic_val_images=8", "train.batch_size=4", "train.epochs=1",
+        "train.max_steps_per_epoch=1", "data.workers=0", "analysis.kernel_grid_epochs=[]"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A real one-epoch run folder (the demo's synthetic data, one step): last.pt and epoch_001.pt."""
+    from twogpu_alexnet.cli import main
+
+    run = tmp_path_factory.mktemp("study") / "paper-s3"
+    args = ["train", "--out", str(run), "--json"] + [a for s in TINY for a in ("--set", s)]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(args) == 0
+    return run
+
+
+def _with_epoch(src: Path, dst: Path, epoch: int, batch: int) -> None:
+    payload = torch.load(src, map_location="cpu", weights_only=True)
+    torch.save({**payload, "epoch": epoch, "batch": batch}, dst)
+
+
+def test_unfinished_runs_are_continued_and_finished_ones_left_alone(trained_run, tmp_path):
     d = driver()
     run = tmp_path / "paper-s3"
-    (run / "checkpoints").mkdir(parents=True)
-    torch.save({"epoch": 7, "batch": 12}, run / "checkpoints" / "last.pt")
+    shutil.copytree(trained_run, run)
+    last = run / "checkpoints" / "last.pt"
+    _with_epoch(last, last, 7, 12)
     assert d.train_args(run, "paper", 3, 16, 50, [], None) == ["train", "--resume", str(run), "--set",
                                                                 "train.epochs=16"]
-    torch.save({"epoch": 16, "batch": 0}, run / "checkpoints" / "last.pt")
+    _with_epoch(last, last, 16, 0)
     assert d.train_args(run, "paper", 3, 16, 50, [], None) is None
     fresh = d.train_args(tmp_path / "new", "paper", 3, 16, 50, ["train.lr=0.01"], None)
     assert fresh[:3] == ["train", "--out", str(tmp_path / "new")]
     assert "train.max_steps_per_epoch=50" in fresh and "train.epochs=16" in fresh and "train.seed=3" in fresh
     assert [n for n, _, _ in d.plan()] == [f"paper-s{s}" for s in range(10)] + [f"paper-onetower-s{s}"
                                                                                   for s in range(5)]
+
+
+def test_a_damaged_checkpoint_is_what_the_trainer_would_skip_not_a_traceback(trained_run, tmp_path, capsys):
+    """last.pt damaged: the study goes on from the newest readable epoch file, as `train --resume` does;
+    nothing readable: the run starts over. Either way a note, not a traceback."""
+    d = driver()
+    run = tmp_path / "paper-s3"
+    shutil.copytree(trained_run, run)
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated, as by a full disk or a copy cut short
+    assert d.run_state(run) == (1, 0)
+    assert "skipped last.pt" in capsys.readouterr().err
+    assert d.train_args(run, "paper", 3, 1, 1, [], None) is None  # epoch 1 of 1 is done (epoch_001.pt)
+    (run / "checkpoints" / "epoch_001.pt").write_bytes(b"not a checkpoint")
+    assert d.run_state(run) is None and "the run starts over" in capsys.readouterr().err
+    args = d.train_args(run, "paper", 3, 1, 1, [], None)
+    assert args[:3] == ["train", "--out", str(run)] and not run.exists()
+
+
+def test_conv1_copies_skip_damaged_epoch_files_and_go_through_the_one_writer(trained_run, tmp_path):
+    d = driver()
+    run, out = tmp_path / "paper-s3", tmp_path / "out"
+    shutil.copytree(trained_run, run)
+    good = run / "checkpoints" / "epoch_001.pt"
+    (run / "checkpoints" / "epoch_002.pt").write_bytes(good.read_bytes()[:500])  # being written, or damaged
+    assert d.save_conv1(run, out) == 1
+    saved = torch.load(out / "conv1" / run.name / "epoch_001.pt", map_location="cpu", weights_only=True)
+    source = torch.load(good, map_location="cpu", weights_only=True)
+    for key, value in saved["conv1"].items():
+        assert torch.equal(value, source["model"][key])
+    assert (saved["step"], saved["epoch"]) == (source["step"], source["epoch"])
+    assert not list((out / "conv1" / run.name).glob(".*.tmp"))
+    outside = tmp_path / "outside.pt"
+    outside.write_bytes(b"theirs")
+    (out / "conv1" / run.name / "epoch_001.pt").unlink()
+    (out / "conv1" / run.name / "epoch_001.pt").symlink_to(outside)
+    assert d.save_conv1(run, out) == 0 and outside.read_bytes() == b"theirs"  # a planted link is left alone
+
+
+@pytest.mark.parametrize(("setting", "problem"), [({"STEPS": "ten"}, "STEPS='ten' is not a whole number"),
+                                                  ({"STEPS": "10", "EPOCHS": "3"}, "STEPS=10 is not a multiple"),
+                                                  ({"PARALLEL": "0"}, "PARALLEL='0' is not a whole number")])
+def test_bad_settings_are_one_sentence(setting, problem, tmp_path, monkeypatch, capsys):
+    d = driver()
+    monkeypatch.setenv("OUT", str(tmp_path / "o"))
+    for k, v in setting.items():
+        monkeypatch.setenv(k, v)
+    assert d.main() == 2
+    err = capsys.readouterr().err
+    assert problem in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_missing_data_is_one_sentence(tmp_path):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..model.load import read_file
 
 SUFFIXES = (".pt", ".pth", ".npy")
 
@@ -50,13 +51,13 @@ def _load(path: Path):
     if path.suffix.lower() not in SUFFIXES:
         raise UserError(f"--weights {path} is not a .pt, .pth or .npy file; save the weights with torch.save or "
                         "numpy.save")
+    if path.suffix.lower() != ".npy":
+        return read_file(path)  # the one reader of torch files (weights_only; damaged files are one sentence)
     try:
-        if path.suffix.lower() == ".npy":
-            return np.load(path, allow_pickle=False)
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # truncated, not this format, or pickled objects that the safe loaders refuse
-        raise UserError(f"{path} is not a readable {path.suffix} file of tensors (truncated, another format, or "
-                        "pickled objects); save the weights with torch.save(state_dict) or numpy.save") from None
+        return np.load(path, allow_pickle=False)
+    except Exception:  # truncated, not this format, or pickled objects that allow_pickle=False refuses
+        raise UserError(f"{path} is not a readable .npy file of numbers (truncated, another format, or "
+                        "pickled objects); save the weights with numpy.save") from None
 
 
 def _unwrap(obj: Mapping) -> Mapping:

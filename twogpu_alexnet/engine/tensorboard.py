@@ -7,14 +7,23 @@ colour verdict's numbers (``epoch/learned_color_score_tower0/1``, ``epoch/color_
 ``epoch/color_p_value``, ``epoch/color_split``; its sentence as the text ``epoch/color_verdict``); images
 that epoch-end hooks add (the Figure-3 kernel grid as ``kernels/conv1``). Off, nothing is imported
 and nothing is written. ``tensorboard --logdir RUN`` shows a run (or ``--logdir runs`` all of them).
+
+TensorBoard appends to its event file as the run goes, so the file cannot be written whole like the
+others (:mod:`..files`); what the one writer guarantees holds here too: the folder is made by
+``files.make_folder`` (a link planted at ``RUN/tensorboard`` is refused in one sentence), the event
+file's name ends in a random token (nobody can plant a link at it beforehand), and a write the disk
+refuses (full, read-only, no permission) is the one ``files.write_error`` sentence.
 """
 from __future__ import annotations
 
 import math
 import os
+import secrets
 from pathlib import Path
 
+from .. import files
 from ..errors import UserError
+from .rundir import resume_hint
 
 INSTALL = "pip install 'twogpu-alexnet[tensorboard]'"
 _STEP_KEYS = ("loss", "lr", "img_s")
@@ -42,34 +51,59 @@ def check_available(enabled: bool) -> None:
 
 
 class Board:
-    """Writes run records to a TensorBoard writer; without one (logging off) every call does nothing."""
+    """Writes run records to a TensorBoard writer; without one (logging off) every call does nothing.
 
-    def __init__(self, writer=None):
-        self.writer = writer
+    ``folder`` (the event files' folder) and ``then`` (what to do after a failed write) complete the
+    :func:`files.write_error` sentence."""
+
+    def __init__(self, writer=None, folder: str | os.PathLike | None = None, then: str | None = None):
+        self.writer, self.folder, self.then = writer, folder, then
 
     def record(self, record: dict, step: int) -> None:
         """A ``metrics.jsonl`` record (``kind`` step or epoch) as scalars at the global ``step``."""
         if self.writer is None:
             return
         prefix, keys = ("train", _STEP_KEYS) if record["kind"] == "step" else ("epoch", _EPOCH_KEYS)
-        for key in keys:
-            value = record.get(key)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                self.writer.add_scalar(f"{prefix}/{key}", value, step)
-        if isinstance(record.get("color_verdict"), str):  # the same sentence as metrics.jsonl and kernels
-            self.writer.add_text("epoch/color_verdict", record["color_verdict"], step)
-        self.writer.flush()
+        with self._writing():
+            for key in keys:
+                value = record.get(key)
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(f"{prefix}/{key}", value, step)
+            if isinstance(record.get("color_verdict"), str):  # the same sentence as metrics.jsonl and kernels
+                self.writer.add_text("epoch/color_verdict", record["color_verdict"], step)
+            self.writer.flush()
 
     def image(self, tag: str, image, step: int) -> None:
         """A 3 x H x W image with values in [0, 1] (the epoch-end kernel grid: ``kernels/conv1``)."""
         if self.writer is None:
             return
-        self.writer.add_image(tag, image, step)
-        self.writer.flush()
+        with self._writing():
+            self.writer.add_image(tag, image, step)
+            self.writer.flush()
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            writer, self.writer = self.writer, None
+            with self._writing():
+                writer.close()
+
+    def _writing(self):
+        return _WriteErrors(self.folder, self.then)
+
+
+class _WriteErrors:
+    """Turns an OSError of the event writer (which may surface at a later call) into files.write_error."""
+
+    def __init__(self, folder, then):
+        self.folder, self.then = folder, then
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if isinstance(exc, OSError):
+            raise files.write_error(exc, "the TensorBoard events", self.folder or "the run folder", self.then) from None
+        return False
 
 
 def open_board(run_dir: str | os.PathLike, enabled: bool, purge_step: int | None = None, writer_class=None) -> Board:
@@ -81,4 +115,10 @@ def open_board(run_dir: str | os.PathLike, enabled: bool, purge_step: int | None
     if not enabled:
         return Board()
     writer_class = writer_class or summary_writer_class()
-    return Board(writer_class(log_dir=str(Path(run_dir) / "tensorboard"), purge_step=purge_step))
+    folder = Path(run_dir) / "tensorboard"
+    then = resume_hint(run_dir)
+    files.make_folder(folder, "TensorBoard events")  # a link planted at the folder is refused
+    with _WriteErrors(folder, then):
+        writer = writer_class(log_dir=str(folder), purge_step=purge_step,
+                              filename_suffix=f".{secrets.token_hex(8)}")  # a name nobody can plant a link at
+    return Board(writer, folder, then)

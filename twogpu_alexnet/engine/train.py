@@ -46,6 +46,9 @@ from .step import AMP_DTYPES, rng_neutral_iter, train_step
 from .step import validate as validate_pass
 
 EXIT_DONE, EXIT_NONFINITE = 0, 3  # user errors exit 2 (the CLI), signals 130 / 143 (signals.py)
+# after this many training images of an epoch (whole batches, all processes), a run that could read none of
+# them stops at once rather than at the epoch's end (shuffled data: the rest is no more readable)
+ZERO_CHECK_IMAGES = 256
 
 
 @dataclass
@@ -199,6 +202,10 @@ class _Run:
             raise UserError(f"the training split has fewer images than one batch ({self.rank_batch} per process); "
                             "lower train.batch_size or add images")
         self.pace = Pace(tc.log_every, self.steps_per_epoch, self.rank_batch * self.ctx.world_size)
+        # the batch after which an epoch that read no image stops (the same on every process)
+        self.zero_check_batch = min(self.steps_per_epoch,
+                                    -(-ZERO_CHECK_IMAGES // (self.rank_batch * self.ctx.world_size)))
+        self.read_in_epoch = 0  # training images read (decoded) in this invocation's part of the epoch
         self.log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.main)
         self.write_config()
         self.log.truncate_after(self.epochs_done, self.step)
@@ -231,6 +238,9 @@ class _Run:
                 break
             batch += 1
             self.progress["skipped"] += int(skipped)
+            self.read_in_epoch += len(labels)
+            if batch == self.zero_check_batch:  # sync (ranks, host values): stop at once when nothing was readable
+                self.check_images_read(epoch, batch)
             stopping = self.stopping()  # sync (ranks, host values): asked before the step, which then finishes
             if len(labels):  # else every image of this batch was unreadable (counted in skipped)
                 # queued on the device; the loss is read at the next log point (read_window)
@@ -271,9 +281,7 @@ class _Run:
         loss_total, images, skipped, nonfinite = distributed.sum_across(  # sync (ranks, host values)
             [p["loss_sum"], p["images"], p["skipped"], p["nonfinite"]], ctx)
         if images == 0 and nonfinite == 0:
-            raise UserError(f"epoch {epoch} trained on no image: all {int(skipped)} training images read were skipped "
-                            "(unreadable, or larger than TWOGPU_ALEXNET_MAX_PIXELS allows); check the images in "
-                            "data.root or raise that limit")
+            raise UserError(no_image_read(epoch, skipped))
         if val[2] == 0:
             raise UserError(f"epoch {epoch} validated on no image: no validation image could be read (unreadable, or "
                             "larger than TWOGPU_ALEXNET_MAX_PIXELS allows); check the images in data.root's val/")
@@ -322,7 +330,14 @@ class _Run:
                                                  self.input_devices)
             self.reporter.message(f"epoch {epoch}: colour noise switched off (original schedule)")
         self.t_epoch = time.perf_counter()
+        self.read_in_epoch = 0
         self.pace.begin_epoch()
+
+    def check_images_read(self, epoch: int, batch: int) -> None:
+        """UserError when no training image of the epoch's first ``batch`` batches could be read (all processes)."""
+        read, skipped = distributed.sum_across([self.read_in_epoch, self.progress["skipped"]], self.ctx)
+        if read == 0 and skipped > 0:
+            raise UserError(no_image_read(epoch, skipped, batch if batch < self.steps_per_epoch else None))
 
     def stopping(self) -> bool:
         """Whether a stop was asked (SIGINT/SIGTERM) in any process; host values only."""
@@ -454,6 +469,15 @@ class _Run:
 
 # ---------------------------------------------------------------------------------------------
 # Helpers: checks that run before any data is read or any GPU memory is taken, data, weights.
+
+def no_image_read(epoch: int, skipped: float, batches: int | None = None) -> str:
+    """The sentence for an epoch that could read none of its training images (``batches``: stopped after
+    that many, before the epoch's end)."""
+    early = f" in its first {batches} batches (stopped there)" if batches else ""
+    return (f"epoch {epoch} trained on no image: all {int(skipped)} training images read{early} were skipped "
+            "(unreadable, or larger than TWOGPU_ALEXNET_MAX_PIXELS allows); check the images in data.root or raise "
+            "that limit")
+
 
 def check_data(config: Config) -> None:
     d = config.data
