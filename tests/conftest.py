@@ -1,9 +1,21 @@
-"""Shared test setup. Areas add fixtures here prefixed with their area name (model_, data_, engine_, analysis_)."""
+"""Shared test setup. Areas add fixtures here prefixed with their area name (model_, data_, engine_, analysis_).
+
+The suite runs in parallel (``-n auto``, pytest-xdist): each worker process gets its share of the CPU
+cores for torch's threads, and the ``slow`` tests are handed out first, so no long test starts last.
+"""
+import os
+
 import pytest
 import torch
 
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:  # a worker of -n N: its share of the cores, not all of them (N x all would oversubscribe)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
 
 def pytest_collection_modifyitems(config, items):
+    if _WORKERS > 1:  # handed out round-robin from the front: the long tests start first, on every worker
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: slow first, order kept
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA (gpu mark); runs in launch/gpu_check.sh on a GPU machine")

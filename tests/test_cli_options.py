@@ -170,6 +170,7 @@ def test_val_images_is_bounded_like_every_count():
         load_config(None, ["train.val_images=-1"])
 
 
+@pytest.mark.slow
 def test_printing_survives_an_ascii_stdout(tmp_path):
     """Emoji class names print as escapes (no UnicodeEncodeError) under PYTHONIOENCODING=ascii."""
     from PIL import Image

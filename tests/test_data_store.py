@@ -253,6 +253,7 @@ def test_absurd_sizes_are_one_sentence(tmp_path, data_write_images):
     assert not (tmp_path / "other").exists()
 
 
+@pytest.mark.slow
 def test_an_error_in_the_progress_callback_stops_the_pool_at_once(tmp_path, data_write_images, monkeypatch):
     """The caller's loop over the pool's results raising (e.g. Ctrl-C in a progress bar) ends the pool there:
     the chunks not started are cancelled instead of running on in the background."""

@@ -61,6 +61,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one_process_on_the_union_batch(tmp_path):
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -94,6 +95,7 @@ def _train_worker(rank: int, port: int, run_dir: str, out: str):
     torch.save({"val_top1_error": result.epochs[0]["val_top1_error"]}, os.path.join(out, f"rank{rank}.pt"))
 
 
+@pytest.mark.slow
 def test_full_training_run_on_two_gloo_processes(tmp_path):
     run = tmp_path / "run"
     mp.spawn(_train_worker, args=(_free_port(), str(run), str(tmp_path)), nprocs=2, join=True)

@@ -30,6 +30,7 @@ def kept(out: Path) -> list[Path]:
     return files
 
 
+@pytest.mark.slow
 def test_a_rerun_of_chosen_stages_keeps_out_small_and_merges_the_results(tmp_path):
     out = tmp_path / "d"
     first = check(out, STAGES="bench")

@@ -23,6 +23,7 @@ def driver():
     return module
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_dry_study_keeps_the_protocol_shape(tmp_path):
     out = tmp_path / "spec"

@@ -25,6 +25,7 @@ def test_info_table_and_unknown_preset(capsys):
     assert err.startswith("error: unknown preset 'nope'") and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_bench_model_json_has_the_contract_keys_and_rows(capsys):
     args = ["bench", "model", "--device", "cpu", "--batch", "1", "--repeats", "1", "--steps", "1", "--warmup", "0"]
     assert main(args + ["--peak-tflops", "2", "--json"]) == 0

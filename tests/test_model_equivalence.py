@@ -53,7 +53,8 @@ def _images(preset, n=2, seed=1):
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 50
 
 
-@pytest.mark.parametrize("preset", ["paper", ORIGINAL_32, "cifar"], ids=["paper", "original-32", "cifar"])
+@pytest.mark.parametrize("preset", [pytest.param("paper", marks=pytest.mark.slow), ORIGINAL_32, "cifar"],
+                         ids=["paper", "original-32", "cifar"])
 def test_same_logits_and_gradients(preset):
     towers, grouped = _pair(preset)
     x = _images(preset)

@@ -47,6 +47,7 @@ def reference(state, x, original):
     return F.linear(a, *w("fc8"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", HALF)
 def test_half_net_matches_the_direct_reference_forward_and_gradient(preset):
     model = build_model(preset, mode="grouped", device="cpu", num_classes=10).double().eval()
