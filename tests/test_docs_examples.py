@@ -8,8 +8,11 @@
   argparse parser with abbreviations off, so a renamed command or flag fails here; ``train``'s
   ``--config`` and ``--set`` are loaded as the trainer loads them, and the configs/ and launch/ files
   a command names exist (and a launch script's ``--set`` keys load). ``[--option VALUE]`` in a
-  synopsis counts as the option, ``{a,b}`` as its first choice. The README's Quickstart and Training
-  walk-throughs also run, command by command, in test_docs_walkthrough.py.
+  synopsis counts as the option, ``{a,b}`` as its first choice. In an output block (``text``,
+  ``console``, or any block with ``$ `` prompts) the commands are the lines after a prompt.
+- Every such command also runs, on the CPU with tiny data, in test_docs_commands.py (those needing a
+  GPU, and the launch scripts, are skipped there by rules that say why); the README's Quickstart and
+  Training walk-throughs run once more as subprocesses in test_docs_walkthrough.py.
 - Relative links point to files that exist; the README stays under 12 KB, shows every command and
   CI's test command, and every public Python name is in the README or docs/api.md.
 """
@@ -103,8 +106,8 @@ def shell_texts(text: str) -> list[tuple[str, bool]]:
     """
     texts = []
     for block in fenced_blocks(text):
-        if block.lang in ("text", "console"):  # output; the commands are the lines after a "$ " prompt
-            prompts = [line[2:] for line in block.code.splitlines() if line.startswith("$ ")]
+        prompts = [line[2:] for line in block.code.splitlines() if line.startswith("$ ")]
+        if block.lang in ("text", "console") or prompts:  # output: the commands are the lines after a "$ " prompt
             texts.append(("\n".join(prompts), True))
         elif block.lang not in ("python", "py", "toml", "json"):
             texts.append((block.code, True))
@@ -116,6 +119,11 @@ def shell_texts(text: str) -> list[tuple[str, bool]]:
 
 def commands(shell: str) -> list[list[str]]:
     """Each simple command of a shell text as argv (env assignments and ``time`` dropped)."""
+    return [argv for _, argv in commands_with_env(shell)]
+
+
+def commands_with_env(shell: str) -> list[tuple[dict[str, str], list[str]]]:
+    """Each simple command of a shell text as (the ``NAME=value`` assignments before it, argv)."""
     shell = re.sub(r"\\\n", " ", shell)
     shell = re.sub(r"\[(--?[^\[\]]*)\]", r"\1", shell)  # synopsis: [--json] -> --json
     shell = re.sub(r"\{([\w.:-]+)(?:,[\w.:-]+)+\}", r"\1", shell)  # choices: {none,bf16} -> none
@@ -130,11 +138,15 @@ def commands(shell: str) -> list[list[str]]:
         segment: list[str] = []
         for token in [*tokens, ";"]:
             if token in SEPARATORS:
+                env = {}
                 while segment and (re.match(r"^[A-Za-z_]\w*=", segment[0]) or segment[0] == "time"):
-                    segment.pop(0)
+                    word = segment.pop(0)
+                    if word != "time":
+                        name, _, value = word.partition("=")
+                        env[name] = value
                 argv = [t[:-3] if t.endswith("...") else t for t in segment if t != "..."]
                 if argv:
-                    found.append(argv)
+                    found.append((env, argv))
                 segment = []
             else:
                 segment.append(token)
@@ -285,13 +297,18 @@ pip install . && python3 -m twogpu_alexnet evaluate --checkpoint a.pt --data val
 $ twogpu-alexnet prepare --data d --out s --format {jpeg,raw}
 twogpu-alexnet this-is-output
 ```
+
+```
+$ TWOGPU_ALEXNET_MAX_PIXELS=9 twogpu-alexnet stats --data d
+twogpu-alexnet this-is-output-too
+```
 """
 
 
 def test_extraction_finds_blocks_markers_and_commands():
     blocks = fenced_blocks(SAMPLE)
     assert [(b.lang, b.line, b.no_test) for b in blocks] == [
-        ("python", 4, "needs the ILSVRC-2012 devkit"), ("bash", 8, None), ("text", 16, None)]
+        ("python", 4, "needs the ILSVRC-2012 devkit"), ("bash", 8, None), ("text", 16, None), ("", 21, None)]
     texts = shell_texts(SAMPLE)
     found = [argv for text, _ in texts for argv in commands(text)]
     assert found == [
@@ -300,13 +317,16 @@ def test_extraction_finds_blocks_markers_and_commands():
         ["python3", "-m", "twogpu_alexnet", "evaluate", "--checkpoint", "a.pt", "--data", "val", "--ten-crop",
          "--json"],
         ["twogpu-alexnet", "prepare", "--data", "d", "--out", "s", "--format", "jpeg"],
+        ["twogpu-alexnet", "stats", "--data", "d"],
         ["twogpu-alexnet", "neighbors", "--checkpoint", "c.pt", "--data", "train", "--queries", "a.jpg", "b.jpg",
          "--out", "nn"],
         ["twogpu-alexnet", "info", "--preset", "cifar"],
         ["twogpu-alexnet", "report"],
     ]
-    assert [complete for text, complete in texts for _ in commands(text)] == [True] * 5 + [False] * 2
-    assert [check_command(argv, complete=False) for argv in found] == [None] * 7
+    assert [complete for text, complete in texts for _ in commands(text)] == [True] * 6 + [False] * 2
+    assert [check_command(argv, complete=False) for argv in found] == [None] * 8
+    assert commands_with_env("A=1 B= time twogpu-alexnet info; C=2 ls") == [
+        ({"A": "1", "B": ""}, ["twogpu-alexnet", "info"]), ({"C": "2"}, ["ls"])]
     assert "required: --run" in check_command(["twogpu-alexnet", "report"])
 
 
