@@ -1,8 +1,10 @@
 """The README's walk-throughs run as written: each command is a ``python -m twogpu_alexnet`` subprocess.
 
-test_docs_examples.py parses every documented command; this module runs the two sequences a newcomer
-types first, taken from README.md's text with the extraction helpers there, so a command the README
-shows that stops working (or stops writing the file the README names) fails here:
+test_docs_examples.py parses every documented command and test_docs_commands.py runs each one in-process;
+this module runs the two sequences a newcomer types first as the installed command would (a fresh
+interpreter each), in order on one folder, taken from README.md's text with the extraction helpers
+there, so a command the README shows that stops working (or stops writing the file the README names)
+fails here:
 
 - Quickstart: the demo ``train --out runs/demo``, made tiny with ``--set`` overrides appended, then
   each next-step command on that folder exactly as written (report, kernels, export, resume), each
