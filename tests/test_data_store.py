@@ -313,3 +313,7 @@ def test_prepare_counts_file_by_file_so_its_eta_holds_from_the_first_tenth(tmp_p
     assert early and early[0][0] <= 0.2 * n, counts
     for done, eta, left in early:
         assert 0.5 <= eta / left <= 2, (done, eta, left)
+    one_process = []                                # workers=1: the chunks run here, each file reported at once
+    prepare_store(tmp_path / "src", tmp_path / "here", size=16, workers=1, chunk_size=5, max_chunks=2,
+                  progress=lambda done, total: one_process.append(done))
+    assert one_process == list(range(11))

@@ -7,9 +7,9 @@ array n x S x S x 3 uint8, pixels in the order decoders give them (an entry is t
 other file; ``store_check.py`` reads and checks the store when it is opened.
 
 The sorted source file list is cut into fixed chunks, one pool task each; progress is counted file by file
-as the workers go (pool.advance), not a chunk at a time, so its rate and ETA are steady. A chunk is written under
-temporary names and renamed when done (its index last), so an interrupted ``prepare`` resumes with the
-chunks not done and never stores an image twice. Statistics are summed from the pixels as stored
+as the workers go (pool.advance), not a chunk at a time, so its rate and ETA are steady. A chunk is written
+under temporary names and renamed when done (its index last), so an interrupted ``prepare`` resumes with
+the chunks not done and never stores an image twice. Statistics are summed from the pixels as stored
 (after JPEG re-encoding), i.e. exactly what training reads.
 """
 from __future__ import annotations
