@@ -280,3 +280,41 @@ def test_an_error_in_the_progress_callback_stops_the_pool_at_once(tmp_path, data
     time.sleep(4)                     # ``caught`` keeps the traceback, so prepare_store's frame stays alive
     done = len(list((tmp_path / "store" / "shards").glob("[0-9][0-9][0-9][0-9][0-9].pt")))   # chunks done
     assert caught.value and 1 <= done <= 12, done   # the first, those running and the few already queued (not 24)
+
+
+
+def test_prepare_counts_file_by_file_so_its_eta_holds_from_the_first_tenth(tmp_path, data_write_images, monkeypatch):
+    """Workers count each file as they go, not a chunk at its end: with 2 workers and 4 chunks the count used to
+    jump a quarter at a time, its first report at 25% with an ETA 3x the time left."""
+    from rich.console import Console
+
+    from twogpu_alexnet.data import store as store_module
+    from twogpu_alexnet.engine.progress import Counter
+
+    n, chunk = 200, 50
+    data_write_images(tmp_path / "src", {f"c{i % 2}/im{i:03d}.png": _smooth(16, 16, i) for i in range(n)})
+    source_image = store_module._source_image
+
+    def slow(path, size):                           # the same cost for every file, load or not (workers inherit it)
+        time.sleep(0.015)
+        return source_image(path, size)
+
+    monkeypatch.setattr(store_module, "_source_image", slow)
+    counter, seen = Counter(Console(file=io.StringIO()), "prepare", unit="files"), []
+
+    def progress(done, total):
+        seen.append((done, time.perf_counter(), counter.numbers(done, total)[1]))   # the ETA the bar shows
+
+    prepare_store(tmp_path / "src", tmp_path / "store", size=16, workers=2, chunk_size=chunk, progress=progress)
+    end = time.perf_counter()
+    counts = [done for done, _, _ in seen]
+    assert counts == sorted(counts) and counts[0] == 0 and counts[-1] == n
+    assert max(np.diff(counts)) <= chunk // 2, counts                 # not a chunk at a time
+    early = [(done, eta, end - t) for done, t, eta in seen if 0.1 * n <= done <= 0.75 * n]
+    assert early and early[0][0] <= 0.2 * n, counts
+    for done, eta, left in early:
+        assert 0.5 <= eta / left <= 2, (done, eta, left)
+    one_process = []                                # workers=1: the chunks run here, each file reported at once
+    prepare_store(tmp_path / "src", tmp_path / "here", size=16, workers=1, chunk_size=5, max_chunks=2,
+                  progress=lambda done, total: one_process.append(done))
+    assert one_process == list(range(11))

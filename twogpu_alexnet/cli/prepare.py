@@ -50,7 +50,7 @@ def run(args) -> int:
         return _verify(args, console)
     from ..engine.progress import Counter
 
-    try:       # the ETA comes from the files done since the start (chunks finish in bursts)
+    try:       # the ETA comes from the files done since the start (counted file by file, as workers go)
         with Counter(console_for(args, stderr=True), "prepare", unit="files", rate_unit="files/s") as progress:
             result = prepare_store(args.data, args.out, size=args.size, fmt=args.fmt, quality=args.quality,
                                    workers=args.workers, progress=progress)

@@ -6,9 +6,10 @@ array n x S x S x 3 uint8, pixels in the order decoders give them (an entry is t
 ``shards/NNNNN.pt`` is the chunk's index. A finished store's ``store.json`` records the SHA-256 of every
 other file; ``store_check.py`` reads and checks the store when it is opened.
 
-The sorted source file list is cut into fixed chunks, one pool task each. A chunk is written under
-temporary names and renamed when done (its index last), so an interrupted ``prepare`` resumes with the
-chunks not done and never stores an image twice. Statistics are summed from the pixels as stored
+The sorted source file list is cut into fixed chunks, one pool task each; progress is counted file by file
+as the workers go (pool.advance), not a chunk at a time, so its rate and ETA are steady. A chunk is written
+under temporary names and renamed when done (its index last), so an interrupted ``prepare`` resumes with
+the chunks not done and never stores an image twice. Statistics are summed from the pixels as stored
 (after JPEG re-encoding), i.e. exactly what training reads.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ from .. import files
 from ..errors import UserError
 from .decode import CorruptImage, decode_jpeg, decode_rgb, encode_jpeg, read_bytes, resize_center_crop
 from .folders import FolderListing, list_split
-from .pool import pool_map, worker_count
+from .pool import advance, pool_map, worker_count
 from .stats import CHUNK, Stats, StatsAccumulator, check_side, fingerprint_files, load_stats, save_stats
 from .store_check import (
     FORMATS,
@@ -54,7 +55,8 @@ def prepare_store(data, out, *, size: int = 256, fmt: str = "jpeg", quality: int
                   chunk_size: int | None = None, max_chunks: int | None = None, progress=None) -> dict:
     """Run the one-time preprocessing of split folder ``data`` into store ``out`` (resumable).
 
-    ``progress(done, total)`` is called as chunks finish (counts of source files). ``max_chunks``
+    ``progress(done, total)`` is called at the start and as files are done (counts of source files, the
+    files of chunks done by earlier runs included; from workers a few times a second). ``max_chunks``
     stops after that many new chunks (the store stays incomplete; call again to go on).
     Returns a summary: ``written``, ``skipped`` (list of {path, reason}), ``complete``, ``reused``
     (files already done by an earlier run), ``bytes``, ``bytes_per_image``, ``seconds``, ``store``.
@@ -71,14 +73,19 @@ def prepare_store(data, out, *, size: int = 256, fmt: str = "jpeg", quality: int
     result = {"store": str(out), "files": n, "reused": done, "settings": settings}
     job = {"out": str(out), "root": str(listing.root), **settings, "chunk_size": per_chunk, "files": listing.files,
            "labels": listing.labels}
+    counted = None
     if progress is not None:
         progress(done, n)
+
+        def counted(files: int) -> None:
+            nonlocal done
+            done += files
+            progress(done, n)
     try:
-        with closing(pool_map(_prepare_chunk, job, todo[:max_chunks], workers)) as results:  # an error here stops it
-            for seen in results:
-                done += seen
-                if progress is not None:
-                    progress(done, n)
+        # an error (in progress too) stops the pool
+        with closing(pool_map(_prepare_chunk, job, todo[:max_chunks], workers, counted)) as results:
+            for _ in results:
+                pass
         result["complete"] = all(_chunk_done(out, c) for c in chunks)
         if result["complete"] and not meta.get("complete"):
             _finalize(out, meta, list(listing.skipped))
@@ -253,10 +260,11 @@ def _prepare_chunk(job: dict, chunk: int) -> int:
                 img, reason = _source_image(path, size)
                 if img is None:
                     skipped.append({"path": str(path), "reason": reason})
-                    continue
-                stored, (offset, length) = shard.add(img)
-                acc.add(stored)
-                rows.append((offset, length, job["labels"][i], i))
+                else:
+                    stored, (offset, length) = shard.add(img)
+                    acc.add(stored)
+                    rows.append((offset, length, job["labels"][i], i))
+                advance()                       # one file done, for the progress of prepare_store
         os.replace(tmp, data_path)
     except OSError as exc:  # a full or read-only disk: one sentence; the chunks finished before are kept
         if tmp is not None:
