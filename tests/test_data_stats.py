@@ -189,3 +189,30 @@ def test_the_stats_cache_goes_under_twogpu_alexnet_cache_when_set(tmp_path, data
     assert len(cached) == 1 and not list(src.glob(".twogpu-alexnet-stats-*"))   # nothing written beside the data
     again, _ = load_stats(cached[0])
     assert torch.equal(again.mean_image, stats.mean_image)
+
+
+class _Tiles:
+    """128 constant 256 x 256 images (a source as source_stats reads them); image i has value i."""
+
+    size = 256
+
+    def __len__(self):
+        return 128
+
+    def image(self, i):
+        return torch.full((3, 256, 256), i, dtype=torch.uint8)
+
+
+def test_stats_progress_counts_batch_by_batch_not_chunk_by_chunk():
+    """A chunk is 32 images here (128 over 4 tasks), a summing batch 16 (2**20 pixels): the count moves per batch,
+    so the rate and ETA of `stats` are steady; with 2 workers every image is still counted once, in order."""
+    from twogpu_alexnet.data.stats import source_stats
+
+    seen = []
+    stats = source_stats(_Tiles(), workers=1, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(16 * k, 128) for k in range(1, 9)]
+    assert stats.images == 128 and stats.channel_mean.tolist() == [63.5] * 3
+    seen.clear()
+    both = source_stats(_Tiles(), workers=2, progress=lambda done, total: seen.append(done))
+    assert seen == sorted(seen) and seen[-1] == 128 and both.images == 128
+    assert torch.equal(both.mean_image, stats.mean_image)

@@ -92,8 +92,9 @@ def test_pace_sets_the_log_points_and_averages_images_per_second(monkeypatch):
 
 
 def test_counter_eta_is_not_fooled_by_chunks_that_finish_together(monkeypatch):
-    """prepare's chunks finish in bursts (two workers end two chunks at once): the rate is files done over
-    the time since the start, so the ETA after the burst is the true one, not a few seconds."""
+    """Work that finishes in bursts (two workers ending two chunks at once, as prepare's did before it counted
+    file by file): the rate is files done over the time since the start, so the ETA after the burst is the
+    true one, not a few seconds."""
     from twogpu_alexnet.engine import progress
 
     now = [0.0]

@@ -24,7 +24,7 @@ import torch
 from ..errors import UserError
 from ..files import write_atomic
 from .decode import CorruptImage
-from .pool import pool_map
+from .pool import advance, pool_map
 
 STATS_FORMAT = 1
 MIN_SIDE, MAX_SIDE = 8, 4096     # image sides a user may ask for (prepare/stats --size)
@@ -147,32 +147,39 @@ def source_stats(source, *, workers: int = 1, progress=None) -> Stats:
     """Exact statistics of every image of ``source`` (a sized ``image(i)``: uint8 3 x S x S, S = ``source.size``).
 
     Images that do not decode are left out, as training leaves them out. With ``workers`` > 1, chunks of
-    images are summed in that many forked processes; ``progress(done, total)`` is called after each chunk.
+    images are summed in that many forked processes; ``progress(done, total)`` is called as images are done
+    (the workers count them batch by batch with pool.advance, so the rate and ETA are steady).
     """
     n = len(source)
     chunk = max(1, min(CHUNK, -(-n // (4 * workers))))
     acc, done = StatsAccumulator(source.size), 0
     tasks = [range(lo, min(n, lo + chunk)) for lo in range(0, n, chunk)]
-    with closing(pool_map(_chunk_sums, source, tasks, workers)) as results:    # an error here stops the pool
-        for state, seen in results:
+    counted = None
+    if progress is not None:
+
+        def counted(images: int) -> None:
+            nonlocal done
+            done += images
+            progress(done, n)
+    # an error (in progress too) stops the pool
+    with closing(pool_map(_chunk_sums, source, tasks, workers, counted)) as results:
+        for state in results:
             acc.merge(StatsAccumulator.from_state(state))
-            done += seen
-            if progress is not None:
-                progress(done, n)
     return acc.finish()
 
 
-def _chunk_sums(source, indices: range) -> tuple[dict, int]:
+def _chunk_sums(source, indices: range) -> dict:
     """The sums of ``source``'s images at ``indices``, in batches of about 2**20 pixels (bounded memory)."""
     acc, per_batch = StatsAccumulator(source.size), max(1, 2**20 // source.size**2)
     for lo in range(0, len(indices), per_batch):
-        images = []
-        for i in indices[lo:lo + per_batch]:
+        images, batch = [], indices[lo:lo + per_batch]
+        for i in batch:
             with contextlib.suppress(CorruptImage, OSError):     # unreadable images are left out
                 images.append(source.image(i))
         if images:
             acc.add_batch(torch.stack(images))
-    return acc.state(), len(indices)
+        advance(len(batch))                                      # for the progress of source_stats
+    return acc.state()
 
 
 def check_side(size, option: str = "--size") -> int:
