@@ -10,7 +10,9 @@ import torch
 
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:  # a worker of -n N: its share of the cores, not all of them (N x all would oversubscribe)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+    _SHARE = max(1, (os.cpu_count() or 1) // _WORKERS)
+    torch.set_num_threads(_SHARE)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_SHARE))  # the same share for the commands tests start
 
 
 def pytest_collection_modifyitems(config, items):

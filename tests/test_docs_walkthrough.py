@@ -1,10 +1,9 @@
-"""The README's walk-throughs run as written: each command is a ``python -m twogpu_alexnet`` subprocess.
+"""The README's walk-throughs run as written, command after command on one folder.
 
-test_docs_examples.py parses every documented command and test_docs_commands.py runs each one in-process;
-this module runs the two sequences a newcomer types first as the installed command would (a fresh
-interpreter each), in order on one folder, taken from README.md's text with the extraction helpers
-there, so a command the README shows that stops working (or stops writing the file the README names)
-fails here:
+test_docs_examples.py parses every documented command and test_docs_commands.py runs each one on its own;
+this module runs the two sequences a newcomer types first, in order on one folder, taken from README.md's
+text with the extraction helpers there, so a command the README shows that stops working (or stops
+writing the file the README names) fails here:
 
 - Quickstart: the demo ``train --out runs/demo``, made tiny with ``--set`` overrides appended, then
   each next-step command on that folder exactly as written (report, kernels, export, resume), each
@@ -14,12 +13,16 @@ fails here:
   here at the paths the README names (``imagenette/...``), with ``prepare --size 32`` and the cifar
   preset appended so that it runs in seconds; ``configs/`` is this checkout's.
 
-Everything runs on the CPU (CUDA hidden) in a temporary folder, with this checkout first on the path.
-Ten subprocesses, each importing torch: about 70 s of CPU in all on a 2-core machine, hence slow.
+The demo runs as the user types it, ``python -m twogpu_alexnet`` in a fresh interpreter; the commands
+after it run in this process through ``twogpu_alexnet.cli.main`` (a fresh interpreter each would spend
+most of the time importing torch). Everything runs on the CPU (CUDA hidden) in a temporary folder, with
+this checkout first on the path and no ``TWOGPU_ALEXNET_*`` or torchrun variable from outside.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
+import io
 import json
 import os
 import re
@@ -70,26 +73,54 @@ def sets(overrides: list[str]) -> list[str]:
     return [a for s in overrides for a in ("--set", s)]
 
 
-def run_cli(args: list[str], cwd: Path) -> str:
-    """Run ``python -m twogpu_alexnet ARGS`` in ``cwd`` on the CPU; its stdout, after checking it exited 0."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-           and not k.startswith("TWOGPU_ALEXNET_")}
-    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
-               CUDA_VISIBLE_DEVICES="", COLUMNS="200", PYTHONWARNINGS="ignore::DeprecationWarning")
-    proc = subprocess.run([sys.executable, "-m", "twogpu_alexnet", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, (f"twogpu-alexnet {shlex.join(args)} exited {proc.returncode}\n"
-                                  f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
-    return proc.stdout
+OUTSIDE = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-def test_quickstart_runs_as_written(tmp_path):
+def run_cli(args: list[str], cwd: Path, fresh: bool = False) -> str:
+    """Run ``twogpu-alexnet ARGS`` in ``cwd`` on the CPU (``fresh``: as ``python -m twogpu_alexnet`` in a new
+    interpreter; else in this process, see the :func:`cpu_only` fixture); its stdout, checked to exit 0."""
+    if fresh:
+        env = {k: v for k, v in os.environ.items() if k not in OUTSIDE and not k.startswith("TWOGPU_ALEXNET_")}
+        env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+                   CUDA_VISIBLE_DEVICES="", COLUMNS="200", PYTHONWARNINGS="ignore::DeprecationWarning")
+        proc = subprocess.run([sys.executable, "-m", "twogpu_alexnet", *args], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=300)
+        code, out, err = proc.returncode, proc.stdout, proc.stderr
+    else:
+        from twogpu_alexnet.cli import main
+
+        assert Path.cwd() == cwd, "in-process commands run in the test's folder (the cpu_only fixture)"
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = main(list(args))
+        out, err = stdout.getvalue(), stderr.getvalue()
+    assert code == 0, f"twogpu-alexnet {shlex.join(args)} exited {code}\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}"
+    return out
+
+
+@pytest.fixture
+def cpu_only(tmp_path, monkeypatch):
+    """This process as a fresh shell would be: in ``tmp_path``, CUDA hidden, no variables of ours or torchrun's."""
+    import torch
+
+    for name in list(os.environ):
+        if name in OUTSIDE or name.startswith("TWOGPU_ALEXNET_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_quickstart_runs_as_written(cpu_only):
+    tmp_path = cpu_only
     steps = [step for block in section_blocks("Quickstart") for step in block]
     (demo, _), *next_steps = steps
     assert demo[:1] == ["train"] and "--config" not in demo and "--resume" not in demo, demo
     assert {args[0] for args, _ in next_steps} >= {"report", "kernels", "export", "train"}, next_steps
-    run_cli(demo + sets(DEMO_TINY), tmp_path)
+    run_cli(demo + sets(DEMO_TINY), tmp_path, fresh=True)  # the first command, exactly as a user runs it
     run = tmp_path / value(demo, "--out")
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "metrics.jsonl").is_file()
 
@@ -110,7 +141,8 @@ def test_quickstart_runs_as_written(tmp_path):
             assert [x["epoch"] for x in lines if x["kind"] == "epoch"] == list(range(1, epochs + 1))
 
 
-def test_training_section_runs_on_a_tiny_class_folder_set(tmp_path):
+def test_training_section_runs_on_a_tiny_class_folder_set(cpu_only):
+    tmp_path = cpu_only
     steps = [args for args, _ in section_blocks("Training")[0]]
     assert [args[0] for args in steps] == ["prepare", "prepare", "train", "evaluate", "predict"], steps
     *_, predict = steps
