@@ -37,20 +37,21 @@ from .errors import UserError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BATCH = 32
-LOADER_PASSES = 4  # the loader rows read at most this many passes over the images (or --seconds of wall time)
+PASSES = 4  # every row measures at most this many passes over the images (or --seconds)
 
 
 def _rates(fns: dict, count: int, seconds: float) -> dict:
     """Images/s of each ``fn(indices)`` (a batch maker) over 0..count-1, in CPU time of this process.
 
     Bounded work: each pipeline first makes one unmeasured pass (at most ``seconds``: a raw store's pages
-    are read in there, as a training epoch finds them after the first), then at most one measured pass,
-    stopping once it has used ``seconds`` (the batch in hand finished). The pipelines take turns batch by
-    batch, so a shared or throttled machine slows them all alike; CPU time leaves out time other
-    processes hold the core.
+    are read in there, as a training epoch finds them after the first), then at most ``PASSES`` measured
+    passes, stopping once it has used ``seconds`` (the batch in hand finished): a slow pipeline is cut
+    by the time, a fast one (a raw store: 200 images in well under 0.1 s) is measured over several
+    passes rather than one short one. The pipelines take turns batch by batch, so a shared or throttled
+    machine slows them all alike; CPU time leaves out time other processes hold the core.
     """
     batches = [list(range(lo, min(count, lo + BATCH))) for lo in range(0, count, BATCH)]
-    for fn in fns.values():                 # warm-up: one pass, bounded like the measured one
+    for fn in fns.values():                 # warm-up: one pass, bounded like the measured ones
         start = time.process_time()
         for b in batches:
             fn(b)
@@ -58,7 +59,7 @@ def _rates(fns: dict, count: int, seconds: float) -> dict:
                 break
     spent = {name: 0.0 for name in fns}
     done = {name: 0 for name in fns}
-    for b in batches:
+    for b in batches * PASSES:
         for name, fn in fns.items():
             if spent[name] < seconds:
                 start = time.process_time()
@@ -106,9 +107,9 @@ def bench_data(data, *, images: int = 200, seconds: float = 3.0, input_size: int
                batch: int = 256, device=None, workdir=None, progress=None) -> dict:
     """Measure the rows of the module docstring on up to ``images`` files of split folder ``data``.
 
-    Bounded work: each per-worker pipeline makes at most one pass over the images and uses at most
-    ``seconds`` of CPU time; each loader row reads at most ``LOADER_PASSES`` passes or ``seconds`` of
-    wall time. ``progress(stage)`` is called with "prepare", then "measure".
+    Bounded work: each per-worker pipeline makes one warm pass and at most ``PASSES`` measured passes over
+    the images, each part at most ``seconds`` of CPU time; each loader row reads at most ``PASSES`` passes
+    or ``seconds`` of wall time. ``progress(stage)`` is called with "prepare", then "measure".
     """
     if images < 1:
         raise UserError(f"--images {images} must be at least 1; use e.g. --images 200.")
@@ -211,7 +212,7 @@ def _loaders(roots: dict, count: int, geometry, workers: int, device, seconds: f
     for name, (source, root, opts, kw) in runs.items():
         split = open_split(source, root, "train", opts)
         loader = make_loader(split, batch_size=min(batch, count), workers=workers, drop_last=True, **kw)
-        out[f"{name}_img_s"] = _wall_rate(loader, seconds, LOADER_PASSES * count)
+        out[f"{name}_img_s"] = _wall_rate(loader, seconds, PASSES * count)
     return out
 
 

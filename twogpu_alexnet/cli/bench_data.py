@@ -25,8 +25,8 @@ def add_parser(bench_subparsers) -> None:
         help="images to use, evenly spaced over the folder (default: 200)",
     )
     p.add_argument("--seconds", type=float, default=3.0,
-                   help="at most this many CPU seconds per pipeline for a warm-up pass, then as many for the "
-                   "measured pass; each stops after one pass over the images (the loader rows after 4) (default: 3)")
+                   help="at most this many CPU seconds per pipeline for a warm-up pass (one pass over the images), "
+                   "then as many for the measured passes (at most 4) (default: 3)")
     p.add_argument("--input-size", type=bounded(8, 4096), default=224, metavar="N",
                    help="network input size (default: 224)")
     p.add_argument("--workers", type=bounded(0, MAX_WORKERS), default=0, metavar="N",
