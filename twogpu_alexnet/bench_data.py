@@ -47,8 +47,10 @@ def _rates(fns: dict, count: int, seconds: float) -> dict:
     are read in there, as a training epoch finds them after the first), then at most ``PASSES`` measured
     passes, stopping once it has used ``seconds`` (the batch in hand finished): a slow pipeline is cut
     by the time, a fast one (a raw store: 200 images in well under 0.1 s) is measured over several
-    passes rather than one short one. The pipelines take turns batch by batch, so a shared or throttled
-    machine slows them all alike; CPU time leaves out time other processes hold the core.
+    passes rather than one short one. The pipelines take turns a pass at a time, so a shared or throttled
+    machine slows them all alike; CPU time leaves out time other processes hold the core. (Turns of one
+    batch would run each batch in caches another pipeline just filled: the raw store's rate fell by a
+    fifth to a third that way.)
     """
     batches = [list(range(lo, min(count, lo + BATCH))) for lo in range(0, count, BATCH)]
     for fn in fns.values():                 # warm-up: one pass, bounded like the measured ones
@@ -59,9 +61,11 @@ def _rates(fns: dict, count: int, seconds: float) -> dict:
                 break
     spent = {name: 0.0 for name in fns}
     done = {name: 0 for name in fns}
-    for b in batches * PASSES:
+    for _ in range(PASSES):
         for name, fn in fns.items():
-            if spent[name] < seconds:
+            for b in batches:
+                if spent[name] >= seconds:
+                    break
                 start = time.process_time()
                 fn(b)
                 spent[name] += time.process_time() - start
