@@ -118,6 +118,43 @@ def test_a_run_that_reads_no_image_stops_after_its_first_batches_not_the_epoch(t
             "were skipped") in err, err
 
 
+
+def test_a_run_resumed_in_mid_epoch_counts_what_the_epoch_trained_before(tmp_path, monkeypatch, data_write_images):
+    """Stopped after 2 of 6 batches (8 images trained), resumed with every image now over the pixel limit: the
+    early check at batch 4 sees the 8 images of before the resume and lets the epoch go on (it ends at the
+    validation, which reads nothing either), instead of saying the epoch trained on no image."""
+    import signal
+
+    import numpy as np
+
+    from twogpu_alexnet.engine import train as train_module
+    from twogpu_alexnet.engine.progress import Reporter
+    from twogpu_alexnet.engine.signals import StopRequest
+
+    rng = np.random.default_rng(1)
+    for split in ("train", "val"):
+        data_write_images(tmp_path / "data" / split, {f"{c}/{i}.png": rng.integers(0, 255, (32, 32, 3))
+                                                      for c in "ab" for i in range(12 if split == "train" else 2)})
+    assert main(["stats", "--data", str(tmp_path / "data" / "train"), "--size", "32", "--workers", "1"]) == 0
+    config = load_config(None, ["data.source=imagefolder", f"data.root={tmp_path / 'data'}", "train.batch_size=4",
+                                "train.epochs=1", "data.workers=0", "analysis.color_stats=false",
+                                "model.preset=cifar"])
+    stop = StopRequest()
+
+    class StopAfterTwo(Reporter):
+        def step(self, epoch, batch, loss, lr, img_s):
+            if batch + 1 == 2:
+                stop.request(signal.SIGTERM)
+
+    stopped = train_module.train(config, tmp_path / "run", stop=stop, reporter=StopAfterTwo())
+    assert stopped.status == "interrupted"
+    monkeypatch.setenv("TWOGPU_ALEXNET_MAX_PIXELS", "1")
+    monkeypatch.setattr(train_module, "ZERO_CHECK_IMAGES", 16)  # checked after batch 4, in the resumed part
+    with pytest.raises(UserError) as err:
+        train_module.train(config, tmp_path / "run", resume=True)
+    assert "validated on no image" in str(err.value), err.value
+
+
 def test_kernel_grids_are_written_without_the_colour_statistics(tmp_path):
     run = tmp_path / "run"
     sets = ("data.synthetic_images=16", "data.synthetic_val_images=8", "train.batch_size=8", "train.epochs=1",

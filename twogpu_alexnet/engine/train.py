@@ -335,7 +335,9 @@ class _Run:
 
     def check_images_read(self, epoch: int, batch: int) -> None:
         """UserError when no training image of the epoch's first ``batch`` batches could be read (all processes)."""
-        read, skipped = distributed.sum_across([self.read_in_epoch, self.progress["skipped"]], self.ctx)
+        # progress["images"]: what the epoch trained before a resume in mid-epoch (and at log points since)
+        read, skipped = distributed.sum_across([self.read_in_epoch + self.progress["images"],
+                                                self.progress["skipped"]], self.ctx)
         if read == 0 and skipped > 0:
             raise UserError(no_image_read(epoch, skipped, batch if batch < self.steps_per_epoch else None))
 
