@@ -41,17 +41,20 @@ def plan() -> list[tuple[str, str, int]]:
 
 def run_state(run: Path) -> tuple[int, int] | None:
     """(epoch, batch) of the checkpoint ``train --resume`` would continue from (last.pt, or the newest
-    readable epoch file when last.pt is damaged), or None when the run has no readable checkpoint."""
+    readable epoch file when last.pt is damaged), or None when the run has written no checkpoint yet.
+    Checkpoints that exist but none of which can be read stop the study (UserError): a run is never
+    deleted for a file the user may want to look at."""
     from twogpu_alexnet.engine.checkpoint import load_latest
     from twogpu_alexnet.errors import UserError
 
-    if not (run / "checkpoints").is_dir():
+    if not any((run / "checkpoints").glob("*.pt")):  # no checkpoint written yet (temporary files end .tmp)
         return None
     try:
         payload, path, notes = load_latest(run)  # the trainer's own choice, through the one checkpoint reader
     except UserError as exc:
-        print(f"{run.name}: {exc}; the run starts over", file=sys.stderr, flush=True)
-        return None
+        why = exc.args[0].removesuffix("; start a new run instead")
+        raise UserError(f"{why}; the study does not delete a run with checkpoints: move {run} away (the run then "
+                        "starts over) and run the study again") from None
     for note in notes:
         print(f"{run.name}: {note}; going on from {path.name}", file=sys.stderr, flush=True)
     return int(payload["epoch"]), int(payload["batch"])
@@ -214,7 +217,7 @@ def write(path: Path, text: str) -> None:
     """An OUT file, written whole or not at all (a full disk is one sentence; a link there is refused)."""
     from twogpu_alexnet import files
 
-    files.write_atomic(path, text, then="free space and run launch/specialization.sh again: finished runs are kept")
+    files.write_atomic(path, text, then="run launch/specialization.sh again (finished runs are kept)")
 
 
 def main() -> int:

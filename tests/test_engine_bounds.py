@@ -161,3 +161,33 @@ def test_kernel_grids_are_written_without_the_colour_statistics(tmp_path):
             "train.max_steps_per_epoch=1", "analysis.color_stats=false", "analysis.kernel_grid_epochs=[1]")
     assert main(["train", "--out", str(run)] + [a for s in sets for a in ("--set", s)]) == 0
     assert (run / "kernels" / "epoch_001.png").stat().st_size > 0
+
+
+def test_the_error_that_stops_a_run_is_not_replaced_by_one_of_closing_tensorboard(tmp_path, monkeypatch,
+                                                                                   data_write_images):
+    """The run stops (no image readable) and TensorBoard's close then fails too (a full disk): the user sees the
+    first error, the one that stopped the run."""
+    import numpy as np
+
+    from twogpu_alexnet.engine import tensorboard
+    from twogpu_alexnet.engine import train as train_module
+
+    class FullDisk:
+        def __init__(self, log_dir, purge_step=None, filename_suffix=""):
+            pass
+
+        def close(self):
+            raise OSError(28, "No space left on device")
+
+    rng = np.random.default_rng(2)
+    for split in ("train", "val"):
+        data_write_images(tmp_path / "data" / split, {f"{c}/{i}.png": rng.integers(0, 255, (32, 32, 3))
+                                                      for c in "ab" for i in range(4)})
+    assert main(["stats", "--data", str(tmp_path / "data" / "train"), "--size", "32", "--workers", "1"]) == 0
+    monkeypatch.setenv("TWOGPU_ALEXNET_MAX_PIXELS", "1")
+    monkeypatch.setattr(tensorboard, "summary_writer_class", lambda: FullDisk)
+    config = load_config(None, ["data.source=imagefolder", f"data.root={tmp_path / 'data'}", "train.batch_size=4",
+                                "train.epochs=1", "data.workers=0", "analysis.color_stats=false",
+                                "model.preset=cifar", "log.tensorboard=true"])
+    with pytest.raises(UserError, match="epoch 1 trained on no image"):
+        train_module.train(config, tmp_path / "run")

@@ -96,9 +96,13 @@ def test_unfinished_runs_are_continued_and_finished_ones_left_alone(trained_run,
                                                                                   for s in range(5)]
 
 
-def test_a_damaged_checkpoint_is_what_the_trainer_would_skip_not_a_traceback(trained_run, tmp_path, capsys):
-    """last.pt damaged: the study goes on from the newest readable epoch file, as `train --resume` does;
-    nothing readable: the run starts over. Either way a note, not a traceback."""
+def test_a_damaged_checkpoint_is_what_the_trainer_would_skip_not_a_traceback(trained_run, tmp_path, capsys,
+                                                                             monkeypatch):
+    """last.pt damaged: the study goes on from the newest readable epoch file, as `train --resume` does, with a
+    note; nothing readable: one sentence, and the run is kept (never deleted); no checkpoint written yet (only
+    a temporary file): the run starts over."""
+    from twogpu_alexnet.errors import UserError
+
     d = driver()
     run = tmp_path / "paper-s3"
     shutil.copytree(trained_run, run)
@@ -108,9 +112,22 @@ def test_a_damaged_checkpoint_is_what_the_trainer_would_skip_not_a_traceback(tra
     assert "skipped last.pt" in capsys.readouterr().err
     assert d.train_args(run, "paper", 3, 1, 1, [], None) is None  # epoch 1 of 1 is done (epoch_001.pt)
     (run / "checkpoints" / "epoch_001.pt").write_bytes(b"not a checkpoint")
-    assert d.run_state(run) is None and "the run starts over" in capsys.readouterr().err
-    args = d.train_args(run, "paper", 3, 1, 1, [], None)
-    assert args[:3] == ["train", "--out", str(run)] and not run.exists()
+    with pytest.raises(UserError, match="no readable checkpoint in .*the study does not delete a run with "
+                                        f"checkpoints: move {run} away"):
+        d.train_args(run, "paper", 3, 1, 1, [], None)
+    assert last.is_file()
+    capsys.readouterr()
+    monkeypatch.setenv("OUT", str(tmp_path))  # the study itself: one sentence, exit 2, the run kept
+    (tmp_path / "runs").mkdir()
+    shutil.move(run, tmp_path / "runs" / "paper-s0")
+    assert d.main() == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert (tmp_path / "runs" / "paper-s0" / "checkpoints" / "last.pt").is_file()
+    for path in (tmp_path / "runs" / "paper-s0" / "checkpoints").glob("*.pt"):
+        path.rename(path.with_name(f".{path.name}.x1y2z3.tmp"))  # what a kill during the first save leaves
+    args = d.train_args(tmp_path / "runs" / "paper-s0", "paper", 3, 1, 1, [], None)
+    assert args[:2] == ["train", "--out"] and not (tmp_path / "runs" / "paper-s0").exists()
 
 
 def test_conv1_copies_skip_damaged_epoch_files_and_go_through_the_one_writer(trained_run, tmp_path):
@@ -126,11 +143,14 @@ def test_conv1_copies_skip_damaged_epoch_files_and_go_through_the_one_writer(tra
         assert torch.equal(value, source["model"][key])
     assert (saved["step"], saved["epoch"]) == (source["step"], source["epoch"])
     assert not list((out / "conv1" / run.name).glob(".*.tmp"))
-    outside = tmp_path / "outside.pt"
-    outside.write_bytes(b"theirs")
+    from twogpu_alexnet.errors import UserError
+
+    outside = tmp_path / "outside.pt"  # a link planted at the copy's name, to a file not there yet
     (out / "conv1" / run.name / "epoch_001.pt").unlink()
     (out / "conv1" / run.name / "epoch_001.pt").symlink_to(outside)
-    assert d.save_conv1(run, out) == 0 and outside.read_bytes() == b"theirs"  # a planted link is left alone
+    with pytest.raises(UserError, match="epoch_001.pt is a symbolic link .*refusing to write conv1 copy"):
+        d.save_conv1(run, out)
+    assert not outside.exists()
 
 
 @pytest.mark.parametrize(("setting", "problem"), [({"STEPS": "ten"}, "STEPS='ten' is not a whole number"),

@@ -70,12 +70,30 @@ def pool_map(fn, shared, tasks: list, workers: int, progress=None):
                 future.cancel()
 
 
+class CallerError(BaseException):
+    """An exception of a caller's callback (a progress bar), carried through the handlers of the code that
+    calls it -- whose ``except OSError`` must not take a broken pipe of the bar for a failed write of its own --
+    to be raised again, unchanged, where the callback was given: ``raise carried.args[0]``."""
+
+
+def carry(callback):
+    """``callback`` with its exceptions wrapped in :class:`CallerError`."""
+    def call(*args):
+        try:
+            return callback(*args)
+        except BaseException as exc:
+            raise CallerError(exc) from None
+    return call
+
+
 def _in_process(fn, shared, tasks, progress):
     global _advance
     for task in tasks:
-        _advance = progress
+        _advance = carry(progress) if progress is not None else None
         try:
             result = fn(shared, task)
+        except CallerError as carried:
+            raise carried.args[0] from None
         finally:
             _advance = None
         yield result

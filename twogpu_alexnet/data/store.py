@@ -31,7 +31,7 @@ from .. import files
 from ..errors import UserError
 from .decode import CorruptImage, decode_jpeg, decode_rgb, encode_jpeg, read_bytes, resize_center_crop
 from .folders import FolderListing, list_split
-from .pool import advance, pool_map, worker_count
+from .pool import CallerError, advance, carry, pool_map, worker_count
 from .stats import CHUNK, Stats, StatsAccumulator, check_side, fingerprint_files, load_stats, save_stats
 from .store_check import (
     FORMATS,
@@ -77,6 +77,7 @@ def prepare_store(data, out, *, size: int = 256, fmt: str = "jpeg", quality: int
     if progress is not None:
         progress(done, n)
 
+        @carry  # the bar's own errors (a broken pipe) reach the caller as they are, not as the store's
         def counted(files: int) -> None:
             nonlocal done
             done += files
@@ -89,6 +90,8 @@ def prepare_store(data, out, *, size: int = 256, fmt: str = "jpeg", quality: int
         result["complete"] = all(_chunk_done(out, c) for c in chunks)
         if result["complete"] and not meta.get("complete"):
             _finalize(out, meta, list(listing.skipped))
+    except CallerError as carried:
+        raise carried.args[0] from None
     except OSError as exc:  # disk full, store folder removed, ... (unreadable images are skipped, not raised)
         raise UserError(
             f"writing the store {out} failed ({exc.strerror or exc}); fix that and run the same command again "
@@ -266,10 +269,12 @@ def _prepare_chunk(job: dict, chunk: int) -> int:
                     rows.append((offset, length, job["labels"][i], i))
                 advance()                       # one file done, for the progress of prepare_store
         os.replace(tmp, data_path)
-    except OSError as exc:  # a full or read-only disk: one sentence; the chunks finished before are kept
+    except BaseException as exc:  # no temporary file left, whatever stopped the chunk
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        raise files.write_error(exc, f"store file {data_path}", shards, _AGAIN) from None
+        if isinstance(exc, OSError):  # a full or read-only disk: one sentence; the chunks finished before are kept
+            raise files.write_error(exc, f"store file {data_path}", shards, _AGAIN) from None
+        raise
     state = acc.state()      # exact sums; the mean-image sum fits int32 for chunks of up to 8M/255 images
     _write(shards / f"{chunk:05d}.stats.pt", {**state, "sum_image": state["sum_image"].to(torch.int32)})
     offsets, lengths, labels, kept = torch.tensor(rows, dtype=torch.int64).reshape(-1, 4).T.contiguous()

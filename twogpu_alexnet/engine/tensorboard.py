@@ -117,8 +117,8 @@ def open_board(run_dir: str | os.PathLike, enabled: bool, purge_step: int | None
     writer_class = writer_class or summary_writer_class()
     folder = Path(run_dir) / "tensorboard"
     then = resume_hint(run_dir)
-    files.make_folder(folder, "TensorBoard events")  # a link planted at the folder is refused
     with _WriteErrors(folder, then):
+        files.make_folder(folder, "TensorBoard events")  # a link planted at the folder is refused
         writer = writer_class(log_dir=str(folder), purge_step=purge_step,
                               filename_suffix=f".{secrets.token_hex(8)}")  # a name nobody can plant a link at
     return Board(writer, folder, then)

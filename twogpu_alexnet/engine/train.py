@@ -135,8 +135,11 @@ def train(config: Config, run_dir: str | os.PathLike, *, resume: bool = False, r
                            hooks)
                 try:
                     result = run.run()
-                finally:
-                    run.board.close()
+                except BaseException:
+                    with contextlib.suppress(UserError):  # the error on its way out is the one to show
+                        run.board.close()
+                    raise
+                run.board.close()
         finally:
             reporter.close()
             distributed.shutdown(ctx)
