@@ -12,7 +12,7 @@
   ``console``, or any block with ``$ `` prompts) the commands are the lines after a prompt.
 - Every such command also runs, on the CPU with tiny data, in test_docs_commands.py (those needing a
   GPU, and the launch scripts, are skipped there by rules that say why); the README's Quickstart and
-  Training walk-throughs run once more as subprocesses in test_docs_walkthrough.py.
+  Training walk-throughs run once more, in order on one folder, in test_docs_walkthrough.py.
 - Relative links point to files that exist; the README stays under 12 KB, shows every command and
   CI's test command, and every public Python name is in the README or docs/api.md.
 """
