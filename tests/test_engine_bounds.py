@@ -74,16 +74,22 @@ def test_a_complete_torchrun_environment_is_accepted():
     distributed.check_rendezvous(ctx, env)
 
 
+def _photo_folders(root, data_write_images, *, seed: int, train: int, val: int) -> None:
+    """root/data/{train,val}/{a,b}/*.png: ``train`` / ``val`` random 32 x 32 images a class, and the training
+    split's statistics computed (before a test sets a pixel limit that would make them unreadable)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train), ("val", val)):
+        data_write_images(root / "data" / split, {f"{c}/{i}.png": rng.integers(0, 255, (32, 32, 3))
+                                                  for c in "ab" for i in range(count)})
+    assert main(["stats", "--data", str(root / "data" / "train"), "--size", "32", "--workers", "1"]) == 0
+
+
 def test_a_run_on_zero_readable_images_is_one_sentence(tmp_path, capsys, monkeypatch, data_write_images):
     """Every image over the pixel limit (its statistics computed before the limit was set): the run stops
     with a sentence, not "best error inf%"."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        data_write_images(tmp_path / "data" / split, {f"{c}/{i}.png": rng.integers(0, 255, (32, 32, 3))
-                                                      for c in "ab" for i in range(4)})
-    assert main(["stats", "--data", str(tmp_path / "data" / "train"), "--size", "32", "--workers", "1"]) == 0
+    _photo_folders(tmp_path, data_write_images, seed=0, train=4, val=4)
     monkeypatch.setenv("TWOGPU_ALEXNET_MAX_PIXELS", "1")
     sets = ("data.source=imagefolder", f"data.root={tmp_path / 'data'}", "train.batch_size=4", "train.epochs=1",
             "data.workers=0", "analysis.color_stats=false")
@@ -98,15 +104,9 @@ def test_a_run_that_reads_no_image_stops_after_its_first_batches_not_the_epoch(t
                                                                                 data_write_images):
     """The check runs after ZERO_CHECK_IMAGES training images (here 8 of the epoch's 24), not after the wasted
     epoch and its validation."""
-    import numpy as np
-
     from twogpu_alexnet.engine import train as train_module
 
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        data_write_images(tmp_path / "data" / split, {f"{c}/{i}.png": rng.integers(0, 255, (32, 32, 3))
-                                                      for c in "ab" for i in range(12 if split == "train" else 2)})
-    assert main(["stats", "--data", str(tmp_path / "data" / "train"), "--size", "32", "--workers", "1"]) == 0
+    _photo_folders(tmp_path, data_write_images, seed=0, train=12, val=2)
     monkeypatch.setenv("TWOGPU_ALEXNET_MAX_PIXELS", "1")
     monkeypatch.setattr(train_module, "ZERO_CHECK_IMAGES", 8)
     sets = ("data.source=imagefolder", f"data.root={tmp_path / 'data'}", "train.batch_size=4", "train.epochs=1",
@@ -125,17 +125,11 @@ def test_a_run_resumed_in_mid_epoch_counts_what_the_epoch_trained_before(tmp_pat
     validation, which reads nothing either), instead of saying the epoch trained on no image."""
     import signal
 
-    import numpy as np
-
     from twogpu_alexnet.engine import train as train_module
     from twogpu_alexnet.engine.progress import Reporter
     from twogpu_alexnet.engine.signals import StopRequest
 
-    rng = np.random.default_rng(1)
-    for split in ("train", "val"):
-        data_write_images(tmp_path / "data" / split, {f"{c}/{i}.png": rng.integers(0, 255, (32, 32, 3))
-                                                      for c in "ab" for i in range(12 if split == "train" else 2)})
-    assert main(["stats", "--data", str(tmp_path / "data" / "train"), "--size", "32", "--workers", "1"]) == 0
+    _photo_folders(tmp_path, data_write_images, seed=1, train=12, val=2)
     config = load_config(None, ["data.source=imagefolder", f"data.root={tmp_path / 'data'}", "train.batch_size=4",
                                 "train.epochs=1", "data.workers=0", "analysis.color_stats=false",
                                 "model.preset=cifar"])
@@ -167,8 +161,6 @@ def test_the_error_that_stops_a_run_is_not_replaced_by_one_of_closing_tensorboar
                                                                                    data_write_images):
     """The run stops (no image readable) and TensorBoard's close then fails too (a full disk): the user sees the
     first error, the one that stopped the run."""
-    import numpy as np
-
     from twogpu_alexnet.engine import tensorboard
     from twogpu_alexnet.engine import train as train_module
 
@@ -179,11 +171,7 @@ def test_the_error_that_stops_a_run_is_not_replaced_by_one_of_closing_tensorboar
         def close(self):
             raise OSError(28, "No space left on device")
 
-    rng = np.random.default_rng(2)
-    for split in ("train", "val"):
-        data_write_images(tmp_path / "data" / split, {f"{c}/{i}.png": rng.integers(0, 255, (32, 32, 3))
-                                                      for c in "ab" for i in range(4)})
-    assert main(["stats", "--data", str(tmp_path / "data" / "train"), "--size", "32", "--workers", "1"]) == 0
+    _photo_folders(tmp_path, data_write_images, seed=2, train=4, val=4)
     monkeypatch.setenv("TWOGPU_ALEXNET_MAX_PIXELS", "1")
     monkeypatch.setattr(tensorboard, "summary_writer_class", lambda: FullDisk)
     config = load_config(None, ["data.source=imagefolder", f"data.root={tmp_path / 'data'}", "train.batch_size=4",
